@@ -1,0 +1,16 @@
+//! Makes the binary find libtorch without LD_LIBRARY_PATH, and makes CUDA really load where
+//! libtorch has it.
+use std::path::Path;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    // torch-sys declares `links = "tch"`, so its lib dir reaches us as DEP_TCH_LIBTORCH_LIB
+    // (only because torch-sys is a direct dependency).
+    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    // libtorch.so only lists libtorch_cuda.so; with the default --as-needed the linker drops it
+    // and CUDA never starts. Force it only where it exists: the CPU-only libtorch lacks it.
+    if Path::new(&lib).join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-ltorch,--as-needed");
+    }
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Regenerates the committed fixtures with the pinned PyTorch/diffusers/transformers.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+py=$("$here/python-env.sh")
+exec "$py" "$here/make_fixtures.py" "$@"

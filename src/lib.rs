@@ -1,0 +1,1 @@
+//! Textual Inversion for Stable Diffusion on libtorch.
