@@ -1,5 +1,5 @@
-//! Makes the binary find libtorch without LD_LIBRARY_PATH, and makes CUDA really load where
-//! libtorch has it.
+//! Makes the binary find libtorch without LD_LIBRARY_PATH, makes CUDA really load where
+//! libtorch has it, and records which libtorch was linked (for `textual-inversion info`).
 use std::path::Path;
 
 fn main() {
@@ -8,6 +8,12 @@ fn main() {
     // (only because torch-sys is a direct dependency).
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    println!("cargo:rustc-env=TI_LIBTORCH_LIB={lib}");
+    // torch-sys checked the version exactly; the file is absent when torch came from Python.
+    let version = std::fs::read_to_string(Path::new(&lib).join("../build-version"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| "2.11.0".to_string());
+    println!("cargo:rustc-env=TI_LIBTORCH_VERSION={version}");
     // libtorch.so only lists libtorch_cuda.so; with the default --as-needed the linker drops it
     // and CUDA never starts. Force it only where it exists: the CPU-only libtorch lacks it.
     if Path::new(&lib).join("libtorch_cuda.so").exists() {

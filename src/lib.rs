@@ -1,1 +1,9 @@
-//! Textual Inversion for Stable Diffusion on libtorch.
+//! Textual Inversion for Stable Diffusion on libtorch (through `tch`).
+//!
+//! The file formats (PyTorch checkpoints, safetensors, embedding layouts) live in the
+//! libtorch-free [`formats`] crate; this crate adds tensors, devices and the command line.
+pub use ti_formats as formats;
+
+pub mod cli;
+pub mod device;
+pub mod tensors;

@@ -243,7 +243,7 @@ pub fn load(data: &[u8], start: usize, context: &str) -> Result<(Value, usize)> 
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        nodes_left: data.len().saturating_sub(start).saturating_mul(16).max(1 << 20),
+        nodes_left: data.len().saturating_sub(start).saturating_mul(16).max(1 << 16),
         context,
     };
     let value = u.run()?;

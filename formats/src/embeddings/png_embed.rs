@@ -19,22 +19,25 @@ const MAX_TEXT_BYTES: usize = 64 << 20;
 
 pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     let perr = |e: png::DecodingError| Error::format(name, format!("broken PNG: {e}"));
-    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png::Limits { bytes: MAX_IMAGE_BYTES });
+    // zlib expands at most ~1032:1, so a real image is never larger than this.
+    let max_image = bytes.len().saturating_mul(1100).saturating_add(1 << 20).min(MAX_IMAGE_BYTES);
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png::Limits { bytes: max_image });
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(perr)?;
-    if let Some(text) = find_text(name, reader.info())? {
+    let max_text = max_image.min(MAX_TEXT_BYTES);
+    if let Some(text) = find_text(name, reader.info(), max_text)? {
         return from_text(name, &text);
     }
     // Text chunks may also follow the image data: decode it (we need it for the pixel copy
     // anyway) and look again.
     let size = reader.output_buffer_size().ok_or_else(|| Error::too_large(name, "image too large"))?;
-    if size > MAX_IMAGE_BYTES {
-        return Err(Error::too_large(name, format!("image of {size} bytes is larger than the {MAX_IMAGE_BYTES} allowed")));
+    if size > max_image {
+        return Err(Error::too_large(name, format!("image of {size} bytes is larger than the {max_image} a {}-byte PNG can hold", bytes.len())));
     }
     let mut buf = vec![0u8; size];
     let out = reader.next_frame(&mut buf).map_err(perr)?;
     reader.finish().map_err(perr)?;
-    if let Some(text) = find_text(name, reader.info())? {
+    if let Some(text) = find_text(name, reader.info(), max_text)? {
         return from_text(name, &text);
     }
     let channels = match out.color_type {
@@ -54,7 +57,7 @@ pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
             })
         })
         .collect();
-    let json = decode_pixels(&rgb, w, h).ok_or_else(|| {
+    let json = decode_pixels(&rgb, w, h, max_text).ok_or_else(|| {
         Error::format(name, format!("a PNG without an embedding: no `{KEYWORD}` text chunk and no data encoded in its pixels"))
     })?;
     let value: serde_json::Value =
@@ -62,18 +65,18 @@ pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     classify(name, json_node(name, &value)?, FileKind::PngPixels, BTreeMap::new())
 }
 
-fn find_text(name: &str, info: &png::Info) -> Result<Option<String>> {
+fn find_text(name: &str, info: &png::Info, limit: usize) -> Result<Option<String>> {
     if let Some(c) = info.uncompressed_latin1_text.iter().find(|c| c.keyword == KEYWORD) {
         return Ok(Some(c.text.clone()));
     }
     if let Some(c) = info.compressed_latin1_text.iter().find(|c| c.keyword == KEYWORD) {
         let mut c = c.clone();
-        c.decompress_text_with_limit(MAX_TEXT_BYTES).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
+        c.decompress_text_with_limit(limit).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
         return c.get_text().map(Some).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
     }
     if let Some(c) = info.utf8_text.iter().find(|c| c.keyword == KEYWORD) {
         let mut c = c.clone();
-        c.decompress_text_with_limit(MAX_TEXT_BYTES).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
+        c.decompress_text_with_limit(limit).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
         return c.get_text().map(Some).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
     }
     Ok(None)
@@ -140,7 +143,7 @@ impl Iterator for Lcg {
 }
 
 /// Recovers the zlib-compressed JSON hidden in the two side panels of an RGB image.
-fn decode_pixels(rgb: &[u8], w: usize, h: usize) -> Option<Vec<u8>> {
+fn decode_pixels(rgb: &[u8], w: usize, h: usize, limit: usize) -> Option<Vec<u8>> {
     let px = |x: usize, y: usize| &rgb[(y * w + x) * 3..(y * w + x) * 3 + 3];
     // Crop the black border: keep the bounding box of pixels whose three channels are all > 0.
     let lit = |x: usize, y: usize| px(x, y).iter().all(|&c| c > 0);
@@ -178,6 +181,6 @@ fn decode_pixels(rgb: &[u8], w: usize, h: usize) -> Option<Vec<u8>> {
     let data: Vec<u8> = lo.iter().zip(&hi).map(|(l, h)| (h << 4) | l).collect();
     let mut out = Vec::new();
     // Trailing padding after the zlib stream is ignored by the decoder, as by Python's zlib.
-    flate2::read::ZlibDecoder::new(&data[..]).take(MAX_TEXT_BYTES as u64 + 1).read_to_end(&mut out).ok()?;
-    (out.len() <= MAX_TEXT_BYTES).then_some(out)
+    flate2::read::ZlibDecoder::new(&data[..]).take(limit as u64 + 1).read_to_end(&mut out).ok()?;
+    (out.len() <= limit).then_some(out)
 }

@@ -31,6 +31,15 @@ impl OutFormat {
             _ => return None,
         })
     }
+    /// The name `--format` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutFormat::Diffusers => "diffusers",
+            OutFormat::DiffusersBin => "diffusers-bin",
+            OutFormat::A1111 => "a1111",
+            OutFormat::Sdxl => "sdxl",
+        }
+    }
     /// The format a file name suggests when none is given.
     pub fn from_extension(path: &Path) -> Option<Self> {
         match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {

@@ -1,0 +1,35 @@
+//! The command line: one file per subcommand, each with its clap arguments and `run`.
+pub mod convert;
+pub mod info;
+pub mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// Textual Inversion for Stable Diffusion on libtorch.
+#[derive(Debug, Parser)]
+#[command(name = "textual-inversion", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Versions, libtorch, CUDA/cuDNN availability, threads.
+    Info(info::InfoArgs),
+    /// Show what embedding files hold: format, token, vectors, width, dtype, norms, metadata.
+    Inspect(inspect::InspectArgs),
+    /// Convert an embedding between diffusers, A1111 and SDXL formats.
+    Convert(convert::ConvertArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
+    }
+}

@@ -1,0 +1,67 @@
+//! Which libtorch is running and what it can use.
+use serde::Serialize;
+
+/// What `textual-inversion info` reports.
+#[derive(Debug, Serialize)]
+pub struct RuntimeInfo {
+    pub version: &'static str,
+    pub libtorch_version: &'static str,
+    /// The libtorch_cpu.so actually loaded (it can differ from the build's when
+    /// LD_LIBRARY_PATH points elsewhere).
+    pub libtorch_path: Option<String>,
+    pub cuda_available: bool,
+    pub cuda_devices: i64,
+    pub cudnn_available: bool,
+    pub mps_available: bool,
+    pub threads: i32,
+}
+
+pub fn runtime_info() -> RuntimeInfo {
+    let cuda = load_cuda();
+    RuntimeInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        libtorch_version: option_env!("TI_LIBTORCH_VERSION").unwrap_or("unknown"),
+        libtorch_path: loaded_library("libtorch_cpu.so"),
+        cuda_available: cuda,
+        cuda_devices: if cuda { tch::Cuda::device_count() } else { 0 },
+        cudnn_available: cuda && tch::Cuda::cudnn_is_available(),
+        mps_available: tch::utils::has_mps(),
+        threads: tch::get_num_threads(),
+    }
+}
+
+/// Path of a shared library mapped into this process.
+pub fn loaded_library(name: &str) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.rsplit('/').next() == Some(name))
+        .map(String::from)
+}
+
+/// Makes CUDA usable if the running libtorch has it.
+///
+/// A binary linked against the CPU-only libtorch has no `libtorch_cuda.so` dependency. When it
+/// runs against a full libtorch (LD_LIBRARY_PATH pointing at a CUDA build's `torch/lib`),
+/// loading `libtorch_cuda.so` from the same folder registers the CUDA backend, as linking it
+/// would. Returns whether CUDA is available afterwards.
+pub fn load_cuda() -> bool {
+    if tch::Cuda::is_available() {
+        return true;
+    }
+    let Some(cpu) = loaded_library("libtorch_cpu.so") else { return false };
+    let Some(dir) = std::path::Path::new(&cpu).parent() else { return false };
+    let cuda = dir.join("libtorch_cuda.so");
+    if !cuda.exists() {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(cuda.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: dlopen of a library from the same libtorch build that is already loaded; it
+    // only registers CUDA kernels and hooks through static initialisers.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        tracing::warn!("could not load {}; CUDA stays off", cuda.display());
+        return false;
+    }
+    tch::Cuda::is_available()
+}

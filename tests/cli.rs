@@ -1,0 +1,93 @@
+//! The binary as users run it: `inspect` and `convert` on published files and fixtures.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn realworld(name: &str) -> PathBuf {
+    repo().join("../shared/realworld").join(name)
+}
+
+fn inspect_json(files: &[&Path]) -> (bool, serde_json::Value) {
+    let out = bin().arg("inspect").arg("--json").args(files).output().unwrap();
+    (out.status.success(), serde_json::from_slice(&out.stdout).expect("JSON on stdout"))
+}
+
+#[test]
+fn inspect_prints_the_published_values() {
+    // (file, token, vectors, L2 of all values) from shared/realworld/README.md.
+    let cases = [
+        ("birb-style.learned_embeds.bin", "<birb-style>", 1, 3.013576),
+        ("bad-artist.pt", "bad-artist", 2, 7.678862),
+        ("EasyNegative.safetensors", "EasyNegative", 8, 1.082151),
+        ("detail-schemas.learned_embeds.safetensors", "<detail-schemas>", 1, 2.749104),
+    ];
+    let paths: Vec<PathBuf> = cases.iter().map(|c| realworld(c.0)).collect();
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let (ok, json) = inspect_json(&refs);
+    assert!(ok);
+    for (report, (name, token, vectors, l2)) in json.as_array().unwrap().iter().zip(cases) {
+        let e = &report["embeddings"][0];
+        assert_eq!(e["token"], token, "{name}");
+        let p = &e["parts"][0];
+        assert_eq!(p["vectors"], vectors, "{name}");
+        assert_eq!(p["width"], 768, "{name}");
+        assert_eq!(p["dtype"], "float32", "{name}");
+        let norms: f64 = p["norms"].as_array().unwrap().iter().map(|n| n.as_f64().unwrap().powi(2)).sum();
+        assert!((norms.sqrt() - l2).abs() < 1e-5, "{name}: {}", norms.sqrt());
+    }
+}
+
+#[test]
+fn inspect_reports_unreadable_files_and_fails() {
+    let (ok, json) = inspect_json(&[&realworld("empty.pt"), &realworld("bad-artist.pt")]);
+    assert!(!ok);
+    assert!(json[0]["error"].as_str().unwrap().contains("no embedding"));
+    assert_eq!(json[1]["embeddings"][0]["token"], "bad-artist");
+}
+
+#[test]
+fn convert_between_formats_keeps_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("bad.safetensors");
+    let pt = dir.path().join("back.pt");
+    let out = bin().arg("convert").arg(realworld("bad-artist.pt")).arg(&st).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().args(["convert", "--token", "renamed"]).arg(&st).arg(&pt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, json) = inspect_json(&[&realworld("bad-artist.pt"), &st, &pt]);
+    assert!(ok);
+    assert_eq!(json[1]["layout"], "diffusers");
+    assert_eq!(json[1]["embeddings"][0]["token"], "bad-artist");
+    assert_eq!(json[1]["metadata"]["format"], "pt");
+    assert_eq!(json[2]["layout"], "a1111");
+    assert_eq!(json[2]["embeddings"][0]["stored_token"], "renamed");
+    let norms = |i: usize| json[i]["embeddings"][0]["parts"][0]["norms"].clone();
+    assert_eq!(norms(0), norms(1));
+    assert_eq!(norms(0), norms(2));
+}
+
+#[test]
+fn convert_without_a_known_extension_asks_for_a_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin().arg("convert").arg(realworld("bad-artist.pt")).arg(dir.path().join("x.txt")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--format"));
+    assert!(!dir.path().join("x.txt").exists());
+}
+
+#[test]
+fn info_reports_libtorch() {
+    let out = bin().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["libtorch_version"], "2.11.0");
+    assert!(json["threads"].as_i64().unwrap() >= 1);
+    assert!(json["libtorch_path"].as_str().unwrap().ends_with("libtorch_cpu.so"));
+}
