@@ -1,0 +1,263 @@
+//! Loading checkpoint tensors straight into the modules that use them.
+//!
+//! Like candle's `VarBuilder`: a module asks for `prefix.name` with the shape it needs and gets
+//! a tensor of the requested kind on the requested device. Nothing is randomly initialised
+//! first, `.safetensors` files are memory-mapped (peak memory near one copy of the weights),
+//! and `.bin` files go through the project's safe pickle reader. Every key the model never asked
+//! for is reported by [`Weights::finish`], every missing or mis-shaped one at once.
+use crate::formats::safetensors_io::SafetensorsFile;
+use crate::formats::torch_file::TorchFile;
+use crate::formats::{DType, Error as FormatError};
+use crate::tensors::kind as tch_kind;
+use anyhow::{bail, Context, Result};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Where and in which precision a model's tensors live.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub device: Device,
+    pub kind: Kind,
+}
+
+impl Placement {
+    pub fn cpu_f32() -> Self {
+        Placement { device: Device::Cpu, kind: Kind::Float }
+    }
+}
+
+enum Source {
+    Safetensors(SafetensorsFile),
+    Torch(TorchFile),
+}
+
+/// Where one tensor's bytes are.
+enum Entry {
+    /// Byte range in a safetensors file (validated at open).
+    Safetensors { file: usize, dtype: DType, shape: Vec<i64>, start: usize, end: usize },
+    /// A tensor reference in a torch.save file.
+    Torch { file: usize, tensor: crate::formats::pickle::TensorRef },
+}
+
+impl Entry {
+    fn shape(&self) -> Vec<i64> {
+        match self {
+            Entry::Safetensors { shape, .. } => shape.clone(),
+            Entry::Torch { tensor, .. } => tensor.shape.iter().map(|&d| d as i64).collect(),
+        }
+    }
+}
+
+/// The tensors of one model component (possibly sharded over several files).
+pub struct Weights {
+    name: String,
+    sources: Vec<Source>,
+    entries: HashMap<String, Entry>,
+    placement: Placement,
+    used: RefCell<BTreeSet<String>>,
+    /// Problems found while building the model, reported together by `finish`.
+    problems: RefCell<Vec<String>>,
+}
+
+impl Weights {
+    /// Opens weight files (`.safetensors` or torch `.bin`, detected by content).
+    pub fn open(files: &[PathBuf], placement: Placement) -> Result<Self> {
+        let name = files.first().map(|p| p.display().to_string()).unwrap_or_default();
+        let mut w = Weights {
+            name,
+            sources: Vec::new(),
+            entries: HashMap::new(),
+            placement,
+            used: RefCell::new(BTreeSet::new()),
+            problems: RefCell::new(Vec::new()),
+        };
+        for path in files {
+            w.add_file(path)?;
+        }
+        Ok(w)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<()> {
+        let idx = self.sources.len();
+        let head = {
+            use std::io::Read;
+            let mut buf = [0u8; 16];
+            let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+            buf[..n].to_vec()
+        };
+        if crate::formats::torch_file::sniff(&head) || head.starts_with(crate::formats::torch_file::LFS_POINTER) {
+            let tf = TorchFile::open(path)?;
+            for (key, t) in tf.tensors() {
+                self.insert(path, key, Entry::Torch { file: idx, tensor: t.clone() })?;
+            }
+            self.sources.push(Source::Torch(tf));
+        } else {
+            let st = SafetensorsFile::open(path)?;
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(st.bytes())
+                .map_err(|e| FormatError::format(path.display().to_string(), e.to_string()))?;
+            let base = 8 + header_len;
+            for (key, info) in meta.tensors() {
+                let dtype = DType::from_safetensors(info.dtype)
+                    .with_context(|| format!("{}: tensor {key} has unsupported dtype {:?}", path.display(), info.dtype))?;
+                let shape = info.shape.iter().map(|&d| d as i64).collect();
+                let (s, e) = info.data_offsets;
+                self.insert(path, key, Entry::Safetensors { file: idx, dtype, shape, start: base + s, end: base + e })?;
+            }
+            self.sources.push(Source::Safetensors(st));
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, path: &Path, key: String, e: Entry) -> Result<()> {
+        if self.entries.insert(key.clone(), e).is_some() {
+            bail!("{}: tensor {key} appears in more than one weight file", path.display());
+        }
+        Ok(())
+    }
+
+    pub fn placement(&self) -> Placement {
+        self.placement
+    }
+
+    pub fn root(&self) -> VarPath<'_> {
+        VarPath { weights: self, prefix: String::new() }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Shape of a stored tensor, if present.
+    pub fn shape_of(&self, key: &str) -> Option<Vec<i64>> {
+        self.entries.get(key).map(Entry::shape)
+    }
+
+    /// All keys, sorted (for prefix detection and messages).
+    pub fn keys(&self) -> Vec<&str> {
+        let mut k: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        k.sort();
+        k
+    }
+
+    /// Reads `key` as a tensor of `shape` in the placement's kind and device. A missing or
+    /// mis-shaped key is recorded (see [`Weights::finish`]) and a placeholder returned, so one
+    /// load reports every problem at once.
+    pub fn get(&self, key: &str, shape: &[i64]) -> Tensor {
+        self.get_kind(key, shape, self.placement.kind)
+    }
+
+    /// Like [`Weights::get`] with an explicit kind (e.g. norms kept in f32).
+    pub fn get_kind(&self, key: &str, shape: &[i64], kind: Kind) -> Tensor {
+        match self.try_get(key, shape, kind) {
+            Ok(t) => t,
+            Err(e) => {
+                self.problems.borrow_mut().push(format!("{e:#}"));
+                Tensor::zeros(shape, (kind, self.placement.device))
+            }
+        }
+    }
+
+    fn try_get(&self, key: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        let entry = self.entries.get(key).with_context(|| format!("missing tensor {key} (expected shape {shape:?})"))?;
+        let stored = entry.shape();
+        // Linear layers stored as 1x1 convolutions (old VAE attention checkpoints) and the reverse.
+        let reshape = stored != shape && stored.iter().product::<i64>() == shape.iter().product::<i64>() && {
+            let trim = |s: &[i64]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+            trim(&stored) == trim(shape)
+        };
+        if stored != shape && !reshape {
+            bail!("tensor {key} has shape {stored:?}, expected {shape:?}");
+        }
+        self.used.borrow_mut().insert(key.to_string());
+        let t = match entry {
+            Entry::Safetensors { file, dtype, shape: s, start, end } => {
+                let Source::Safetensors(st) = &self.sources[*file] else { unreachable!("entries point at their source") };
+                Tensor::f_from_data_size(&st.bytes()[*start..*end], s, tch_kind(*dtype))?
+            }
+            Entry::Torch { file, tensor } => {
+                let Source::Torch(tf) = &self.sources[*file] else { unreachable!("entries point at their source") };
+                let bytes = tf.tensor_bytes(tensor)?;
+                let s: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+                Tensor::f_from_data_size(&bytes, &s, tch_kind(tensor.storage.dtype))?
+            }
+        };
+        let t = if reshape { t.f_reshape(shape)? } else { t };
+        Ok(t.f_to_kind(kind)?.f_to_device(self.placement.device)?)
+    }
+
+    /// Records a problem found by a module (e.g. an unsupported layout) for `finish`.
+    pub fn problem(&self, message: String) {
+        self.problems.borrow_mut().push(message);
+    }
+
+    /// Fails with every missing, mis-shaped and unexpected tensor, naming the file. Keys
+    /// matching `ignore` (substrings, e.g. buffers such as `position_ids`) may stay unused.
+    pub fn finish(&self, ignore: &[&str]) -> Result<()> {
+        let used = self.used.borrow();
+        let unexpected: Vec<&String> =
+            self.entries.keys().filter(|k| !used.contains(*k) && !ignore.iter().any(|i| k.contains(i))).collect();
+        let problems = self.problems.borrow();
+        if problems.is_empty() && unexpected.is_empty() {
+            return Ok(());
+        }
+        let mut msg = format!("{} does not fit the model its config describes:", self.name);
+        for p in problems.iter().take(20) {
+            msg.push_str(&format!("\n  - {p}"));
+        }
+        if problems.len() > 20 {
+            msg.push_str(&format!("\n  - ... and {} more", problems.len() - 20));
+        }
+        let mut unexpected: Vec<&&String> = unexpected.iter().collect();
+        unexpected.sort();
+        for k in unexpected.iter().take(20) {
+            msg.push_str(&format!("\n  - unexpected tensor {k}"));
+        }
+        if unexpected.len() > 20 {
+            msg.push_str(&format!("\n  - ... and {} more unexpected tensors", unexpected.len() - 20));
+        }
+        bail!(msg)
+    }
+}
+
+/// A position in the weight tree: `p.pp("down_blocks").pp(0).get("weight", ...)` reads
+/// `down_blocks.0.weight`, mirroring the checkpoint keys exactly.
+#[derive(Clone)]
+pub struct VarPath<'a> {
+    weights: &'a Weights,
+    prefix: String,
+}
+
+impl<'a> VarPath<'a> {
+    pub fn pp(&self, name: impl std::fmt::Display) -> VarPath<'a> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        VarPath { weights: self.weights, prefix }
+    }
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+    pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
+        self.weights.get(&self.key(name), shape)
+    }
+    pub fn get_kind(&self, name: &str, shape: &[i64], kind: Kind) -> Tensor {
+        self.weights.get_kind(&self.key(name), shape, kind)
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.key(name))
+    }
+    pub fn shape_of(&self, name: &str) -> Option<Vec<i64>> {
+        self.weights.shape_of(&self.key(name))
+    }
+    pub fn weights(&self) -> &'a Weights {
+        self.weights
+    }
+    pub fn placement(&self) -> Placement {
+        self.weights.placement
+    }
+}
