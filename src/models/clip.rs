@@ -1,0 +1,201 @@
+//! transformers' `CLIPTextModel`: the text encoder Textual Inversion trains new words for.
+//!
+//! The token embedding is the frozen vocabulary matrix plus an optional separate block of new
+//! rows (the placeholder tokens): only that block can require gradient, so training touches
+//! nothing else and its optimizer state is `[n, D]`, not `[vocab, D]`.
+use super::config::ClipTextConfig;
+use super::nn::{attention, Activation, LayerNorm, Linear};
+use super::weights::{VarPath, Weights};
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+#[derive(Debug)]
+struct ClipAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: i64,
+}
+
+impl ClipAttention {
+    fn load(p: &VarPath, c: &ClipTextConfig) -> Self {
+        let d = c.hidden_size;
+        ClipAttention {
+            q_proj: Linear::load(&p.pp("q_proj"), d, d, true),
+            k_proj: Linear::load(&p.pp("k_proj"), d, d, true),
+            v_proj: Linear::load(&p.pp("v_proj"), d, d, true),
+            out_proj: Linear::load(&p.pp("out_proj"), d, d, true),
+            heads: c.num_attention_heads,
+        }
+    }
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let (q, k, v) = (self.q_proj.forward(xs), self.k_proj.forward(xs), self.v_proj.forward(xs));
+        self.out_proj.forward(&attention(&q, &k, &v, self.heads, true))
+    }
+}
+
+#[derive(Debug)]
+struct ClipLayer {
+    self_attn: ClipAttention,
+    layer_norm1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    layer_norm2: LayerNorm,
+    act: Activation,
+}
+
+impl ClipLayer {
+    fn load(p: &VarPath, c: &ClipTextConfig, act: Activation) -> Self {
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        ClipLayer {
+            self_attn: ClipAttention::load(&p.pp("self_attn"), c),
+            layer_norm1: LayerNorm::load(&p.pp("layer_norm1"), d, c.layer_norm_eps),
+            fc1: Linear::load(&p.pp("mlp").pp("fc1"), d, i, true),
+            fc2: Linear::load(&p.pp("mlp").pp("fc2"), i, d, true),
+            layer_norm2: LayerNorm::load(&p.pp("layer_norm2"), d, c.layer_norm_eps),
+            act,
+        }
+    }
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs));
+        let h = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&xs))));
+        xs + h
+    }
+}
+
+/// What one forward pass returns.
+pub struct ClipOutput {
+    /// After the final layer norm: what Stable Diffusion conditions on.
+    pub last_hidden_state: Tensor,
+    /// The embeddings' output and each layer's output (`num_hidden_layers + 1` entries), as
+    /// transformers' `output_hidden_states=True`, for `clip_skip`.
+    pub hidden_states: Vec<Tensor>,
+}
+
+#[derive(Debug)]
+pub struct ClipTextModel {
+    /// `[vocab, D]`, frozen.
+    token_embedding: Tensor,
+    /// `[n, D]` rows for ids `vocab..vocab+n` (new tokens); may require gradient.
+    new_rows: Option<Tensor>,
+    position_embedding: Tensor,
+    layers: Vec<ClipLayer>,
+    final_layer_norm: LayerNorm,
+    pub config: ClipTextConfig,
+}
+
+impl ClipTextModel {
+    /// Builds the model from `w`, accepting keys with the `text_model.` prefix (every real
+    /// checkpoint, transformers 4) and without it (transformers 5).
+    pub fn load(w: &Weights, config: &ClipTextConfig) -> Result<Self> {
+        let root = w.root();
+        let p = if w.contains("text_model.embeddings.token_embedding.weight") { root.pp("text_model") } else { root };
+        let act = config.activation()?;
+        let d = config.hidden_size;
+        let e = p.pp("embeddings");
+        let model = ClipTextModel {
+            token_embedding: e.pp("token_embedding").get("weight", &[config.vocab_size, d]),
+            new_rows: None,
+            position_embedding: e.pp("position_embedding").get("weight", &[config.max_position_embeddings, d]),
+            layers: (0..config.num_hidden_layers).map(|i| ClipLayer::load(&p.pp("encoder").pp("layers").pp(i), config, act)).collect(),
+            final_layer_norm: LayerNorm::load(&p.pp("final_layer_norm"), d, config.layer_norm_eps),
+            config: config.clone(),
+        };
+        // position_ids is a buffer; the projection belongs to CLIPTextModelWithProjection.
+        w.finish(&["position_ids", "text_projection"])?;
+        Ok(model)
+    }
+
+    pub fn hidden_size(&self) -> i64 {
+        self.config.hidden_size
+    }
+
+    /// Rows in the vocabulary matrix (without new rows).
+    pub fn base_vocab(&self) -> i64 {
+        self.token_embedding.size()[0]
+    }
+
+    /// The embedding row of existing token `id` (e.g. the initializer token).
+    pub fn token_row(&self, id: i64) -> Result<Tensor> {
+        let v = self.base_vocab() + self.new_rows.as_ref().map_or(0, |r| r.size()[0]);
+        if id < 0 || id >= v {
+            bail!("token id {id} outside the text encoder's {v} rows");
+        }
+        Ok(match &self.new_rows {
+            Some(r) if id >= self.base_vocab() => r.get(id - self.base_vocab()),
+            _ => self.token_embedding.get(id),
+        })
+    }
+
+    /// Sets the rows of ids `base_vocab()..` (the tokenizer's added tokens, in order).
+    pub fn set_new_rows(&mut self, rows: Tensor) -> Result<()> {
+        let d = self.hidden_size();
+        match rows.size().as_slice() {
+            [_, w] if *w == d => {}
+            s => bail!("new embedding rows have shape {s:?}; expected [n, {d}]"),
+        }
+        self.new_rows = Some(rows.to_kind(self.token_embedding.kind()).to_device(self.token_embedding.device()));
+        Ok(())
+    }
+
+    pub fn new_rows(&self) -> Option<&Tensor> {
+        self.new_rows.as_ref()
+    }
+
+    /// Embeds `[batch, tokens]` ids: gathers from the frozen matrix and the new rows, so the
+    /// gradient reaches only the new rows.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        let base = self.base_vocab();
+        match &self.new_rows {
+            None => self.token_embedding.embedding_for(ids),
+            Some(rows) => {
+                let is_new = ids.ge(base);
+                let old = self.token_embedding.embedding_for(&ids.clamp_max(base - 1));
+                let new = rows.embedding_for(&(ids - base).clamp_min(0));
+                new.where_self(&is_new.unsqueeze(-1), &old)
+            }
+        }
+    }
+
+    /// Runs the encoder on `[batch, tokens]` ids (`tokens` ≤ max_position_embeddings).
+    pub fn forward(&self, ids: &Tensor) -> ClipOutput {
+        let _span = tracing::trace_span!("clip").entered();
+        let n = ids.size()[1];
+        let mut xs = self.embed(ids) + self.position_embedding.narrow(0, 0, n).unsqueeze(0);
+        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
+        for layer in &self.layers {
+            hidden_states.push(xs.shallow_clone());
+            xs = layer.forward(&xs);
+        }
+        hidden_states.push(xs.shallow_clone());
+        ClipOutput { last_hidden_state: self.final_layer_norm.forward(&xs), hidden_states }
+    }
+
+    /// The conditioning diffusers' `encode_prompt` builds: `last_hidden_state`, or with
+    /// `clip_skip` the hidden state `clip_skip` layers before the last, through the final norm.
+    pub fn encode(&self, ids: &Tensor, clip_skip: Option<usize>) -> Result<Tensor> {
+        let out = self.forward(ids);
+        match clip_skip {
+            None | Some(0) => Ok(out.last_hidden_state),
+            Some(s) if s < out.hidden_states.len() => {
+                Ok(self.final_layer_norm.forward(&out.hidden_states[out.hidden_states.len() - 1 - s]))
+            }
+            Some(s) => bail!("clip_skip {s} is larger than the text encoder's {} layers", self.layers.len()),
+        }
+    }
+
+    pub fn final_layer_norm(&self, xs: &Tensor) -> Tensor {
+        self.final_layer_norm.forward(xs)
+    }
+}
+
+trait EmbeddingFor {
+    fn embedding_for(&self, ids: &Tensor) -> Tensor;
+}
+
+impl EmbeddingFor for Tensor {
+    fn embedding_for(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(self, &ids.to_kind(Kind::Int64), -1, false, false)
+    }
+}

@@ -1,0 +1,441 @@
+//! Each component's `config.json`, through serde, with diffusers'/transformers' defaults.
+//!
+//! Fields we do not implement are still read, and any value other than the one we support is a
+//! clear error (never silently ignored): see each `validate`.
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::path::Path;
+
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))
+}
+
+/// A value given either once for all blocks or once per block.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock<T> {
+    One(T),
+    Each(Vec<T>),
+}
+
+impl<T: Clone> PerBlock<T> {
+    pub fn get(&self, i: usize) -> Option<T> {
+        match self {
+            PerBlock::One(v) => Some(v.clone()),
+            PerBlock::Each(v) => v.get(i).cloned(),
+        }
+    }
+    fn len_ok(&self, n: usize) -> bool {
+        match self {
+            PerBlock::One(_) => true,
+            PerBlock::Each(v) => v.len() == n,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `unet/config.json` of a `UNet2DConditionModel`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNetConfig {
+    /// Latent size the model was trained at (64 for SD 1.5: 512 px / 8).
+    pub sample_size: Option<i64>,
+    #[serde(default = "four")]
+    pub in_channels: i64,
+    #[serde(default = "four")]
+    pub out_channels: i64,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "default_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "UNetConfig::default_down")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "UNetConfig::default_mid")]
+    pub mid_block_type: Option<String>,
+    #[serde(default = "UNetConfig::default_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "false_per_block")]
+    pub only_cross_attention: PerBlock<bool>,
+    #[serde(default = "UNetConfig::default_channels")]
+    pub block_out_channels: Vec<i64>,
+    #[serde(default = "two_per_block")]
+    pub layers_per_block: PerBlock<i64>,
+    #[serde(default = "one")]
+    pub downsample_padding: i64,
+    #[serde(default = "one_f")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default = "silu")]
+    pub act_fn: String,
+    #[serde(default = "thirty_two")]
+    pub norm_num_groups: Option<i64>,
+    #[serde(default = "eps5")]
+    pub norm_eps: f64,
+    #[serde(default = "UNetConfig::default_cross")]
+    pub cross_attention_dim: PerBlock<i64>,
+    #[serde(default = "one_per_block")]
+    pub transformer_layers_per_block: PerBlock<i64>,
+    pub encoder_hid_dim: Option<i64>,
+    #[serde(default = "eight_per_block")]
+    pub attention_head_dim: PerBlock<i64>,
+    pub num_attention_heads: Option<PerBlock<i64>>,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    pub class_embed_type: Option<String>,
+    pub addition_embed_type: Option<String>,
+    pub num_class_embeds: Option<i64>,
+    /// Has no effect with scaled-dot-product attention (diffusers' default processor) either.
+    #[serde(default)]
+    pub upcast_attention: bool,
+    #[serde(default = "default_str")]
+    pub resnet_time_scale_shift: String,
+    #[serde(default)]
+    pub resnet_skip_time_act: bool,
+    #[serde(default = "one_f")]
+    pub resnet_out_scale_factor: f64,
+    #[serde(default = "positional")]
+    pub time_embedding_type: String,
+    pub time_embedding_dim: Option<i64>,
+    pub time_embedding_act_fn: Option<String>,
+    pub timestep_post_act: Option<String>,
+    pub time_cond_proj_dim: Option<i64>,
+    #[serde(default = "three")]
+    pub conv_in_kernel: i64,
+    #[serde(default = "three")]
+    pub conv_out_kernel: i64,
+    #[serde(default = "default_str")]
+    pub attention_type: String,
+    #[serde(default)]
+    pub class_embeddings_concat: bool,
+    pub mid_block_only_cross_attention: Option<bool>,
+    pub cross_attention_norm: Option<String>,
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+}
+
+fn four() -> i64 {
+    4
+}
+fn three() -> i64 {
+    3
+}
+fn one() -> i64 {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn eps5() -> f64 {
+    1e-5
+}
+fn thirty_two() -> Option<i64> {
+    Some(32)
+}
+fn silu() -> String {
+    "silu".into()
+}
+fn default_str() -> String {
+    "default".into()
+}
+fn positional() -> String {
+    "positional".into()
+}
+fn false_per_block() -> PerBlock<bool> {
+    PerBlock::One(false)
+}
+fn one_per_block() -> PerBlock<i64> {
+    PerBlock::One(1)
+}
+fn two_per_block() -> PerBlock<i64> {
+    PerBlock::One(2)
+}
+fn eight_per_block() -> PerBlock<i64> {
+    PerBlock::One(8)
+}
+
+impl UNetConfig {
+    fn default_down() -> Vec<String> {
+        ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec()
+    }
+    fn default_up() -> Vec<String> {
+        ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec()
+    }
+    fn default_mid() -> Option<String> {
+        Some("UNetMidBlock2DCrossAttn".into())
+    }
+    fn default_channels() -> Vec<i64> {
+        vec![320, 640, 1280, 1280]
+    }
+    fn default_cross() -> PerBlock<i64> {
+        PerBlock::One(1280)
+    }
+
+    /// Heads of each down block's attention. diffusers names this `attention_head_dim` in SD
+    /// configs but uses it as the number of heads (its `num_attention_heads` fallback).
+    pub fn heads(&self, block: usize) -> Option<i64> {
+        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(block)
+    }
+
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        let n = self.block_out_channels.len();
+        let fail = |what: String| -> Result<()> { bail!("{}: {what} is not supported", file.display()) };
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            bail!("{}: down_block_types, up_block_types and block_out_channels must have the same length", file.display());
+        }
+        for t in &self.down_block_types {
+            if t != "CrossAttnDownBlock2D" && t != "DownBlock2D" {
+                fail(format!("down block type {t:?}"))?;
+            }
+        }
+        for t in &self.up_block_types {
+            if t != "CrossAttnUpBlock2D" && t != "UpBlock2D" {
+                fail(format!("up block type {t:?}"))?;
+            }
+        }
+        if self.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {
+            fail(format!("mid_block_type {:?}", self.mid_block_type))?;
+        }
+        let per_block_ok = self.only_cross_attention.len_ok(n)
+            && self.layers_per_block.len_ok(n)
+            && self.cross_attention_dim.len_ok(n)
+            && self.transformer_layers_per_block.len_ok(n)
+            && self.attention_head_dim.len_ok(n)
+            && self.num_attention_heads.as_ref().is_none_or(|h| h.len_ok(n));
+        if !per_block_ok {
+            bail!("{}: a per-block list does not have one entry per block ({n})", file.display());
+        }
+        if self.only_cross_attention != PerBlock::One(false) && self.only_cross_attention != PerBlock::Each(vec![false; n]) {
+            fail("only_cross_attention".into())?;
+        }
+        if self.mid_block_only_cross_attention == Some(true) {
+            fail("mid_block_only_cross_attention".into())?;
+        }
+        if self.dual_cross_attention {
+            fail("dual_cross_attention".into())?;
+        }
+        if self.act_fn != "silu" && self.act_fn != "swish" {
+            fail(format!("act_fn {:?}", self.act_fn))?;
+        }
+        if self.norm_num_groups.is_none() {
+            fail("norm_num_groups null".into())?;
+        }
+        for (name, v) in [
+            ("class_embed_type", &self.class_embed_type),
+            ("addition_embed_type (SDXL's text_time conditioning)", &self.addition_embed_type),
+            ("time_embedding_act_fn", &self.time_embedding_act_fn),
+            ("timestep_post_act", &self.timestep_post_act),
+            ("cross_attention_norm", &self.cross_attention_norm),
+        ] {
+            if let Some(v) = v {
+                fail(format!("{name} {v:?}"))?;
+            }
+        }
+        for (name, v) in [
+            ("num_class_embeds", self.num_class_embeds),
+            ("encoder_hid_dim", self.encoder_hid_dim),
+            ("time_cond_proj_dim", self.time_cond_proj_dim),
+            ("time_embedding_dim", self.time_embedding_dim),
+        ] {
+            if let Some(v) = v {
+                fail(format!("{name} {v}"))?;
+            }
+        }
+        if self.reverse_transformer_layers_per_block.as_ref().is_some_and(|v| !v.is_null()) {
+            fail("reverse_transformer_layers_per_block".into())?;
+        }
+        if self.resnet_time_scale_shift != "default" {
+            fail(format!("resnet_time_scale_shift {:?}", self.resnet_time_scale_shift))?;
+        }
+        if self.resnet_skip_time_act || self.resnet_out_scale_factor != 1.0 {
+            fail("resnet_skip_time_act / resnet_out_scale_factor".into())?;
+        }
+        if self.time_embedding_type != "positional" {
+            fail(format!("time_embedding_type {:?}", self.time_embedding_type))?;
+        }
+        if self.attention_type != "default" || self.class_embeddings_concat {
+            fail(format!("attention_type {:?}", self.attention_type))?;
+        }
+        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+            fail("even conv_in/conv_out kernels".into())?;
+        }
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            let heads = self.heads(i).unwrap_or(1);
+            if heads <= 0 || c % heads != 0 {
+                bail!("{}: block {i} has {c} channels, not divisible into {heads} attention heads", file.display());
+            }
+            if c % self.norm_num_groups.unwrap_or(32) != 0 {
+                bail!("{}: block {i} has {c} channels, not divisible into norm_num_groups", file.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `vae/config.json` of an `AutoencoderKL`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "three")]
+    pub in_channels: i64,
+    #[serde(default = "three")]
+    pub out_channels: i64,
+    #[serde(default = "VaeConfig::default_down")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "VaeConfig::default_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "VaeConfig::default_channels")]
+    pub block_out_channels: Vec<i64>,
+    #[serde(default = "one")]
+    pub layers_per_block: i64,
+    #[serde(default = "silu")]
+    pub act_fn: String,
+    #[serde(default = "four")]
+    pub latent_channels: i64,
+    #[serde(default = "thirty_two_i")]
+    pub norm_num_groups: i64,
+    pub sample_size: Option<i64>,
+    #[serde(default = "VaeConfig::default_scaling")]
+    pub scaling_factor: f64,
+    pub shift_factor: Option<f64>,
+    #[serde(default = "default_true")]
+    pub use_quant_conv: bool,
+    #[serde(default = "default_true")]
+    pub use_post_quant_conv: bool,
+    #[serde(default)]
+    pub mid_block_add_attention: Option<bool>,
+    pub latents_mean: Option<serde_json::Value>,
+    pub latents_std: Option<serde_json::Value>,
+    #[serde(default)]
+    pub force_upcast: Option<bool>,
+}
+
+fn thirty_two_i() -> i64 {
+    32
+}
+
+impl VaeConfig {
+    fn default_down() -> Vec<String> {
+        vec!["DownEncoderBlock2D".into()]
+    }
+    fn default_up() -> Vec<String> {
+        vec!["UpDecoderBlock2D".into()]
+    }
+    fn default_channels() -> Vec<i64> {
+        vec![64]
+    }
+    fn default_scaling() -> f64 {
+        0.18215
+    }
+    /// Attention in the encoder's and decoder's middle block (diffusers' default: on).
+    pub fn mid_attention(&self) -> bool {
+        self.mid_block_add_attention.unwrap_or(true)
+    }
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            bail!("{}: down_block_types, up_block_types and block_out_channels must have the same length", file.display());
+        }
+        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
+            bail!("{}: down block type {t:?} is not supported", file.display());
+        }
+        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
+            bail!("{}: up block type {t:?} is not supported", file.display());
+        }
+        if self.act_fn != "silu" && self.act_fn != "swish" {
+            bail!("{}: act_fn {:?} is not supported", file.display(), self.act_fn);
+        }
+        if self.shift_factor.is_some_and(|s| s != 0.0) || self.latents_mean.as_ref().is_some_and(|v| !v.is_null()) {
+            bail!("{}: shift_factor / latents_mean are not supported (SD 3 and Flux VAEs)", file.display());
+        }
+        if let Some(&c) = self.block_out_channels.iter().find(|&&c| c % self.norm_num_groups != 0) {
+            bail!("{}: {c} channels are not divisible into {} groups", file.display(), self.norm_num_groups);
+        }
+        Ok(())
+    }
+}
+
+/// `text_encoder/config.json` of a transformers `CLIPTextModel`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipTextConfig {
+    #[serde(default = "ClipTextConfig::default_vocab")]
+    pub vocab_size: i64,
+    #[serde(default = "ClipTextConfig::default_hidden")]
+    pub hidden_size: i64,
+    #[serde(default = "ClipTextConfig::default_intermediate")]
+    pub intermediate_size: i64,
+    #[serde(default)]
+    pub projection_dim: Option<i64>,
+    #[serde(default = "ClipTextConfig::default_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "ClipTextConfig::default_heads")]
+    pub num_attention_heads: i64,
+    #[serde(default = "ClipTextConfig::default_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "ClipTextConfig::default_act")]
+    pub hidden_act: String,
+    #[serde(default = "eps5")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "one")]
+    pub pad_token_id: i64,
+    #[serde(default = "ClipTextConfig::default_bos")]
+    pub bos_token_id: i64,
+    #[serde(default = "ClipTextConfig::default_eos")]
+    pub eos_token_id: i64,
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+}
+
+impl ClipTextConfig {
+    fn default_vocab() -> i64 {
+        49408
+    }
+    fn default_hidden() -> i64 {
+        512
+    }
+    fn default_intermediate() -> i64 {
+        2048
+    }
+    fn default_layers() -> i64 {
+        12
+    }
+    fn default_heads() -> i64 {
+        8
+    }
+    fn default_positions() -> i64 {
+        77
+    }
+    fn default_act() -> String {
+        "quick_gelu".into()
+    }
+    fn default_bos() -> i64 {
+        49406
+    }
+    fn default_eos() -> i64 {
+        49407
+    }
+    pub fn activation(&self) -> Result<crate::models::nn::Activation> {
+        use crate::models::nn::Activation;
+        Ok(match self.hidden_act.as_str() {
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu" => Activation::Gelu,
+            other => bail!("hidden_act {other:?} is not supported (quick_gelu, gelu)"),
+        })
+    }
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        self.activation().with_context(|| file.display().to_string())?;
+        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
+            bail!("{}: hidden_size {} is not divisible into {} heads", file.display(), self.hidden_size, self.num_attention_heads);
+        }
+        if let Some(a) = &self.architectures {
+            if a.iter().any(|a| a != "CLIPTextModel" && a != "CLIPTextModelWithProjection") {
+                bail!("{}: architecture {a:?} is not a CLIP text model", file.display());
+            }
+        }
+        Ok(())
+    }
+}

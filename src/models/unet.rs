@@ -1,0 +1,119 @@
+//! diffusers' `UNet2DConditionModel` (SD 1.x and 2.x), built from its `config.json`.
+use super::attention::TransformerConfig;
+use super::config::UNetConfig;
+use super::embeddings::{timestep_features, TimestepEmbedding};
+use super::nn::{Conv2d, GroupNorm};
+use super::resnet::ResnetConfig;
+use super::unet_blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
+use super::weights::Weights;
+use anyhow::{bail, Result};
+use tch::Tensor;
+
+#[derive(Debug)]
+pub struct UNet2DConditionModel {
+    time_embedding: TimestepEmbedding,
+    conv_in: Conv2d,
+    down_blocks: Vec<DownBlock>,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    pub config: UNetConfig,
+}
+
+impl UNet2DConditionModel {
+    /// Builds the UNet; `config` must have passed [`UNetConfig::validate`].
+    pub fn load(w: &Weights, config: &UNetConfig) -> Result<Self> {
+        let c = config;
+        let p = w.root();
+        let n = c.block_out_channels.len();
+        let ch = &c.block_out_channels;
+        let groups = c.norm_num_groups.unwrap_or(32);
+        let temb_dim = ch[0] * 4;
+        let resnet = ResnetConfig { groups, eps: c.norm_eps, temb_channels: Some(temb_dim), output_scale_factor: 1.0 };
+        let per = |v: Option<i64>, what: &str| -> Result<i64> {
+            match v {
+                Some(v) => Ok(v),
+                None => bail!("unet config: {what} has no entry for every block"),
+            }
+        };
+        let mut attn_cfg = Vec::with_capacity(n);
+        for i in 0..n {
+            attn_cfg.push(TransformerConfig {
+                heads: per(c.heads(i), "attention_head_dim")?,
+                layers: per(c.transformer_layers_per_block.get(i), "transformer_layers_per_block")?,
+                context_dim: per(c.cross_attention_dim.get(i), "cross_attention_dim")?,
+                groups,
+                linear_projection: c.use_linear_projection,
+            });
+        }
+        let layers: Vec<i64> = (0..n).map(|i| per(c.layers_per_block.get(i), "layers_per_block")).collect::<Result<_>>()?;
+
+        let mut down_blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let input = if i == 0 { ch[0] } else { ch[i - 1] };
+            let attn = (c.down_block_types[i] == "CrossAttnDownBlock2D").then_some(attn_cfg[i]);
+            down_blocks.push(DownBlock::load(&p.pp("down_blocks").pp(i), input, ch[i], layers[i], resnet, attn, i + 1 < n, c.downsample_padding));
+        }
+        let mid_resnet = ResnetConfig { output_scale_factor: c.mid_block_scale_factor, ..resnet };
+        let mid_block = MidBlock::load(&p.pp("mid_block"), ch[n - 1], mid_resnet, attn_cfg[n - 1]);
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut out = ch[n - 1];
+        for i in 0..n {
+            let r = n - 1 - i; // the matching down block
+            let prev_out = out;
+            out = ch[r];
+            let down_in = ch[r.saturating_sub(1)];
+            let attn = (c.up_block_types[i] == "CrossAttnUpBlock2D").then_some(attn_cfg[r]);
+            let channels = UpChannels { prev_out, out, down_in };
+            up_blocks.push(UpBlock::load(&p.pp("up_blocks").pp(i), channels, layers[r] + 1, resnet, attn, i + 1 < n));
+        }
+        let unet = UNet2DConditionModel {
+            time_embedding: TimestepEmbedding::load(&p.pp("time_embedding"), ch[0], temb_dim),
+            conv_in: Conv2d::load(&p.pp("conv_in"), c.in_channels, ch[0], c.conv_in_kernel, 1, (c.conv_in_kernel - 1) / 2),
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNorm::load(&p.pp("conv_norm_out"), groups, ch[0], c.norm_eps),
+            conv_out: Conv2d::load(&p.pp("conv_out"), ch[0], c.out_channels, c.conv_out_kernel, 1, (c.conv_out_kernel - 1) / 2),
+            config: c.clone(),
+        };
+        w.finish(&[])?;
+        Ok(unet)
+    }
+
+    /// Predicts noise (or v) for `sample` `[batch, C, h, w]` at `timesteps` (a scalar or one
+    /// per sample), conditioned on `context` `[batch, tokens, cross_attention_dim]`.
+    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
+        let _span = tracing::trace_span!("unet").entered();
+        let size = sample.size();
+        let (batch, h, w) = (size[0], size[2], size[3]);
+        let up_factor = 1i64 << (self.up_blocks.len() - 1);
+        let forward_upsample_size = h % up_factor != 0 || w % up_factor != 0;
+        let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
+        let timesteps = if timesteps.dim() == 0 { timesteps.expand([batch], false) } else { timesteps.shallow_clone() };
+        let t = timestep_features(&timesteps.to_device(sample.device()), self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
+            .to_kind(sample.kind());
+        let temb = self.time_embedding.forward(&t);
+
+        let mut xs = self.conv_in.forward(&sample);
+        let mut skips = vec![xs.shallow_clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(&xs, &temb, context);
+            xs = out;
+            skips.extend(states);
+        }
+        xs = self.mid_block.forward(&xs, &temb, context);
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let n = block.layers();
+            let mut mine: Vec<Tensor> = skips.split_off(skips.len() - n);
+            mine.reverse();
+            let upsample_size = (forward_upsample_size && i + 1 < self.up_blocks.len()).then(|| {
+                let s = skips[skips.len() - 1].size();
+                (s[2], s[3])
+            });
+            xs = block.forward(&xs, &mine, &temb, context, upsample_size);
+        }
+        self.conv_out.forward(&self.conv_norm_out.forward(&xs).silu())
+    }
+}
