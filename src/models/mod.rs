@@ -5,6 +5,7 @@ pub mod clip;
 pub mod config;
 pub mod embeddings;
 pub mod nn;
+pub mod repo;
 pub mod resnet;
 pub mod tokenizer;
 pub mod unet;
