@@ -65,3 +65,69 @@ pub fn load_cuda() -> bool {
     }
     tch::Cuda::is_available()
 }
+
+/// Parses `--device`: `cpu`, `cuda`, `cuda:N` or `mps`; a GPU that is not there is an error
+/// that says why, not a silent fall-back to the CPU.
+pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
+    use anyhow::bail;
+    let s = s.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "cpu" => Ok(tch::Device::Cpu),
+        "mps" => {
+            if !tch::utils::has_mps() {
+                bail!("--device mps: this libtorch has no MPS support");
+            }
+            Ok(tch::Device::Mps)
+        }
+        _ => {
+            let index = match s.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => match rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()) {
+                    Some(n) => n,
+                    None => bail!("--device {s}: expected cpu, cuda, cuda:N or mps"),
+                },
+                None => bail!("--device {s}: expected cpu, cuda, cuda:N or mps"),
+            };
+            if !load_cuda() {
+                bail!(
+                    "--device {s}: CUDA is not available with this libtorch ({}); build against a CUDA libtorch \
+                     (TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh, or LIBTORCH_USE_PYTORCH=1) or run with \
+                     LD_LIBRARY_PATH pointing at one",
+                    loaded_library("libtorch_cpu.so").unwrap_or_else(|| "unknown path".into())
+                );
+            }
+            let count = tch::Cuda::device_count() as usize;
+            if index >= count {
+                bail!("--device {s}: only {count} CUDA device(s)");
+            }
+            Ok(tch::Device::Cuda(index))
+        }
+    }
+}
+
+/// Parses a precision name as the Python script's flags spell them (`no`/`fp32`, `fp16`, `bf16`).
+pub fn parse_kind(s: &str) -> anyhow::Result<tch::Kind> {
+    Ok(match s.trim().to_ascii_lowercase().as_str() {
+        "no" | "fp32" | "float32" | "f32" => tch::Kind::Float,
+        "fp16" | "float16" | "f16" | "half" => tch::Kind::Half,
+        "bf16" | "bfloat16" => tch::Kind::BFloat16,
+        other => anyhow::bail!("unknown precision {other:?}: expected fp32 (no), fp16 or bf16"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_and_precisions_parse_with_clear_errors() {
+        assert_eq!(parse_device("cpu").unwrap(), tch::Device::Cpu);
+        assert!(parse_device("gpu").unwrap_err().to_string().contains("expected cpu, cuda"));
+        if !tch::Cuda::is_available() {
+            assert!(parse_device("cuda:0").unwrap_err().to_string().contains("CUDA is not available"));
+        }
+        assert_eq!(parse_kind("bf16").unwrap(), tch::Kind::BFloat16);
+        assert_eq!(parse_kind("no").unwrap(), tch::Kind::Float);
+        assert!(parse_kind("int8").is_err());
+    }
+}

@@ -7,4 +7,5 @@ pub use ti_formats as formats;
 pub mod cli;
 pub mod device;
 pub mod models;
+pub mod schedulers;
 pub mod tensors;

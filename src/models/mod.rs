@@ -7,6 +7,7 @@ pub mod embeddings;
 pub mod nn;
 pub mod repo;
 pub mod resnet;
+pub mod stable_diffusion;
 pub mod tokenizer;
 pub mod unet;
 pub mod unet_blocks;
