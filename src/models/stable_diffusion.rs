@@ -7,6 +7,7 @@ use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use super::weights::{Placement, Weights};
 use anyhow::{bail, Context, Result};
+use std::path::Path;
 
 /// Which files to use, as diffusers' `from_pretrained` arguments.
 #[derive(Debug, Clone, Default)]
@@ -53,4 +54,16 @@ pub fn load_text_encoder(repo: &ModelRepo, opts: &WeightOptions, placement: Plac
     let cfg: ClipTextConfig = config::read(&cfg_path)?;
     cfg.validate(&cfg_path)?;
     ClipTextModel::load(&load_weights(repo, "text_encoder", opts, placement)?, &cfg).context("loading the text encoder")
+}
+
+pub fn load_tokenizer(repo: &ModelRepo) -> Result<super::tokenizer::ClipTokenizer> {
+    // The folder must be local: fetch every tokenizer file the model has, then read the folder.
+    let mut dir = None;
+    for f in ["tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.json", "added_tokens.json"] {
+        if let Some(p) = repo.get(&format!("tokenizer/{f}"))? {
+            dir = p.parent().map(Path::to_path_buf);
+        }
+    }
+    let dir = dir.with_context(|| format!("{} has no tokenizer/ folder", repo.describe()))?;
+    super::tokenizer::ClipTokenizer::from_folder(&dir).context("loading the tokenizer")
 }
