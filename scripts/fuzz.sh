@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-600}; shift || true
 targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(pickle torch_zip safetensors_header png_chunk)
+copy() {  # seeds named after their folder too, so equal file names do not collide
+  local d=$1; shift
+  for f in "$@"; do cp "$f" "$d/$(basename "$(dirname "$f")")-$(basename "$f")"; done
+}
 seed() {
   local t=$1 d=fuzz/corpus/$1; mkdir -p "$d"
   case $t in
@@ -22,9 +26,9 @@ for f in glob.glob("fixtures/*/*.pt") + glob.glob("fixtures/*/*.bin"):
             open(os.path.join(sys.argv[1], os.path.basename(f) + ".pkl"), "wb").write(z.read(n))
 PY
     ;;
-    torch_zip) cp fixtures/*/*.pt fixtures/*/*.bin "$d"/ ;;
-    safetensors_header) cp fixtures/*/*.safetensors "$d"/ ;;
-    png_chunk) cp fixtures/*/*.png "$d"/ ;;
+    torch_zip) copy "$d" fixtures/torch/*.pt fixtures/embeddings/*.pt fixtures/embeddings/*.bin ;;
+    safetensors_header) copy "$d" fixtures/embeddings/*.safetensors fixtures/model-refs/*.safetensors ;;
+    png_chunk) copy "$d" fixtures/embeddings/*.png ;;
   esac
 }
 for t in "${targets[@]}"; do

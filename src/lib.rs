@@ -9,3 +9,4 @@ pub mod device;
 pub mod models;
 pub mod schedulers;
 pub mod tensors;
+pub mod textual_inversion;
