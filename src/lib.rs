@@ -6,7 +6,9 @@ pub use ti_formats as formats;
 
 pub mod cli;
 pub mod device;
+pub mod image_out;
 pub mod models;
 pub mod schedulers;
 pub mod tensors;
 pub mod textual_inversion;
+pub mod train;

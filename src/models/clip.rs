@@ -107,6 +107,10 @@ impl ClipTextModel {
         Ok(model)
     }
 
+    pub fn device(&self) -> tch::Device {
+        self.token_embedding.device()
+    }
+
     pub fn hidden_size(&self) -> i64 {
         self.config.hidden_size
     }
