@@ -8,6 +8,7 @@ pub mod cli;
 pub mod device;
 pub mod image_out;
 pub mod models;
+pub mod pipeline;
 pub mod schedulers;
 pub mod tensors;
 pub mod textual_inversion;

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each with its clap arguments and `run`.
 pub mod convert;
+pub mod generate;
 pub mod info;
 pub mod inspect;
 
@@ -24,6 +25,9 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Convert an embedding between diffusers, A1111 and SDXL formats.
     Convert(convert::ConvertArgs),
+    /// Text to image with a Stable Diffusion model and any embeddings, as diffusers'
+    /// StableDiffusionPipeline.
+    Generate(generate::GenerateArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -31,5 +35,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Generate(a) => generate::run(a),
     }
 }

@@ -1,1 +1,211 @@
-//! Noise schedulers (being written).
+//! diffusers' noise schedulers: the samplers for generation and DDPM's forward process for
+//! training, numerically equal to diffusers 0.42 (tests/schedulers.rs runs full loops against it).
+//!
+//! A generation loop, as diffusers' StableDiffusionPipeline runs it:
+//!
+//! ```ignore
+//! let config = SchedulerConfig::read(&model.join("scheduler/scheduler_config.json"))?;
+//! let mut scheduler = schedulers::load(&config, cli_override)?; // Option<SchedulerKind>
+//! scheduler.set_timesteps(steps)?;
+//! tch::manual_seed(seed);
+//! let mut latents = schedulers::randn(&[1, 4, 64, 64], Kind::Float, device) * scheduler.init_noise_sigma();
+//! for &t in scheduler.timesteps().to_vec().iter() {
+//!     let input = scheduler.scale_model_input(&Tensor::cat(&[&latents, &latents], 0), t)?;
+//!     let noise_pred = unet.forward(&input, &Tensor::from(t), &context); // guidance, then:
+//!     latents = scheduler.step(&guided, t, &latents)?;
+//! }
+//! ```
+//!
+//! Loop over [`Scheduler::timesteps`], not `0..steps`: PNDM has one timestep more than steps (its
+//! PLMS warm-up repeats one), and its Runge-Kutta mode many more.
+//!
+//! Randomness (Euler ancestral, SDE DPM-Solver++): diffusers draws with
+//! `randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(S))`, on the CPU, then moves
+//! the noise to the device. tch has no generator objects, but libtorch's global CPU generator
+//! after `tch::manual_seed(S)` is the same mt19937 in the same state, so drawing from it in the
+//! same order (initial latents, then one draw per step, in the dtype diffusers uses) gives the
+//! same numbers: see [`randn`]. The global generator is shared by the whole process, so nothing
+//! else may draw from it between the seed and the end of the loop.
+pub mod config;
+pub mod ddim;
+pub mod ddpm;
+pub mod dpm_solver_multistep;
+pub mod euler;
+pub mod euler_ancestral;
+pub mod pndm;
+pub(crate) mod schedule;
+
+use anyhow::{bail, Result};
+use std::fmt;
+use std::str::FromStr;
+use tch::{Device, Kind, Tensor};
+
+pub use config::{PredictionType, SchedulerConfig, TimestepSpacing};
+pub use ddpm::DdpmScheduler;
+
+/// An inference sampler. Timesteps are f64 holding diffusers' exact values: integers for PNDM,
+/// DDIM and DPM-Solver (int64 in diffusers), f32 values for the Euler schedulers (float32 in
+/// diffusers). Pass them back unchanged to [`Scheduler::scale_model_input`] and
+/// [`Scheduler::step`], and to the UNet as `Tensor::from(t)`: it embeds timesteps in f32, where
+/// every one of these values is exact.
+pub trait Scheduler: Send {
+    fn kind(&self) -> SchedulerKind;
+    /// Prepares a run of `num_inference_steps` steps (and resets the multistep history).
+    fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()>;
+    /// The timesteps to visit, in order; empty before `set_timesteps`.
+    fn timesteps(&self) -> &[f64];
+    /// Factor for the initial N(0, 1) latents (1 for PNDM, DDIM, DPM-Solver; the largest sigma,
+    /// or sqrt(sigma^2 + 1) with leading spacing, for Euler).
+    fn init_noise_sigma(&self) -> f64;
+    /// The UNet input for `sample` at `timestep` (Euler divides by sqrt(sigma^2 + 1)).
+    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor>;
+    /// One denoising step: the sample at the next timestep.
+    fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor>;
+    fn prediction_type(&self) -> PredictionType;
+}
+
+/// The inference schedulers, by diffusers class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Pndm,
+    Ddim,
+    Euler,
+    EulerAncestral,
+    DpmSolverMultistep,
+}
+
+impl SchedulerKind {
+    pub const ALL: [SchedulerKind; 5] =
+        [SchedulerKind::Pndm, SchedulerKind::Ddim, SchedulerKind::Euler, SchedulerKind::EulerAncestral, SchedulerKind::DpmSolverMultistep];
+
+    pub fn class_name(self) -> &'static str {
+        match self {
+            SchedulerKind::Pndm => "PNDMScheduler",
+            SchedulerKind::Ddim => "DDIMScheduler",
+            SchedulerKind::Euler => "EulerDiscreteScheduler",
+            SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+        }
+    }
+
+    /// The command-line name.
+    pub fn cli_name(self) -> &'static str {
+        match self {
+            SchedulerKind::Pndm => "pndm",
+            SchedulerKind::Ddim => "ddim",
+            SchedulerKind::Euler => "euler",
+            SchedulerKind::EulerAncestral => "euler-ancestral",
+            SchedulerKind::DpmSolverMultistep => "dpm++2m",
+        }
+    }
+
+    /// From a config's `_class_name`.
+    pub fn from_class_name(name: &str) -> Result<Self> {
+        match Self::ALL.into_iter().find(|k| k.class_name() == name) {
+            Some(k) => Ok(k),
+            None => bail!(
+                "scheduler class {name:?} is not supported (supported: {}); choose one of {} instead",
+                Self::ALL.map(|k| k.class_name()).join(", "),
+                Self::ALL.map(|k| k.cli_name()).join(", ")
+            ),
+        }
+    }
+}
+
+impl FromStr for SchedulerKind {
+    type Err = anyhow::Error;
+    /// A command-line name (`pndm`, `ddim`, `euler`, `euler-ancestral`/`euler_a`,
+    /// `dpm++2m`/`dpmsolver++`/`dpm-solver++`), case-insensitive, or a class name.
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase().replace('_', "-");
+        Ok(match lower.as_str() {
+            "pndm" | "plms" => SchedulerKind::Pndm,
+            "ddim" => SchedulerKind::Ddim,
+            "euler" => SchedulerKind::Euler,
+            "euler-ancestral" | "euler-a" => SchedulerKind::EulerAncestral,
+            "dpm++2m" | "dpmsolver++" | "dpm-solver++" | "dpm++" | "dpmpp-2m" | "dpmpp2m" => SchedulerKind::DpmSolverMultistep,
+            _ => match Self::ALL.into_iter().find(|k| k.class_name().eq_ignore_ascii_case(s.trim())) {
+                Some(k) => k,
+                None => bail!(
+                    "unknown scheduler {s:?} (choose pndm, ddim, euler, euler-ancestral (euler_a), dpm++2m (dpmsolver++, dpm-solver++))"
+                ),
+            },
+        })
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.cli_name())
+    }
+}
+
+/// `kind` built from `config`, like diffusers' `Kind.from_config(config)`: the config's values
+/// for the fields `kind` has, `kind`'s defaults for the rest.
+pub fn build(kind: SchedulerKind, config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+    Ok(match kind {
+        SchedulerKind::Pndm => Box::new(pndm::PndmScheduler::new(config)?),
+        SchedulerKind::Ddim => Box::new(ddim::DdimScheduler::new(config)?),
+        SchedulerKind::Euler => Box::new(euler::EulerDiscreteScheduler::new(config)?),
+        SchedulerKind::EulerAncestral => Box::new(euler_ancestral::EulerAncestralDiscreteScheduler::new(config)?),
+        SchedulerKind::DpmSolverMultistep => Box::new(dpm_solver_multistep::DpmSolverMultistepScheduler::new(config)?),
+    })
+}
+
+/// The config's own scheduler (`_class_name`), or `override_kind` built from the same config.
+pub fn load(config: &SchedulerConfig, override_kind: Option<SchedulerKind>) -> Result<Box<dyn Scheduler>> {
+    let kind = match override_kind {
+        Some(k) => k,
+        None => config.class_kind()?,
+    };
+    build(kind, config)
+}
+
+/// N(0, 1) noise drawn like diffusers' `randn_tensor` with a CPU generator: on the CPU from
+/// libtorch's global generator (seed it with `tch::manual_seed`), in `kind` (the numbers depend
+/// on the dtype they are drawn in), then moved to `device`.
+pub fn randn(shape: &[i64], kind: Kind, device: Device) -> Tensor {
+    Tensor::randn(shape, (kind, Device::Cpu)).to_device(device)
+}
+
+/// The checks every `step` makes before touching tensors (libtorch would abort the process on a
+/// shape or device mismatch).
+pub(crate) fn check_step_inputs(class: &str, model_output: &Tensor, sample: &Tensor) -> Result<()> {
+    if model_output.size() != sample.size() {
+        bail!("{class}: model output {:?} and sample {:?} differ in shape", model_output.size(), sample.size());
+    }
+    if model_output.device() != sample.device() {
+        bail!("{class}: model output and sample are on different devices");
+    }
+    if !model_output.is_floating_point() || !sample.is_floating_point() {
+        bail!("{class}: model output and sample must be floating point");
+    }
+    Ok(())
+}
+
+/// The step index diffusers' Euler and DPM-Solver schedulers start from: the position of the
+/// first timestep they are given, the second one if it occurs twice (a rule for img2img, kept).
+pub(crate) fn index_for_timestep(timesteps: &[f64], t: f64) -> Option<usize> {
+    let hits: Vec<usize> = timesteps.iter().enumerate().filter(|(_, &v)| v == t).map(|(i, _)| i).collect();
+    match hits.len() {
+        0 => None,
+        1 => Some(hits[0]),
+        _ => Some(hits[1]),
+    }
+}
+
+/// Errors for calling a sampler out of order.
+pub(crate) fn not_ready(class: &str) -> anyhow::Error {
+    anyhow::anyhow!("{class}: call set_timesteps before stepping")
+}
+
+/// Checks the number of inference steps against the training timesteps, as DDIM does for all.
+pub(crate) fn check_steps(class: &str, n: usize, train: i64) -> Result<()> {
+    if n == 0 {
+        bail!("{class}: the number of inference steps must be at least 1");
+    }
+    if n as i64 > train {
+        bail!("{class}: {n} inference steps are more than the {train} training timesteps");
+    }
+    Ok(())
+}
