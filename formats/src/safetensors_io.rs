@@ -20,7 +20,7 @@ pub fn sniff(bytes: &[u8]) -> bool {
 /// A memory-mapped safetensors file.
 pub struct SafetensorsFile {
     name: String,
-    map: memmap2::Mmap,
+    map: memmap2::MmapMut,
 }
 
 /// What a safetensors header says about one tensor.
@@ -34,8 +34,10 @@ pub struct TensorInfo {
 impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: read-only mapping; see TorchFile::open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // SAFETY: a private copy-on-write mapping: writes through it (none are made) would never
+        // reach the file; a concurrent writer of the file can change values but never the
+        // bounds we check.
+        let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }.map_err(|e| Error::io(path, e))?;
         let name = path.display().to_string();
         // Validate once up front so later accessors cannot fail on structure.
         parse(&name, &map)?;

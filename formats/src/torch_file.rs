@@ -27,7 +27,7 @@ pub const LFS_POINTER: &[u8] = b"version https://git-lfs";
 const LEGACY_MAGIC: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
 
 enum Bytes {
-    Mapped(memmap2::Mmap),
+    Mapped(memmap2::MmapMut),
     Owned(Vec<u8>),
 }
 
@@ -74,10 +74,11 @@ impl TorchFile {
     /// Opens a file, memory-mapped: storages are read (and copied) only when asked for.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the mapping is read-only; a concurrent writer could change the bytes under
-        // us, which at worst yields wrong values, never unsoundness in this code (all reads
-        // are bounds-checked slices).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // SAFETY: a private copy-on-write mapping (so tensors may point into it, and a write
+        // would never reach the file); a concurrent writer could change the bytes under us,
+        // which at worst yields wrong values, never unsoundness in this code (all reads are
+        // bounds-checked slices).
+        let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }.map_err(|e| Error::io(path, e))?;
         Self::parse(path.display().to_string(), Bytes::Mapped(map))
     }
 

@@ -83,6 +83,8 @@ pub struct ClipTextModel {
     layers: Vec<ClipLayer>,
     final_layer_norm: LayerNorm,
     pub config: ClipTextConfig,
+    /// The mapped weight files some tensors point into.
+    _backing: super::weights::Backing,
 }
 
 impl ClipTextModel {
@@ -101,6 +103,7 @@ impl ClipTextModel {
             layers: (0..config.num_hidden_layers).map(|i| ClipLayer::load(&p.pp("encoder").pp("layers").pp(i), config, act)).collect(),
             final_layer_norm: LayerNorm::load(&p.pp("final_layer_norm"), d, config.layer_norm_eps),
             config: config.clone(),
+            _backing: w.backing(),
         };
         // position_ids is a buffer; the projection belongs to CLIPTextModelWithProjection.
         w.finish(&["position_ids", "text_projection"])?;

@@ -19,6 +19,8 @@ pub struct UNet2DConditionModel {
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
     pub config: UNetConfig,
+    /// The mapped weight files some tensors point into.
+    _backing: super::weights::Backing,
 }
 
 impl UNet2DConditionModel {
@@ -77,6 +79,7 @@ impl UNet2DConditionModel {
             conv_norm_out: GroupNorm::load(&p.pp("conv_norm_out"), groups, ch[0], c.norm_eps),
             conv_out: Conv2d::load(&p.pp("conv_out"), ch[0], c.out_channels, c.conv_out_kernel, 1, (c.conv_out_kernel - 1) / 2),
             config: c.clone(),
+            _backing: w.backing(),
         };
         w.finish(&[])?;
         Ok(unet)

@@ -162,6 +162,8 @@ pub struct AutoencoderKL {
     quant_conv: Option<Conv2d>,
     post_quant_conv: Option<Conv2d>,
     pub config: VaeConfig,
+    /// The mapped weight files some tensors point into.
+    _backing: super::weights::Backing,
 }
 
 impl AutoencoderKL {
@@ -175,6 +177,7 @@ impl AutoencoderKL {
             quant_conv: config.use_quant_conv.then(|| Conv2d::load(&p.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)),
             post_quant_conv: config.use_post_quant_conv.then(|| Conv2d::load(&p.pp("post_quant_conv"), l, l, 1, 1, 0)),
             config: config.clone(),
+            _backing: w.backing(),
         };
         w.finish(&[])?;
         Ok(vae)

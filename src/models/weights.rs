@@ -10,9 +10,11 @@ use crate::formats::torch_file::TorchFile;
 use crate::formats::{DType, Error as FormatError};
 use crate::tensors::kind as tch_kind;
 use anyhow::{bail, Context, Result};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Where and in which precision a model's tensors live.
@@ -50,10 +52,20 @@ impl Entry {
     }
 }
 
+/// Keeps memory-mapped weight files alive for as long as a model's tensors point into them.
+#[derive(Clone)]
+pub struct Backing(#[allow(dead_code)] Arc<Vec<Source>>);
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backing({} file(s))", self.0.len())
+    }
+}
+
 /// The tensors of one model component (possibly sharded over several files).
 pub struct Weights {
     name: String,
-    sources: Vec<Source>,
+    sources: Arc<Vec<Source>>,
     entries: HashMap<String, Entry>,
     placement: Placement,
     used: RefCell<BTreeSet<String>>,
@@ -67,20 +79,28 @@ impl Weights {
         let name = files.first().map(|p| p.display().to_string()).unwrap_or_default();
         let mut w = Weights {
             name,
-            sources: Vec::new(),
+            sources: Arc::new(Vec::new()),
             entries: HashMap::new(),
             placement,
             used: RefCell::new(BTreeSet::new()),
             problems: RefCell::new(Vec::new()),
         };
+        let mut sources = Vec::new();
         for path in files {
-            w.add_file(path)?;
+            w.add_file(path, &mut sources)?;
         }
+        w.sources = Arc::new(sources);
         Ok(w)
     }
 
-    fn add_file(&mut self, path: &Path) -> Result<()> {
-        let idx = self.sources.len();
+    /// What a model built from these weights must hold on to (tensors may point into the
+    /// mapped files instead of copying them).
+    pub fn backing(&self) -> Backing {
+        Backing(self.sources.clone())
+    }
+
+    fn add_file(&mut self, path: &Path, sources: &mut Vec<Source>) -> Result<()> {
+        let idx = sources.len();
         let head = {
             use std::io::Read;
             let mut buf = [0u8; 16];
@@ -93,7 +113,7 @@ impl Weights {
             for (key, t) in tf.tensors() {
                 self.insert(path, key, Entry::Torch { file: idx, tensor: t.clone() })?;
             }
-            self.sources.push(Source::Torch(tf));
+            sources.push(Source::Torch(tf));
         } else {
             let st = SafetensorsFile::open(path)?;
             let (header_len, meta) = safetensors::SafeTensors::read_metadata(st.bytes())
@@ -106,7 +126,7 @@ impl Weights {
                 let (s, e) = info.data_offsets;
                 self.insert(path, key, Entry::Safetensors { file: idx, dtype, shape, start: base + s, end: base + e })?;
             }
-            self.sources.push(Source::Safetensors(st));
+            sources.push(Source::Safetensors(st));
         }
         Ok(())
     }
@@ -175,13 +195,15 @@ impl Weights {
         let t = match entry {
             Entry::Safetensors { file, dtype, shape: s, start, end } => {
                 let Source::Safetensors(st) = &self.sources[*file] else { unreachable!("entries point at their source") };
-                Tensor::f_from_data_size(&st.bytes()[*start..*end], s, tch_kind(*dtype))?
+                mapped_tensor(&st.bytes()[*start..*end], s, *dtype)?
             }
             Entry::Torch { file, tensor } => {
                 let Source::Torch(tf) = &self.sources[*file] else { unreachable!("entries point at their source") };
-                let bytes = tf.tensor_bytes(tensor)?;
                 let s: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
-                Tensor::f_from_data_size(&bytes, &s, tch_kind(tensor.storage.dtype))?
+                match tf.tensor_bytes(tensor)? {
+                    Cow::Borrowed(bytes) => mapped_tensor(bytes, &s, tensor.storage.dtype)?,
+                    Cow::Owned(bytes) => Tensor::f_from_data_size(&bytes, &s, tch_kind(tensor.storage.dtype))?,
+                }
             }
         };
         let t = if reshape { t.f_reshape(shape)? } else { t };
@@ -220,6 +242,24 @@ impl Weights {
         }
         bail!(msg)
     }
+}
+
+/// A CPU tensor over `bytes` of the mapped file without copying them (when aligned for the
+/// element type; else a copy). Converting kind or device later makes the one copy needed.
+/// Valid while the file's mapping lives: models keep it through [`Weights::backing`].
+fn mapped_tensor(bytes: &[u8], shape: &[i64], dtype: DType) -> Result<Tensor> {
+    let kind = tch_kind(dtype);
+    if bytes.is_empty() || (bytes.as_ptr() as usize) % dtype.size() != 0 {
+        return Ok(Tensor::f_from_data_size(bytes, shape, kind)?);
+    }
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    // SAFETY: `bytes` holds exactly numel * size bytes (checked by the readers), is aligned for
+    // the element type, and lives in a copy-on-write mapping kept alive by every model built
+    // from these weights (`Backing`); weights are never written in place.
+    Ok(unsafe { Tensor::f_from_blob(bytes.as_ptr(), shape, &strides, kind, Device::Cpu)? })
 }
 
 /// A position in the weight tree: `p.pp("down_blocks").pp(0).get("weight", ...)` reads
