@@ -28,16 +28,28 @@ fn main() -> anyhow::Result<()> {
     let te = load_text_encoder(&repo, &opts, p)?;
     let load_te = t.elapsed().as_secs_f64();
     let rss_load = peak_rss_mb();
-    tch::manual_seed(0);
-    let sample = Tensor::randn([1, 4, 64, 64], (Kind::Float, tch::Device::Cpu));
-    let context = Tensor::randn([1, 77, 768], (Kind::Float, tch::Device::Cpu));
+    // The inputs diffusers used and its output, to check that we compute the same thing.
+    let reference: std::collections::HashMap<String, Tensor> = match std::env::args().nth(2) {
+        Some(p) => Tensor::read_safetensors(p)?.into_iter().collect(),
+        None => Default::default(),
+    };
+    let (sample, context) = match (reference.get("sample"), reference.get("context")) {
+        (Some(s), Some(c)) => (s.shallow_clone(), c.shallow_clone()),
+        _ => (Tensor::randn([1, 4, 64, 64], (Kind::Float, tch::Device::Cpu)), Tensor::randn([1, 77, 768], (Kind::Float, tch::Device::Cpu))),
+    };
     let mut times = Vec::new();
+    let mut out = None;
     for _ in 0..2 {
         let t = Instant::now();
-        let out = unet.forward(&sample, &Tensor::from_slice(&[500i64]), &context);
-        let _ = out.sum(Kind::Float).double_value(&[]);
+        let o = unet.forward(&sample, &Tensor::from_slice(&[500i64]), &context);
+        let _ = o.sum(Kind::Float).double_value(&[]);
         times.push(t.elapsed().as_secs_f64());
+        out = Some(o);
     }
+    let max_abs_vs_diffusers = match (out, reference.get("out")) {
+        (Some(o), Some(r)) => (o - r).abs().max().double_value(&[]),
+        _ => f64::NAN,
+    };
     drop((vae, te));
     println!(
         "{}",
@@ -46,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             "load_unet_s": load_unet, "load_vae_s": load_vae, "load_text_encoder_s": load_te,
             "load_total_s": load_unet + load_vae + load_te, "peak_rss_after_load_mb": rss_load,
             "unet_forward_s": times.iter().cloned().fold(f64::MAX, f64::min), "unet_forward_first_s": times[0],
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(), "unet_max_abs_vs_diffusers": max_abs_vs_diffusers,
         })
     );
     Ok(())

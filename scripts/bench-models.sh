@@ -14,9 +14,9 @@ if [[ ! -f "$model/.complete" ]]; then
 fi
 scripts/cargo.sh build --release --quiet --example bench_models
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-"$py" scripts/bench_models.py run "$model" > /tmp/bench-diffusers.json
+"$py" scripts/bench_models.py run "$model" /tmp/bench-unet-io.safetensors > /tmp/bench-diffusers.json
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-target/release/examples/bench_models "$model" > /tmp/bench-rust.json
+target/release/examples/bench_models "$model" /tmp/bench-unet-io.safetensors > /tmp/bench-rust.json
 "$py" - /tmp/bench-diffusers.json /tmp/bench-rust.json <<'PY'
 import json, sys
 py, rs = (json.load(open(f)) for f in sys.argv[1:3])
@@ -27,5 +27,6 @@ print(f"| | diffusers {py['threads']} threads | textual-inversion | ratio |")
 print("|---|---|---|---|")
 for label, k in rows:
     print(f"| {label} | {py[k]:.2f} | {rs[k]:.2f} | {rs[k] / py[k]:.2f}x |")
-print(f"(Python import of diffusers/transformers: {py['import_s']:.1f} s, not counted above)")
+print(f"(Python import of diffusers/transformers: {py['import_s']:.1f} s, not counted above; "
+      f"UNet output max abs difference from diffusers: {rs['unet_max_abs_vs_diffusers']:.2e})")
 PY

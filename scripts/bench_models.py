@@ -76,8 +76,11 @@ def run(d):
     times = []
     for _ in range(2):
         t = time.perf_counter()
-        unet(sample, torch.tensor([500]), context)
+        result = unet(sample, torch.tensor([500]), context).sample
         times.append(time.perf_counter() - t)
+    if len(sys.argv) > 3:  # inputs and output, for the Rust side to check it computes the same
+        from safetensors.torch import save_file
+        save_file({"sample": sample, "context": context, "out": result.contiguous()}, sys.argv[3])
     out["unet_forward_s"] = min(times)
     out["unet_forward_first_s"] = times[0]
     out["peak_rss_mb"] = peak_rss_mb()

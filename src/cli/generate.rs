@@ -64,6 +64,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let kind = parse_kind(&a.dtype)?;
     let seed = a.seed.unwrap_or_else(rand_seed);
+    let started = std::time::Instant::now();
     let repo = ModelRepo::resolve(&a.model, a.revision.as_deref(), &HubOptions::from_env())?;
     sd::check_pipeline(&repo)?;
     let wopts = WeightOptions { variant: a.variant.clone(), use_safetensors: None };
@@ -74,6 +75,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let vae = sd::load_vae(&repo, &wopts, Placement { device, kind })?;
     let mut scheduler = load_scheduler(&repo, a.scheduler.as_deref())?;
     let models = Models { tokenizer, text_encoder, unet, vae, device, kind, tokens };
+    tracing::info!("loaded {} in {:.2} s", repo.describe(), started.elapsed().as_secs_f64());
+    let generating = std::time::Instant::now();
     let opts = GenerateOptions {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
@@ -95,6 +98,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bar.set_position(i as u64);
     })?;
     bar.finish_and_clear();
+    let secs = generating.elapsed().as_secs_f64();
+    tracing::info!("generated {} image(s) in {secs:.2} s ({:.2} s per image)", a.num_images, secs / a.num_images as f64);
     let pixels = to_pixels(&out.decoded);
     let paths = next_paths(&a.output_dir, seed, a.num_images)?;
     let text = metadata(&a, seed, scheduler.kind().cli_name(), &models);
