@@ -91,3 +91,59 @@ fn info_reports_libtorch() {
     assert!(json["threads"].as_i64().unwrap() >= 1);
     assert!(json["libtorch_path"].as_str().unwrap().ends_with("libtorch_cpu.so"));
 }
+
+fn tiny_sd() -> String {
+    repo().join("fixtures/tiny-sd").display().to_string()
+}
+
+#[test]
+fn generate_writes_the_diffusers_image_with_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["generate", "--pretrained_model_name_or_path", &tiny_sd(), "--prompt", "a photo of a cat", "--negative_prompt", "blurry, ugly"])
+        .args(["--num_inference_steps", "10", "--seed", "42", "--output_dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = dir.path().join("0000-42.png");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), png.display().to_string());
+    // Same pixels as diffusers' StableDiffusionPipeline (fixtures/pipeline, case pndm-seed).
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    reader.next_frame(&mut buf).unwrap();
+    let text: std::collections::HashMap<String, String> =
+        reader.info().uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
+    assert_eq!(text["prompt"], "a photo of a cat");
+    assert_eq!(text["negative_prompt"], "blurry, ugly");
+    assert_eq!(text["seed"], "42");
+    assert_eq!(text["scheduler"], "pndm");
+    let want: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(repo().join("fixtures/pipeline/pndm-seed.safetensors")).unwrap().into_iter().collect();
+    let want_pixels = Vec::<u8>::try_from(want["image"].flatten(0, -1)).unwrap();
+    assert_eq!(buf, want_pixels);
+    // A second run numbers its file after the first.
+    let out = bin().args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--num_inference_steps", "2", "--seed", "7", "--scheduler", "euler_a", "--output_dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("0001-7.png").exists());
+}
+
+#[test]
+fn generate_refuses_embeddings_that_do_not_fit() {
+    let run = |emb: PathBuf| {
+        let out = bin().args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--num_inference_steps", "1", "--embedding"]).arg(emb).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run(realworld("bad-artist.pt"));
+    assert!(e.contains("bad-artist") && e.contains("768-wide") && e.contains("32 wide"), "{e}");
+    let e = run(repo().join("fixtures/embeddings/sdxl.safetensors"));
+    assert!(e.contains("SDXL embedding") && e.contains("clip_g 1280"), "{e}");
+    let e = run(PathBuf::from(format!("{}:cat", repo().join("fixtures/embeddings/diffusers.safetensors").display())));
+    assert!(e.contains("token cat is already in the tokenizer"), "{e}");
+    let out = bin().args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--height", "60"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiples of 8"));
+    let out = bin().args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--device", "cuda"]).output().unwrap();
+    assert!(!out.status.success());
+}
