@@ -49,7 +49,9 @@ def make(d):
     write_sd_tokenizer(d / "tokenizer")
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                   steps_offset=1, set_alpha_to_one=False).save_pretrained(d / "scheduler")
-    (d / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    # The same component list as the tiny fixture pipeline (no safety checker).
+    index = Path(__file__).resolve().parent.parent / "fixtures" / "tiny-sd" / "model_index.json"
+    (d / "model_index.json").write_text(index.read_text())
     (d / ".complete").write_text("ok")
 
 

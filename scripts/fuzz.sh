@@ -27,7 +27,7 @@ for f in glob.glob("fixtures/*/*.pt") + glob.glob("fixtures/*/*.bin"):
 PY
     ;;
     torch_zip) copy "$d" fixtures/torch/*.pt fixtures/embeddings/*.pt fixtures/embeddings/*.bin ;;
-    safetensors_header) copy "$d" fixtures/embeddings/*.safetensors fixtures/model-refs/*.safetensors ;;
+    safetensors_header) copy "$d" fixtures/embeddings/*.safetensors ;;
     png_chunk) copy "$d" fixtures/embeddings/*.png ;;
   esac
 }
@@ -35,6 +35,6 @@ for t in "${targets[@]}"; do
   seed "$t"
   echo "== $t: ${secs}s"
   cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=128 -timeout=10 -print_final_stats=1 2>&1 \
+    -max_total_time="$secs" -max_len=16384 -rss_limit_mb=2048 -malloc_limit_mb=128 -timeout=10 -print_final_stats=1 2>&1 \
     | grep -E "^(stat::|==|#[0-9]+ *DONE|INFO: -max_total_time|SUMMARY|ERROR|.*deadly signal)" || true
 done
