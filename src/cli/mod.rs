@@ -3,6 +3,7 @@ pub mod convert;
 pub mod generate;
 pub mod info;
 pub mod inspect;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,8 @@ pub enum Command {
     /// Text to image with a Stable Diffusion model and any embeddings, as diffusers'
     /// StableDiffusionPipeline.
     Generate(generate::GenerateArgs),
+    /// Learn new tokens from a few images: diffusers' textual_inversion.py, same flags and files.
+    Train(Box<train::TrainArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Train(a) => train::run(*a),
     }
 }

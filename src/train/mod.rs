@@ -1,4 +1,9 @@
-//! Training new tokens: the dataset, the optimizer and LR schedules, the step, the loop.
+//! Training new tokens: the dataset, the optimizer and LR schedules, the step (where the loss
+//! comes from), checkpoints, and the loop.
 pub mod dataset;
 pub mod lr_schedule;
+pub mod metrics;
 pub mod optim;
+pub mod state;
+pub mod step;
+pub mod trainer;

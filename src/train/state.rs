@@ -1,0 +1,134 @@
+//! `checkpoint-N/` folders: everything a resumed run needs to continue exactly where the
+//! stopped one was — the placeholder rows, AdamW's moments and step, the LR schedule's counter,
+//! and the position in the data (epoch, batch, accumulation count); the random draws derive from
+//! (seed, micro-step), so no generator state has to be stored.
+//!
+//! Files: `learned_embeds.safetensors` (the rows, loadable like any embedding file),
+//! `training_state.safetensors` (optimizer and schedule tensors), `state.json` (position). A
+//! folder is written under a temporary name and renamed, so a killed run never leaves half a
+//! checkpoint, and the last complete one always loads.
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Where the run is, saved in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Position {
+    pub global_step: u64,
+    /// Micro-steps done in total (drives the random draws).
+    pub micro_step: u64,
+    pub epoch: u64,
+    /// Batches of `epoch` already consumed.
+    pub batch_in_epoch: u64,
+    /// Accelerate's accumulation counter.
+    pub accumulation: u64,
+    pub seed: u64,
+    pub placeholder_token: String,
+    pub num_vectors: usize,
+}
+
+pub struct Checkpoint {
+    pub position: Position,
+    /// `[n, D]` float32.
+    pub rows: Tensor,
+    pub optimizer: Vec<(String, Tensor)>,
+    pub scheduler: Vec<(String, Tensor)>,
+}
+
+/// `output_dir/checkpoint-N` folders, sorted by N. Names that do not parse are ignored (the
+/// Python script crashes on them).
+pub fn list(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(output_dir) else { return Ok(out) };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()) {
+            if e.path().join("state.json").is_file() {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Resolves `--resume_from_checkpoint`: a folder name (only its last component is used, looked
+/// up in `output_dir`, as the script does) or `latest` (None when there is none yet).
+pub fn resolve(output_dir: &Path, which: &str) -> Result<Option<PathBuf>> {
+    if which == "latest" {
+        return Ok(list(output_dir)?.pop().map(|(_, p)| p));
+    }
+    let name = Path::new(which).file_name().with_context(|| format!("--resume_from_checkpoint {which}: not a folder name"))?;
+    let path = output_dir.join(name);
+    if !path.join("state.json").is_file() {
+        bail!("--resume_from_checkpoint {which}: {} is not a checkpoint folder (no state.json)", path.display());
+    }
+    Ok(Some(path))
+}
+
+/// Deletes the oldest checkpoints so that, with the one about to be written, at most `limit`
+/// remain (the script's `--checkpoints_total_limit` rule).
+pub fn prune(output_dir: &Path, limit: usize) -> Result<()> {
+    let existing = list(output_dir)?;
+    if limit == 0 || existing.len() < limit {
+        return Ok(());
+    }
+    for (_, path) in existing.iter().take(existing.len() - limit + 1) {
+        tracing::info!("removing old checkpoint {}", path.display());
+        std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
+    let parent = dir.parent().context("checkpoint folder has no parent")?;
+    let name = dir.file_name().context("checkpoint folder has no name")?.to_string_lossy().to_string();
+    let tmp = parent.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let rows = crate::tensors::from_tch(&c.rows)?;
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    crate::formats::safetensors_io::save(&tmp.join("learned_embeds.safetensors"), &[(c.position.placeholder_token.clone(), rows)], Some(&meta))?;
+    let mut tensors = Vec::new();
+    for (prefix, items) in [("optimizer.", &c.optimizer), ("scheduler.", &c.scheduler)] {
+        for (k, t) in items.iter() {
+            tensors.push((format!("{prefix}{k}"), crate::tensors::from_tch(t)?));
+        }
+    }
+    crate::formats::safetensors_io::save(&tmp.join("training_state.safetensors"), &tensors, None)?;
+    crate::formats::atomic::write(&tmp.join("state.json"), serde_json::to_string_pretty(&c.position)?.as_bytes())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    Ok(())
+}
+
+pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let state = std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("reading {}/state.json", dir.display()))?;
+    let position: Position = serde_json::from_str(&state).with_context(|| format!("{}/state.json is not a checkpoint state", dir.display()))?;
+    let emb = crate::formats::embeddings::read(&dir.join("learned_embeds.safetensors"))?;
+    let part = emb
+        .embeddings
+        .first()
+        .and_then(|e| e.parts.first())
+        .with_context(|| format!("{}: no rows in learned_embeds.safetensors", dir.display()))?;
+    let rows = crate::tensors::to_tch(&part.tensor)?.to_kind(tch::Kind::Float);
+    let rows = rows.reshape([part.vectors() as i64, part.width() as i64]);
+    let mut optimizer = Vec::new();
+    let mut scheduler = Vec::new();
+    let path = dir.join("training_state.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    for (k, t) in crate::formats::safetensors_io::read_all(&path.display().to_string(), &bytes)? {
+        let t = crate::tensors::to_tch(&t)?;
+        if let Some(k) = k.strip_prefix("optimizer.") {
+            optimizer.push((k.to_string(), t));
+        } else if let Some(k) = k.strip_prefix("scheduler.") {
+            scheduler.push((k.to_string(), t));
+        }
+    }
+    Ok(Checkpoint { position, rows, optimizer, scheduler })
+}

@@ -1,0 +1,113 @@
+//! `train` end to end on the tiny model: the files the script writes, checkpoints and resume
+//! (bit-identical to an uninterrupted run on CPU), and bad input refused before any model loads.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn train(out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+        .arg("train")
+        .arg("--pretrained_model_name_or_path")
+        .arg(repo().join("fixtures/tiny-sd"))
+        .arg("--train_data_dir")
+        .arg(repo().join("fixtures/dataset/images"))
+        .args(["--placeholder_token", "<cat-toy>", "--initializer_token", "toy", "--resolution", "64", "--train_batch_size", "2"])
+        .args(["--learning_rate", "5e-3", "--seed", "3", "--num_vectors", "2", "--repeats", "3", "--report_to", "none"])
+        .arg("--output_dir")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: std::process::Output) -> std::process::Output {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn rows(path: &Path) -> (String, Vec<usize>, Vec<u8>) {
+    let f = textual_inversion::formats::embeddings::read(path).unwrap();
+    let e = &f.embeddings[0];
+    (e.stored_token.clone().unwrap(), e.parts[0].tensor.shape.clone(), e.parts[0].tensor.data.clone())
+}
+
+#[test]
+fn writes_the_scripts_files_and_prunes_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    ok(train(&out, &["--max_train_steps", "6", "--save_steps", "2", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+                     "--validation_prompt", "a photo of <cat-toy>", "--validation_steps", "6", "--num_validation_images", "1"]));
+    let (token, shape, _) = rows(&out.join("learned_embeds.safetensors"));
+    assert_eq!((token.as_str(), shape), ("<cat-toy>", vec![2, 32]));
+    let meta = textual_inversion::formats::embeddings::read(&out.join("learned_embeds.safetensors")).unwrap().metadata;
+    assert_eq!(meta.get("format").map(String::as_str), Some("pt"));
+    for s in [2, 4, 6] {
+        assert!(out.join(format!("learned_embeds-steps-{s}.safetensors")).is_file());
+    }
+    assert!(!out.join("checkpoint-2").exists(), "pruned to the newest 2");
+    assert!(out.join("checkpoint-4/state.json").is_file() && out.join("checkpoint-6/state.json").is_file());
+    assert!(out.join("validation/step-6-0.png").is_file());
+    // The final file equals the last step's.
+    assert_eq!(rows(&out.join("learned_embeds.safetensors")), rows(&out.join("learned_embeds-steps-6.safetensors")));
+    // --no_safe_serialization writes torch.save .bin files.
+    let bin = dir.path().join("bin");
+    ok(train(&bin, &["--max_train_steps", "2", "--save_steps", "1", "--checkpointing_steps", "100", "--no_safe_serialization"]));
+    assert_eq!(rows(&bin.join("learned_embeds.bin")).1, vec![2, 32]);
+    assert!(bin.join("learned_embeds-steps-1.bin").is_file());
+}
+
+#[test]
+fn resuming_equals_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight = dir.path().join("straight");
+    let args = ["--max_train_steps", "8", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "3", "--lr_scheduler", "linear", "--lr_warmup_steps", "2"];
+    ok(train(&straight, &args));
+    // A run killed after checkpoint-3: only that checkpoint survives.
+    let resumed = dir.path().join("resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    copy(&straight.join("checkpoint-3"), &resumed.join("checkpoint-3"));
+    let o = ok(train(&resumed, &[&args[..], &["--resume_from_checkpoint", "latest"]].concat()));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Resuming from checkpoint"));
+    assert_eq!(rows(&straight.join("learned_embeds.safetensors")), rows(&resumed.join("learned_embeds.safetensors")), "bit-identical");
+}
+
+#[test]
+fn bad_input_is_refused_before_models_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str], data: Option<&Path>| -> String {
+        let has = |f: &str| extra.contains(&f);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_textual-inversion"));
+        c.arg("train").arg("--pretrained_model_name_or_path").arg(repo().join("fixtures/tiny-sd"));
+        c.arg("--train_data_dir").arg(data.map(Path::to_path_buf).unwrap_or_else(|| repo().join("fixtures/dataset/images")));
+        c.args(["--resolution", "64", "--max_train_steps", "1", "--output_dir"]).arg(dir.path().join("o"));
+        if !has("--placeholder_token") {
+            c.args(["--placeholder_token", "<x>"]);
+        }
+        if !has("--initializer_token") {
+            c.args(["--initializer_token", "toy"]);
+        }
+        let o = c.args(extra).output().unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    assert!(run(&["--placeholder_token", "cat"], None).contains("The tokenizer already contains the token cat"));
+    assert!(run(&["--initializer_token", "a photo"], None).contains("The initializer token must be a single token"));
+    assert!(run(&["--num_vectors", "0"], None).contains("--num_vectors has to be larger or equal to 1"));
+    assert!(run(&["--push_to_hub"], None).contains("--push_to_hub is not available"));
+    assert!(run(&["--report_to", "wandb"], None).contains("not available"));
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not an image").unwrap();
+    let e = run(&[], Some(&empty));
+    assert!(e.contains("empty") || e.contains("no usable image"), "{e}");
+}
