@@ -223,14 +223,15 @@ impl EventWriter {
         self.write_event(&e)
     }
 
-    /// A PNG image (`Summary.Value.image`: height, width, colorspace, encoded_image_string).
-    pub fn add_png(&mut self, tag: &str, png: &[u8], width: u32, height: u32, colorspace: u32, step: u64, wall_time: f64) -> Result<()> {
-        let mut image = Vec::new();
-        put_int(&mut image, 1, height as i64);
-        put_int(&mut image, 2, width as i64);
-        put_int(&mut image, 3, colorspace as i64);
-        put_bytes(&mut image, 4, png);
-        let e = summary_event(wall_time, step, tag, |v| put_bytes(v, 4, &image));
+    /// An RGB image, PNG-encoded (`Summary.Value.image`: height, width, colorspace 3,
+    /// encoded_image_string), as `SummaryWriter.add_image` stores it.
+    pub fn add_image(&mut self, tag: &str, image: &Rgb8, step: u64, wall_time: f64) -> Result<()> {
+        let mut msg = Vec::new();
+        put_int(&mut msg, 1, image.height as i64);
+        put_int(&mut msg, 2, image.width as i64);
+        put_int(&mut msg, 3, 3);
+        put_bytes(&mut msg, 4, &image.to_png()?);
+        let e = summary_event(wall_time, step, tag, |v| put_bytes(v, 4, &msg));
         self.write_event(&e)
     }
 }
@@ -429,9 +430,7 @@ impl Metrics {
     /// epoch). Does nothing without TensorBoard.
     pub fn log_images(&mut self, step: u64, images: &[Rgb8]) -> Result<()> {
         let Some(ev) = &mut self.events else { return Ok(()) };
-        let grid = image_grid(images)?;
-        let png = grid.to_png()?;
-        ev.add_png("validation", &png, grid.width, grid.height, 3, step, now_secs())
+        ev.add_image("validation", &image_grid(images)?, step, now_secs())
     }
 
     /// [`Self::log_images`] for `[n, H, W, 3]` u8 pixels.

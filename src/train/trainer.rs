@@ -72,9 +72,7 @@ fn check_args(a: &TrainArgs) -> Result<()> {
     if a.push_to_hub {
         bail!("--push_to_hub is not available: this tool does not upload. Train, then upload output_dir with `hf upload` (huggingface_hub's CLI)");
     }
-    if !matches!(a.report_to.as_str(), "tensorboard" | "none") {
-        bail!("--report_to {} is not available in this tool; use tensorboard or none", a.report_to);
-    }
+    a.report_to.parse::<super::metrics::ReportTo>()?;
     if a.train_batch_size == 0 || a.gradient_accumulation_steps == 0 || a.max_train_steps == 0 {
         bail!("--train_batch_size, --gradient_accumulation_steps and --max_train_steps must be at least 1");
     }
@@ -214,10 +212,18 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
     )?;
     let mut lr_sched = LrScheduler::new(schedule, lr);
     if let Some(c) = &resumed {
-        opt.load_state(&c.optimizer)?;
+        let adam: Vec<(String, Tensor)> =
+            c.optimizer.iter().filter(|(k, _)| !k.starts_with("scaler.")).map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+        opt.load_state(&adam)?;
         lr_sched.load_state(&c.scheduler)?;
     }
     opt.set_lr(lr_sched.lr());
+    let mut scaler = (kind == Kind::Half).then(super::grad_scaler::GradScaler::default);
+    if let (Some(s), Some(c)) = (scaler.as_mut(), &resumed) {
+        let st: Vec<(String, Tensor)> =
+            c.optimizer.iter().filter_map(|(k, t)| k.strip_prefix("scaler.").map(|k| (k.to_string(), t.shallow_clone()))).collect();
+        s.load_state(&st)?;
+    }
     let loaded = vec![LoadedToken { token: a.placeholder_token.clone(), vectors: n, file: PathBuf::new() }];
     let models = Models { tokenizer, text_encoder, unet, vae, device, kind, tokens: loaded };
 
@@ -243,6 +249,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
     tracing::info!("  Total train batch size (w. parallel, distributed & accumulation) = {}", a.train_batch_size as u64 * a.gradient_accumulation_steps);
     tracing::info!("  Gradient Accumulation steps = {}", a.gradient_accumulation_steps);
     tracing::info!("  Total optimization steps = {}", a.max_train_steps);
+    let mut metrics = super::metrics::Metrics::new(&a.output_dir, &a.logging_dir, a.report_to.parse()?)?;
     let bar = indicatif::ProgressBar::new(a.max_train_steps);
     bar.set_style(
         indicatif::ProgressStyle::with_template("Steps {pos}/{len} [{bar:30}] {per_sec} ETA {eta} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -297,7 +304,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
             let input_ids = Tensor::from_slice(&ids).reshape([bsz, -1]).to_device(device);
             let x = StepInputs { input_ids, latents, noise, timesteps };
             let loss = step::loss(&models.text_encoder, &models.unet, &ddpm, &x, kind)?;
-            (&loss / a.gradient_accumulation_steps as f64).backward();
+            let scale = scaler.as_ref().map_or(1.0, |s| s.scale);
+            (&loss * (scale / a.gradient_accumulation_steps as f64)).backward();
             let loss_value = loss.double_value(&[]);
             losses.push(loss_value);
             position.micro_step += 1;
@@ -309,8 +317,16 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
             }
             position.batch_in_epoch = (b + 1) as u64;
             if sync {
-                opt.step()?;
-                opt.set_lr(lr_sched.step());
+                let finite = match scaler.as_mut() {
+                    Some(s) => s.unscale(std::slice::from_ref(&trainable))?,
+                    None => true,
+                };
+                if finite {
+                    opt.step()?;
+                    opt.set_lr(lr_sched.step());
+                } else {
+                    tracing::warn!("fp16 gradient overflow: skipping this update, loss scale now {}", scaler.as_ref().map_or(0.0, |s| s.scale));
+                }
                 opt.zero_grad();
                 position.global_step += 1;
                 bar.set_position(position.global_step);
@@ -330,15 +346,21 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                         pos.epoch = epoch;
                     }
                     let dir = a.output_dir.join(format!("checkpoint-{gs}"));
-                    state::save(&dir, &Checkpoint { position: pos, rows: trainable.detach(), optimizer: opt.state()?, scheduler: lr_sched.state() })?;
+                    let mut optimizer = opt.state()?;
+                    if let Some(s) = &scaler {
+                        optimizer.extend(s.state().into_iter().map(|(k, t)| (format!("scaler.{k}"), t)));
+                    }
+                    state::save(&dir, &Checkpoint { position: pos, rows: trainable.detach(), optimizer, scheduler: lr_sched.state() })?;
                     tracing::info!("Saved state to {}", dir.display());
                 }
                 if let Some(prompt) = &a.validation_prompt {
                     if validation_steps > 0 && gs % validation_steps == 0 {
-                        validate(&models, &sched_cfg, prompt, a, seed, gs)?;
+                        let images = validate(&models, &sched_cfg, prompt, a, seed, gs)?;
+                        metrics.log_image_tensor(gs, &images)?;
                     }
                 }
             }
+            metrics.log(position.global_step, position.micro_step, epoch, loss_value, lr_sched.lr())?;
             bar.set_message(format!("loss={loss_value:.4} lr={:.3e}", lr_sched.lr()));
             if position.global_step >= a.max_train_steps {
                 break 'epochs;
@@ -348,6 +370,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
         position.batch_in_epoch = 0;
     }
     bar.finish();
+    metrics.finish()?;
     let final_path = a.output_dir.join(format!("learned_embeds.{ext}"));
     save_embeddings(&final_path, &a.placeholder_token, &trainable)?;
     Ok(TrainOutcome { embeddings_file: final_path, global_step: position.global_step, losses })
@@ -355,7 +378,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
 
 /// The script's `log_validation`: DPM-Solver++ from the model's scheduler config, 25 steps,
 /// guidance 7.5, the default size; one seeded generator for all images of a call.
-fn validate(models: &Models, sched_cfg: &SchedulerConfig, prompt: &str, a: &TrainArgs, seed: u64, step: u64) -> Result<()> {
+fn validate(models: &Models, sched_cfg: &SchedulerConfig, prompt: &str, a: &TrainArgs, seed: u64, step: u64) -> Result<Tensor> {
     tracing::info!("Running validation... Generating {} images with prompt: {prompt}.", a.num_validation_images);
     let dir = a.output_dir.join("validation");
     std::fs::create_dir_all(&dir)?;
@@ -363,6 +386,7 @@ fn validate(models: &Models, sched_cfg: &SchedulerConfig, prompt: &str, a: &Trai
     let scale = models.vae_scale_factor();
     let o = GenerateOptions { prompt: prompt.to_string(), steps: 25, guidance_scale: 7.5, seed, ..GenerateOptions::default() };
     tch::manual_seed(seed as i64);
+    let mut all = Vec::new();
     for i in 0..a.num_validation_images {
         let mut s = schedulers::load(sched_cfg, Some(SchedulerKind::DpmSolverMultistep))?;
         let latents = schedulers::randn(&[1, models.unet.config.in_channels, size / scale, size / scale], models.kind, models.device);
@@ -371,6 +395,7 @@ fn validate(models: &Models, sched_cfg: &SchedulerConfig, prompt: &str, a: &Trai
         let path = dir.join(format!("step-{step}-{i}.png"));
         let text = vec![("prompt".to_string(), prompt.to_string()), ("step".to_string(), step.to_string()), ("seed".to_string(), seed.to_string())];
         crate::image_out::save_png(&path, &pixels.get(0), &text)?;
+        all.push(pixels);
     }
-    Ok(())
+    Ok(Tensor::cat(&all, 0))
 }
