@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
-# The demo: builds the tool and runs it on the bundled embedding files (fixtures/embeddings,
-# written by real PyTorch/safetensors/PIL): what each file holds, then a round of conversions
-# between the diffusers, A1111 and SDXL formats. Output files go to ./demo-output/.
+# The demo: builds the tool, trains a new token on the bundled tiny model and images (under a
+# minute on 2 CPU cores), generates with it, and shows the embedding tools on the bundled
+# embedding files. Everything it writes goes to ./demo-output/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup-libtorch.sh)"
 cargo build --release --quiet
 ti=target/release/textual-inversion
 out=demo-output
-mkdir -p "$out"
+rm -rf "$out"; mkdir -p "$out"
 run() { echo; echo "\$ textual-inversion $*"; "$ti" "$@"; }
 run info
+# Train <cat-toy> (2 vectors) on four photos of a toy, with a validation image at the end.
+run train --pretrained_model_name_or_path fixtures/tiny-sd --train_data_dir fixtures/dataset/images \
+  --placeholder_token '<cat-toy>' --initializer_token toy --num_vectors 2 --resolution 64 \
+  --train_batch_size 2 --max_train_steps 100 --learning_rate 5e-3 --save_steps 50 --checkpointing_steps 50 \
+  --validation_prompt 'a photo of a <cat-toy>' --validation_steps 100 --num_validation_images 1 \
+  --seed 0 --output_dir "$out/cat-toy"
+run inspect "$out/cat-toy/learned_embeds.safetensors"
+run generate --pretrained_model_name_or_path fixtures/tiny-sd --embedding "$out/cat-toy" \
+  --prompt 'a <cat-toy> on the beach' --num_inference_steps 20 --seed 42 --output_dir "$out/images"
+# The embedding tools on files written by PyTorch, the A1111 web UI layout, kohya and SDXL.
 run inspect fixtures/embeddings/{diffusers.safetensors,diffusers_multi.bin,a1111.pt,kohya.safetensors,sdxl.safetensors,fp16.safetensors,legacy_format.bin,a1111_text.png,a1111_pixels.png}
-run convert fixtures/embeddings/a1111.pt "$out/my-style.safetensors"
-run convert fixtures/embeddings/a1111_pixels.png "$out/png-style.bin"
-run convert --token '<renamed>' --dtype fp16 "$out/my-style.safetensors" "$out/renamed.pt"
-run convert fixtures/embeddings/sdxl.safetensors "$out/sdxl.safetensors"
-run inspect "$out"/*
+run convert "$out/cat-toy/learned_embeds.safetensors" "$out/cat-toy.pt"
+run convert --token '<renamed>' --dtype fp16 fixtures/embeddings/a1111.pt "$out/renamed.safetensors"
+run inspect "$out/cat-toy.pt" "$out/renamed.safetensors"
 echo
 echo "A file that would run code is refused, and nothing runs:"
 run inspect fixtures/embeddings/evil.pt || true
+echo
+echo "Outputs: $out/cat-toy (learned_embeds.safetensors, checkpoints, validation/, loss.png, logs/), $out/images"
