@@ -59,14 +59,6 @@ impl Scheduler for DdimScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&mut self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
-        Ok(sample.shallow_clone())
-    }
-
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
         check_step_inputs("DDIMScheduler", model_output, sample)?;
         let n = self.num_inference_steps.ok_or_else(|| not_ready("DDIMScheduler"))?;

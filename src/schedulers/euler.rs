@@ -2,7 +2,7 @@
 //! churn, as diffusers' pipelines call it), with float timesteps interpolated between training
 //! sigmas or placed by Karras' schedule.
 use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, EULER};
-use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
+use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
 use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, Scheduler, SchedulerKind};
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
@@ -141,13 +141,7 @@ impl Scheduler for EulerDiscreteScheduler {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        // Before set_timesteps diffusers' sigmas are the training ones.
-        let sigmas = if self.sigmas.is_empty() { &self.train_sigmas } else { &self.sigmas };
-        let max = sigmas.iter().copied().fold(0.0f32, f32::max);
-        match self.spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-            TimestepSpacing::Leading => (max * max + 1.0).t_sqrt() as f64,
-        }
+        sigma_init_noise(&self.sigmas, &self.train_sigmas, self.spacing)
     }
 
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {

@@ -2,7 +2,7 @@
 //! next sigma. Each step draws noise with [`super::randn`] (libtorch's global CPU generator, in
 //! the model output's dtype), as diffusers does with a CPU `torch.Generator`.
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing, EULER_ANCESTRAL};
-use super::schedule::{np_interp, spaced_timesteps, TorchF32, TrainSchedule};
+use super::schedule::{np_interp, sigma_init_noise, spaced_timesteps, TorchF32, TrainSchedule};
 use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, randn, Scheduler, SchedulerKind};
 use anyhow::{anyhow, Result};
 use tch::{Kind, Tensor};
@@ -70,13 +70,7 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        // Before set_timesteps diffusers' sigmas are the training ones.
-        let sigmas = if self.sigmas.is_empty() { &self.train_sigmas } else { &self.sigmas };
-        let max = sigmas.iter().copied().fold(0.0f32, f32::max);
-        match self.spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
-            TimestepSpacing::Leading => (max * max + 1.0).t_sqrt() as f64,
-        }
+        sigma_init_noise(&self.sigmas, &self.train_sigmas, self.spacing)
     }
 
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {

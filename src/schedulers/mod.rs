@@ -54,11 +54,16 @@ pub trait Scheduler: Send {
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()>;
     /// The timesteps to visit, in order; empty before `set_timesteps`.
     fn timesteps(&self) -> &[f64];
-    /// Factor for the initial N(0, 1) latents (1 for PNDM, DDIM, DPM-Solver; the largest sigma,
-    /// or sqrt(sigma^2 + 1) with leading spacing, for Euler).
-    fn init_noise_sigma(&self) -> f64;
-    /// The UNet input for `sample` at `timestep` (Euler divides by sqrt(sigma^2 + 1)).
-    fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor>;
+    /// Factor for the initial N(0, 1) latents: 1 unless the scheduler works in sigmas (Euler:
+    /// the largest sigma, or sqrt(sigma^2 + 1) with leading spacing).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// The UNet input for `sample` at `timestep`: the sample itself unless the scheduler works
+    /// in sigmas (Euler divides by sqrt(sigma^2 + 1)).
+    fn scale_model_input(&mut self, sample: &Tensor, _timestep: f64) -> Result<Tensor> {
+        Ok(sample.shallow_clone())
+    }
     /// One denoising step: the sample at the next timestep.
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor>;
     fn prediction_type(&self) -> PredictionType;

@@ -238,3 +238,15 @@ pub(crate) fn integer_timestep(t: f64) -> Result<i64> {
     }
     Ok(t as i64)
 }
+
+/// `init_noise_sigma` of the sigma-based (Euler) schedulers: the largest sigma, or
+/// sqrt(sigma^2 + 1) with leading spacing; before `set_timesteps` diffusers uses the training
+/// sigmas.
+pub(crate) fn sigma_init_noise(sigmas: &[f32], train_sigmas: &[f32], spacing: TimestepSpacing) -> f64 {
+    let sigmas = if sigmas.is_empty() { train_sigmas } else { sigmas };
+    let max = sigmas.iter().copied().fold(0.0f32, f32::max);
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
+        TimestepSpacing::Leading => (max * max + 1.0).t_sqrt() as f64,
+    }
+}
