@@ -111,3 +111,41 @@ fn bad_input_is_refused_before_models_load() {
     let e = run(&[], Some(&empty));
     assert!(e.contains("empty") || e.contains("no usable image"), "{e}");
 }
+
+#[test]
+fn full_pipeline_loads_with_the_new_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("full");
+    ok(train(&out, &["--max_train_steps", "2", "--save_as_full_pipeline"]));
+    // Our own loader reads it as a model: the tokens are there, the rows are the trained ones.
+    use textual_inversion::models::repo::{HubOptions, ModelRepo};
+    use textual_inversion::models::stable_diffusion::{self as sd, WeightOptions};
+    let model = ModelRepo::resolve(out.to_str().unwrap(), None, &HubOptions::default()).unwrap();
+    let tok = sd::load_tokenizer(&model).unwrap();
+    assert_eq!((tok.token_id("<cat-toy>"), tok.token_id("<cat-toy>_1")), (Some(49408), Some(49409)));
+    let te = sd::load_text_encoder(&model, &WeightOptions::default(), textual_inversion::models::weights::Placement::cpu_f32()).unwrap();
+    assert_eq!(te.base_vocab(), 49410);
+    let (_, _, data) = rows(&out.join("learned_embeds.safetensors"));
+    let want = tch::Tensor::from_data_size(&data, &[2, 32], tch::Kind::Float);
+    let got = tch::Tensor::cat(&[te.token_row(49408).unwrap().unsqueeze(0), te.token_row(49409).unwrap().unsqueeze(0)], 0);
+    assert_eq!((got - want).abs().max().double_value(&[]), 0.0);
+    // The base model's files are untouched (they may be hard links).
+    let base = textual_inversion::models::config::read::<serde_json::Value>(&repo().join("fixtures/tiny-sd/text_encoder/config.json")).unwrap();
+    assert_eq!(base["vocab_size"], 49408);
+    // diffusers loads it, where a Python with diffusers is around.
+    let py = std::env::var("TI_PYTHON").ok().or_else(|| {
+        let p = PathBuf::from(std::env::var("HOME").ok()?).join(".cache/textual-inversion/pyenv-fixtures/bin/python");
+        p.exists().then(|| p.display().to_string())
+    });
+    if let Some(py) = py {
+        let code = "import sys; from diffusers import StableDiffusionPipeline as P; p = P.from_pretrained(sys.argv[1]); \
+                    t = p.tokenizer; ids = t.convert_tokens_to_ids(['<cat-toy>', '<cat-toy>_1']); \
+                    print(ids, tuple(p.text_encoder.get_input_embeddings().weight.shape), t('a <cat-toy> <cat-toy>_1').input_ids)";
+        let o = Command::new(py).args(["-c", code]).arg(&out).output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout.contains("[49408, 49409] (49410, 32) [49406, 320, 49408, 49409, 49407]"), "{stdout}");
+    } else {
+        eprintln!("skipped the diffusers check: no Python with diffusers");
+    }
+}

@@ -1,6 +1,7 @@
 //! Training new tokens: the dataset, the optimizer and LR schedules, the step (where the loss
 //! comes from), checkpoints, and the loop.
 pub mod dataset;
+pub mod full_pipeline;
 pub mod grad_scaler;
 pub mod lr_schedule;
 pub mod metrics;

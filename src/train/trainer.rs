@@ -371,6 +371,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
     }
     bar.finish();
     metrics.finish()?;
+    if a.save_as_full_pipeline {
+        super::full_pipeline::save(&repo, &a.output_dir, a.variant.as_deref(), &tokens, &ids, &trainable)?;
+    }
     let final_path = a.output_dir.join(format!("learned_embeds.{ext}"));
     save_embeddings(&final_path, &a.placeholder_token, &trainable)?;
     Ok(TrainOutcome { embeddings_file: final_path, global_step: position.global_step, losses })

@@ -1,0 +1,132 @@
+//! `--save_as_full_pipeline`: output_dir becomes a diffusers model folder whose tokenizer and
+//! text encoder already hold the new tokens, as the script's `StableDiffusionPipeline.
+//! save_pretrained` leaves it. The UNet, VAE and scheduler are the base model's files (linked
+//! when the file system allows, else copied; the script re-saves them in the training dtype).
+use crate::formats::safetensors_io;
+use crate::formats::torch_file::TorchFile;
+use crate::formats::RawTensor;
+use crate::models::repo::ModelRepo;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Tensor;
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("{}: not JSON", path.display()))
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    crate::formats::atomic::write(path, serde_json::to_string_pretty(v)?.as_bytes())?;
+    Ok(())
+}
+
+/// All tensors of a weight file, in file order.
+fn read_tensors(path: &Path) -> Result<Vec<(String, RawTensor)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if crate::formats::torch_file::sniff(&bytes) {
+        let tf = TorchFile::from_bytes(&path.display().to_string(), bytes)?;
+        return tf.tensors().into_iter().map(|(k, t)| Ok((k, tf.tensor(t)?))).collect();
+    }
+    Ok(safetensors_io::read_all(&path.display().to_string(), &bytes)?)
+}
+
+/// Writes the pipeline into `out`. `tokens`/`ids` are the placeholder tokens and their ids,
+/// `rows` their `[n, D]` vectors.
+pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[String], ids: &[i64], rows: &Tensor) -> Result<()> {
+    if let Some(p) = repo.get("model_index.json")? {
+        link_or_copy(&p, &out.join("model_index.json"))?;
+    }
+    link_or_copy(&repo.require("scheduler/scheduler_config.json")?, &out.join("scheduler/scheduler_config.json"))?;
+    for component in ["unet", "vae"] {
+        link_or_copy(&repo.require(&format!("{component}/config.json"))?, &out.join(component).join("config.json"))?;
+        for f in repo.weight_files(component, variant, None)? {
+            let name = f.file_name().context("weight file name")?;
+            link_or_copy(&f, &out.join(component).join(name))?;
+        }
+        for index in ["diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json"] {
+            if let Some(p) = repo.get(&format!("{component}/{index}"))? {
+                link_or_copy(&p, &out.join(component).join(index))?;
+            }
+        }
+    }
+
+    // Text encoder: the vocabulary matrix grows by the new rows.
+    let n = rows.size()[0];
+    let mut config = read_json(&repo.require("text_encoder/config.json")?)?;
+    let vocab = config["vocab_size"].as_i64().unwrap_or(49408);
+    if ids.first() != Some(&vocab) {
+        bail!("placeholder ids {ids:?} do not follow the text encoder's {vocab} rows");
+    }
+    config["vocab_size"] = json!(vocab + n);
+    let mut tensors = Vec::new();
+    for f in repo.weight_files("text_encoder", None, None)? {
+        tensors.extend(read_tensors(&f)?);
+    }
+    let key = tensors
+        .iter()
+        .position(|(k, _)| k.ends_with("embeddings.token_embedding.weight"))
+        .context("the text encoder has no embeddings.token_embedding.weight")?;
+    let old = &tensors[key].1;
+    let extra = crate::tensors::from_tch(&rows.detach().to_device(tch::Device::Cpu).to_kind(crate::tensors::kind(old.dtype)))?;
+    let mut data = old.data.clone();
+    data.extend_from_slice(&extra.data);
+    let shape = vec![old.shape[0] + n as usize, old.shape[1]];
+    tensors[key].1 = RawTensor::new(old.dtype, shape, data)?;
+    std::fs::create_dir_all(out.join("text_encoder"))?;
+    write_json(&out.join("text_encoder/config.json"), &config)?;
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    safetensors_io::save(&out.join("text_encoder/model.safetensors"), &tensors, Some(&meta))?;
+
+    // Tokenizer: the base files plus the added tokens where transformers looks for them.
+    let tok_dir = out.join("tokenizer");
+    for f in ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "added_tokens.json"] {
+        if let Some(p) = repo.get(&format!("tokenizer/{f}"))? {
+            link_or_copy(&p, &tok_dir.join(f))?;
+        }
+    }
+    let added = |t: &str, id: i64| json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false});
+    let mut map = if tok_dir.join("added_tokens.json").is_file() { read_json(&tok_dir.join("added_tokens.json"))? } else { json!({}) };
+    for (t, &id) in tokens.iter().zip(ids) {
+        map[t] = json!(id);
+    }
+    let _ = std::fs::remove_file(tok_dir.join("added_tokens.json"));
+    write_json(&tok_dir.join("added_tokens.json"), &map)?;
+    if tok_dir.join("tokenizer_config.json").is_file() {
+        let mut cfg = read_json(&tok_dir.join("tokenizer_config.json"))?;
+        if let Some(dec) = cfg.get_mut("added_tokens_decoder").and_then(Value::as_object_mut) {
+            for (t, &id) in tokens.iter().zip(ids) {
+                let mut e = added(t, id);
+                e.as_object_mut().map(|o| o.remove("id"));
+                dec.insert(id.to_string(), e);
+            }
+            let _ = std::fs::remove_file(tok_dir.join("tokenizer_config.json"));
+            write_json(&tok_dir.join("tokenizer_config.json"), &cfg)?;
+        }
+    }
+    if tok_dir.join("tokenizer.json").is_file() {
+        let mut tj = read_json(&tok_dir.join("tokenizer.json"))?;
+        if let Some(list) = tj.get_mut("added_tokens").and_then(Value::as_array_mut) {
+            for (t, &id) in tokens.iter().zip(ids) {
+                list.push(added(t, id));
+            }
+        }
+        let _ = std::fs::remove_file(tok_dir.join("tokenizer.json"));
+        write_json(&tok_dir.join("tokenizer.json"), &tj)?;
+    }
+    tracing::info!("saved the full pipeline to {}", out.display());
+    Ok(())
+}
