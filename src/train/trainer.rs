@@ -242,6 +242,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
 
     let templates = a.learnable_property().templates();
     let placeholder = placeholder_string(&tokens);
+    // Captions are template x placeholder: tokenize each once.
+    let caption_ids: Vec<Vec<i64>> = templates.iter().map(|t| models.tokenizer.encode(&caption(t, &placeholder))).collect::<Result<_>>()?;
     tracing::info!("***** Running training *****");
     tracing::info!("  Num examples = {}", dataset.len());
     tracing::info!("  Num Epochs = {num_epochs}");
@@ -278,8 +280,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
             for &item in items.iter() {
                 let image = dataset.image_index(item);
                 let flip = rng.below(2) == 1;
-                let text = caption(templates[rng.below(templates.len())], &placeholder);
-                ids.extend(models.tokenizer.encode(&text)?);
+                ids.extend_from_slice(&caption_ids[rng.below(templates.len())]);
                 match cache.get(&(image, flip)) {
                     Some((m, s)) => {
                         means.push(m.shallow_clone());
