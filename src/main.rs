@@ -19,11 +19,24 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    match cli::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+    // libtorch reports failures deep inside an op (e.g. out of GPU memory) as panics from tch:
+    // show them as an error line, not a Rust backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("unknown error");
+        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        tracing::error!("internal error: {msg}{at}");
+    }));
+    match std::panic::catch_unwind(|| cli::run(cli)) {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
+        Err(_) => std::process::ExitCode::from(2),
     }
 }
