@@ -89,6 +89,9 @@ pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
                 None => bail!("--device {s}: expected cpu, cuda, cuda:N or mps"),
             };
             if !load_cuda() {
+                if let Some(cuda) = loaded_library("libtorch_cuda.so") {
+                    bail!("--device {s}: this libtorch has CUDA ({cuda}) but finds no CUDA device or driver");
+                }
                 bail!(
                     "--device {s}: CUDA is not available with this libtorch ({}); build against a CUDA libtorch \
                      (TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh, or LIBTORCH_USE_PYTORCH=1) or run with \
