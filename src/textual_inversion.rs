@@ -75,7 +75,7 @@ pub fn load(specs: &[EmbeddingSpec], tokenizer: &mut ClipTokenizer, text_encoder
         if ef.embeddings.len() > 1 && spec.token.is_some() {
             bail!("{name} holds {} embeddings; a single :TOKEN cannot name them all", ef.embeddings.len());
         }
-        let stem = crate::cli::inspect::stem(&file);
+        let stem = embeddings::file_stem(&file);
         for (i, e) in ef.embeddings.iter().enumerate() {
             let token = spec.token.clone().unwrap_or_else(|| ef.trigger(i, &stem));
             let width = text_encoder.hidden_size() as usize;
@@ -87,7 +87,7 @@ pub fn load(specs: &[EmbeddingSpec], tokenizer: &mut ClipTokenizer, text_encoder
                 (_, Some(p)) => p,
             };
             if part.width() != width {
-                let family = crate::cli::inspect::family(part.width());
+                let family = embeddings::model_family(part.width());
                 bail!("{name}: token {token} has {}-wide vectors ({family}) but this model's text encoder is {width} wide", part.width());
             }
             let tokens = vector_tokens(&token, part.vectors());

@@ -1,5 +1,4 @@
 //! `textual-inversion convert IN OUT`
-use crate::cli::inspect::stem;
 use crate::formats::embeddings::{self, OutFormat};
 use crate::formats::DType;
 use anyhow::{bail, Context};
@@ -64,7 +63,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         let tokens: Vec<String> = src.embeddings.iter().filter_map(|e| e.stored_token.clone()).collect();
         bail!("{} holds {} embeddings ({}); convert writes one per file", args.input.display(), src.embeddings.len(), tokens.join(", "));
     }
-    let token = args.token.clone().unwrap_or_else(|| src.trigger(0, &stem(&args.input)));
+    let token = args.token.clone().unwrap_or_else(|| src.trigger(0, &embeddings::file_stem(&args.input)));
     let dtype = match args.dtype {
         DtypeArg::Keep => None,
         DtypeArg::Fp32 => Some(DType::F32),

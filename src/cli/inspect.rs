@@ -50,24 +50,9 @@ pub struct PartReport {
     pub norms: Vec<f64>,
 }
 
-/// The model family a vector width belongs to.
-pub fn family(width: usize) -> &'static str {
-    match width {
-        768 => "SD 1.x / SDXL clip_l (CLIP ViT-L/14)",
-        1024 => "SD 2.x (OpenCLIP ViT-H/14)",
-        1280 => "SDXL clip_g (OpenCLIP ViT-bigG/14)",
-        _ => "unknown model family",
-    }
-}
-
-pub fn stem(path: &Path) -> String {
-    // `a.learned_embeds.bin` → `a`: the web UI strips one extension, but names like this are
-    // usually diffusers files whose key is used instead.
-    path.file_stem().and_then(|s| s.to_str()).unwrap_or("embedding").to_string()
-}
 
 pub fn report(path: &Path, f: &EmbeddingFile) -> Content {
-    let stem = stem(path);
+    let stem = embeddings::file_stem(path);
     Content {
         layout: f.layout,
         container: f.kind.to_string(),
@@ -87,7 +72,7 @@ pub fn report(path: &Path, f: &EmbeddingFile) -> Content {
                         width: p.width(),
                         shape: p.tensor.shape.clone(),
                         dtype: p.tensor.dtype.torch_name(),
-                        model: family(p.width()),
+                        model: embeddings::model_family(p.width()),
                         norms: p.tensor.row_norms(),
                     })
                     .collect(),

@@ -154,6 +154,22 @@ impl EmbeddingFile {
     }
 }
 
+/// The model family a vector width belongs to.
+pub fn model_family(width: usize) -> &'static str {
+    match width {
+        768 => "SD 1.x / SDXL clip_l (CLIP ViT-L/14)",
+        1024 => "SD 2.x (OpenCLIP ViT-H/14)",
+        1280 => "SDXL clip_g (OpenCLIP ViT-bigG/14)",
+        _ => "unknown model family",
+    }
+}
+
+/// The file name without its last extension: the trigger word the A1111 web UI gives files
+/// that store none (`bad-artist.pt` → `bad-artist`).
+pub fn file_stem(path: &Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("embedding").to_string()
+}
+
 /// Reads an embedding file of any supported layout.
 pub fn read(path: &Path) -> Result<EmbeddingFile> {
     let name = path.display().to_string();
