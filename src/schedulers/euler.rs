@@ -3,7 +3,7 @@
 //! sigmas or placed by Karras' schedule.
 use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, EULER};
 use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
-use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, Scheduler, SchedulerKind};
+use super::{cached_step_index, check_step_inputs, check_steps, not_ready, Scheduler, SchedulerKind};
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -85,13 +85,7 @@ impl EulerDiscreteScheduler {
     }
 
     fn init_step_index(&mut self, timestep: f64) -> Result<usize> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = index_for_timestep(&self.timesteps, timestep)
-            .ok_or_else(|| anyhow!("EulerDiscreteScheduler: timestep {timestep} is not one of this run's timesteps"))?;
-        self.step_index = Some(i);
-        Ok(i)
+        cached_step_index(&mut self.step_index, &self.timesteps, timestep, "EulerDiscreteScheduler")
     }
 }
 

@@ -3,7 +3,7 @@
 //! the model output's dtype), as diffusers does with a CPU `torch.Generator`.
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing, EULER_ANCESTRAL};
 use super::schedule::{np_interp, sigma_init_noise, spaced_timesteps, TorchF32, TrainSchedule};
-use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, randn, Scheduler, SchedulerKind};
+use super::{cached_step_index, check_step_inputs, check_steps, not_ready, randn, Scheduler, SchedulerKind};
 use anyhow::{anyhow, Result};
 use tch::{Kind, Tensor};
 
@@ -37,13 +37,7 @@ impl EulerAncestralDiscreteScheduler {
     }
 
     fn init_step_index(&mut self, timestep: f64) -> Result<usize> {
-        if let Some(i) = self.step_index {
-            return Ok(i);
-        }
-        let i = index_for_timestep(&self.timesteps, timestep)
-            .ok_or_else(|| anyhow!("{NAME}: timestep {timestep} is not one of this run's timesteps"))?;
-        self.step_index = Some(i);
-        Ok(i)
+        cached_step_index(&mut self.step_index, &self.timesteps, timestep, NAME)
     }
 }
 

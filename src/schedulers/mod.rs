@@ -190,6 +190,17 @@ pub(crate) fn check_step_inputs(class: &str, model_output: &Tensor, sample: &Ten
 
 /// The step index diffusers' Euler and DPM-Solver schedulers start from: the position of the
 /// first timestep they are given, the second one if it occurs twice (a rule for img2img, kept).
+/// The step index the sigma-based schedulers keep: found from the first timestep they are
+/// given, then advanced by each step (as diffusers' `_init_step_index`).
+pub(crate) fn cached_step_index(cache: &mut Option<usize>, timesteps: &[f64], t: f64, name: &str) -> anyhow::Result<usize> {
+    if let Some(i) = *cache {
+        return Ok(i);
+    }
+    let i = index_for_timestep(timesteps, t).ok_or_else(|| anyhow::anyhow!("{name}: timestep {t} is not one of this run's timesteps"))?;
+    *cache = Some(i);
+    Ok(i)
+}
+
 pub(crate) fn index_for_timestep(timesteps: &[f64], t: f64) -> Option<usize> {
     let hits: Vec<usize> = timesteps.iter().enumerate().filter(|(_, &v)| v == t).map(|(i, _)| i).collect();
     match hits.len() {
