@@ -147,3 +147,15 @@ fn generate_refuses_embeddings_that_do_not_fit() {
     let out = bin().args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--device", "cuda"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn generate_in_bf16_and_with_another_scheduler_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["generate", "--model", &tiny_sd(), "--prompt", "a cat", "--num-inference-steps", "3", "--seed", "1", "--dtype", "bf16", "--scheduler", "dpm++2m", "--num_images_per_prompt", "2", "--output-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.path().join("0000-1.png").exists() && dir.path().join("0001-1.png").exists());
+}
