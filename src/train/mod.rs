@@ -6,6 +6,7 @@ pub mod grad_scaler;
 pub mod lr_schedule;
 pub mod metrics;
 pub mod optim;
+pub mod script_rng;
 pub mod state;
 pub mod step;
 pub mod trainer;

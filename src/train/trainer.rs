@@ -5,6 +5,7 @@ use super::dataset::{caption, placeholder_string, Dataset};
 use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
 use super::optim::{AdamW, AdamWConfig};
 use super::state::{self, Checkpoint, Position};
+use super::script_rng::ScriptStream;
 use super::step::{self, StepInputs};
 use crate::cli::train::TrainArgs;
 use crate::device::parse_device;
@@ -26,40 +27,6 @@ pub struct TrainOutcome {
     pub global_step: u64,
     /// Per micro-step loss, in order.
     pub losses: Vec<f64>,
-}
-
-/// A small deterministic generator for the data order, flips and captions (the tensor draws
-/// use libtorch's generator, re-seeded from the same source every micro-step).
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn for_stream(seed: u64, stream: u64, index: u64) -> Self {
-        let mut s = SplitMix(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        s.0 ^= index.wrapping_mul(0xA24B_AED4_963E_E407);
-        s.next();
-        s
-    }
-}
-
-/// The dataset order of one epoch (a seeded shuffle, like `DataLoader(shuffle=True)`).
-fn epoch_order(seed: u64, epoch: u64, len: usize) -> Vec<usize> {
-    let mut rng = SplitMix::for_stream(seed, 1, epoch);
-    let mut order: Vec<usize> = (0..len).collect();
-    for i in (1..len).rev() {
-        let j = rng.below(i + 1);
-        order.swap(i, j);
-    }
-    order
 }
 
 fn check_args(a: &TrainArgs) -> Result<()> {
@@ -264,33 +231,60 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
         tracing::info!("the checkpoint is already at step {} of {}: nothing to train", position.global_step, a.max_train_steps);
     }
 
-    let first_epoch = if position.global_step >= a.max_train_steps { num_epochs } else { position.epoch };
-    'epochs: for epoch in first_epoch..num_epochs {
-        let order = epoch_order(seed, epoch, dataset.len());
-        let batches: Vec<&[usize]> = order.chunks(a.train_batch_size).collect();
-        let start = if epoch == position.epoch { position.batch_in_epoch as usize } else { 0 };
-        for (b, items) in batches.iter().enumerate().skip(start) {
-            // Data and random draws of this micro-step derive from (seed, micro-step) only.
-            let mut rng = SplitMix::for_stream(seed, 2, position.micro_step);
-            tch::manual_seed((SplitMix::for_stream(seed, 3, position.micro_step).next() >> 1) as i64);
+    // The script's random stream, from set_seed on: replayed without computing up to the
+    // checkpoint when resuming, so a resumed run continues the very same draws.
+    let step_draws = |bsz: i64| {
+        let posterior = Tensor::randn([bsz, 4, lat, lat], (kind, Device::Cpu));
+        // The script's `randn_like(latents)`: with more than one image its latents come out of
+        // the VAE channels-last, and libtorch fills such a tensor element by element (not in
+        // the vectorised blocks of a contiguous one), which draws different numbers.
+        let noise = if bsz > 1 {
+            let mut t = Tensor::empty([bsz, lat, lat, 4], (kind, Device::Cpu)).permute([0, 3, 1, 2]);
+            let _ = t.normal_(0.0, 1.0);
+            t.contiguous()
+        } else {
+            Tensor::randn([bsz, 4, lat, lat], (kind, Device::Cpu))
+        };
+        let timesteps = Tensor::randint(ddpm.num_train_timesteps(), [bsz], (Kind::Int64, Device::Cpu));
+        (posterior, noise, timesteps)
+    };
+    let (vocab_after, width) = (models.text_encoder.base_vocab() + n as i64, models.text_encoder.hidden_size());
+    let replay = |micro_steps: u64| {
+        ScriptStream::replay(seed, vocab_after, width, n as i64, dataset.len(), a.train_batch_size, templates.len(), micro_steps, &|b| {
+            let _ = step_draws(b);
+        })
+    };
+    let (mut stream, mut epoch) = replay(position.micro_step);
+    let done = position.global_step >= a.max_train_steps;
+    'epochs: while !done && epoch < num_epochs {
+        if !stream.in_epoch() {
+            stream.start_epoch();
+        }
+        while let Some((items, last_batch)) = stream.next_batch() {
             let mut ids = Vec::with_capacity(items.len() * 77);
             let mut means = Vec::new();
             let mut stds = Vec::new();
             let mut pixels = Vec::new();
-            for &item in items.iter() {
-                let image = dataset.image_index(item);
-                let flip = rng.below(2) == 1;
-                ids.extend_from_slice(&caption_ids[rng.below(templates.len())]);
-                match cache.get(&(image, flip)) {
+            for item in &items {
+                let image = dataset.image_index(item.index);
+                ids.extend_from_slice(&caption_ids[item.template]);
+                match cache.get(&(image, item.flip)) {
                     Some((m, s)) => {
                         means.push(m.shallow_clone());
                         stds.push(s.shallow_clone());
                     }
-                    None => pixels.push(dataset.pixels(image, flip)),
+                    None => pixels.push(dataset.pixels(image, item.flip)),
                 }
             }
             let bsz = items.len() as i64;
-            let posterior_noise = schedulers::randn(&[bsz, 4, lat, lat], Kind::Float, device);
+            let (posterior_noise, noise, timesteps) = step_draws(bsz);
+            tracing::debug!(
+                "micro-step {}: items {:?}, timesteps {:?}",
+                position.micro_step,
+                items.iter().map(|i| (i.index, i.template, i.flip)).collect::<Vec<_>>(),
+                Vec::<i64>::try_from(&timesteps).unwrap_or_default()
+            );
+            let (posterior_noise, noise, timesteps) = (posterior_noise.to_device(device), noise.to_device(device), timesteps.to_device(device));
             let latents = tch::no_grad(|| {
                 let (mean, std) = if pixels.is_empty() {
                     (Tensor::cat(&means, 0), Tensor::cat(&stds, 0))
@@ -298,10 +292,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                     let post = models.vae.encode(&Tensor::stack(&pixels, 0).to_device(device).to_kind(kind));
                     (post.mean, post.std)
                 };
-                (mean.to_kind(Kind::Float) + std.to_kind(Kind::Float) * &posterior_noise) * scaling
+                (mean.to_kind(Kind::Float) + std.to_kind(Kind::Float) * posterior_noise.to_kind(Kind::Float)) * scaling
             });
-            let noise = schedulers::randn(&[bsz, 4, lat, lat], Kind::Float, device);
-            let timesteps = Tensor::randint(ddpm.num_train_timesteps(), [bsz], (Kind::Int64, Device::Cpu)).to_device(device);
             let input_ids = Tensor::from_slice(&ids).reshape([bsz, -1]).to_device(device);
             let x = StepInputs { input_ids, latents, noise, timesteps };
             let loss = step::loss(&models.text_encoder, &models.unet, &ddpm, &x, kind)?;
@@ -311,12 +303,11 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
             losses.push(loss_value);
             position.micro_step += 1;
             position.accumulation += 1;
-            let last_batch = b + 1 == batches.len();
             let sync = position.accumulation % a.gradient_accumulation_steps == 0 || last_batch;
             if last_batch {
                 position.accumulation = 0;
             }
-            position.batch_in_epoch = (b + 1) as u64;
+            position.batch_in_epoch = if last_batch { 0 } else { position.batch_in_epoch + 1 };
             if sync {
                 let finite = match scaler.as_mut() {
                     Some(s) => s.unscale(std::slice::from_ref(&trainable))?,
@@ -340,12 +331,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                         state::prune(&a.output_dir, limit)?;
                     }
                     let mut pos = position.clone();
-                    if last_batch {
-                        pos.epoch = epoch + 1;
-                        pos.batch_in_epoch = 0;
-                    } else {
-                        pos.epoch = epoch;
-                    }
+                    pos.epoch = if last_batch { epoch + 1 } else { epoch };
                     let dir = a.output_dir.join(format!("checkpoint-{gs}"));
                     let mut optimizer = opt.state()?;
                     if let Some(s) = &scaler {
@@ -358,6 +344,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                     if validation_steps > 0 && gs % validation_steps == 0 {
                         let images = validate(&models, &sched_cfg, prompt, a, seed, gs)?;
                         metrics.log_image_tensor(gs, &images)?;
+                        // Validation seeded the generator (the script uses its own): put the
+                        // training stream back where it was.
+                        stream = replay(position.micro_step).0;
                     }
                 }
             }
@@ -367,7 +356,8 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                 break 'epochs;
             }
         }
-        position.epoch = epoch + 1;
+        epoch += 1;
+        position.epoch = epoch;
         position.batch_in_epoch = 0;
     }
     bar.finish();
