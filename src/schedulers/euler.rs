@@ -3,7 +3,7 @@
 //! sigmas or placed by Karras' schedule.
 use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, EULER};
 use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
-use super::{cached_step_index, check_step_inputs, check_steps, not_ready, Scheduler, SchedulerKind};
+use super::{cached_step_index, sigma_scaled_input, check_step_inputs, check_steps, not_ready, Scheduler, SchedulerKind};
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -139,12 +139,7 @@ impl Scheduler for EulerDiscreteScheduler {
     }
 
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
-        if self.sigmas.is_empty() {
-            return Err(not_ready("EulerDiscreteScheduler"));
-        }
-        let i = self.init_step_index(timestep)?;
-        let sigma = *self.sigmas.get(i).ok_or_else(|| anyhow!("EulerDiscreteScheduler: stepped past the last timestep"))?;
-        Ok(sample / (sigma * sigma + 1.0).t_sqrt() as f64)
+        sigma_scaled_input(&self.sigmas, &mut self.step_index, &self.timesteps, sample, timestep, "EulerDiscreteScheduler")
     }
 
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {

@@ -3,7 +3,7 @@
 //! the model output's dtype), as diffusers does with a CPU `torch.Generator`.
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing, EULER_ANCESTRAL};
 use super::schedule::{np_interp, sigma_init_noise, spaced_timesteps, TorchF32, TrainSchedule};
-use super::{cached_step_index, check_step_inputs, check_steps, not_ready, randn, Scheduler, SchedulerKind};
+use super::{cached_step_index, sigma_scaled_input, check_step_inputs, check_steps, not_ready, randn, Scheduler, SchedulerKind};
 use anyhow::{anyhow, Result};
 use tch::{Kind, Tensor};
 
@@ -68,12 +68,7 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
     }
 
     fn scale_model_input(&mut self, sample: &Tensor, timestep: f64) -> Result<Tensor> {
-        if self.sigmas.is_empty() {
-            return Err(not_ready(NAME));
-        }
-        let i = self.init_step_index(timestep)?;
-        let sigma = *self.sigmas.get(i).ok_or_else(|| anyhow!("{NAME}: stepped past the last timestep"))?;
-        Ok(sample / (sigma * sigma + 1.0).t_sqrt() as f64)
+        sigma_scaled_input(&self.sigmas, &mut self.step_index, &self.timesteps, sample, timestep, NAME)
     }
 
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {

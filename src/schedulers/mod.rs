@@ -201,6 +201,24 @@ pub(crate) fn cached_step_index(cache: &mut Option<usize>, timesteps: &[f64], t:
     Ok(i)
 }
 
+/// Euler-style `scale_model_input`: the sample divided by sqrt(sigma^2 + 1) at the step's sigma.
+pub(crate) fn sigma_scaled_input(
+    sigmas: &[f32],
+    step_index: &mut Option<usize>,
+    timesteps: &[f64],
+    sample: &Tensor,
+    t: f64,
+    name: &str,
+) -> anyhow::Result<Tensor> {
+    if sigmas.is_empty() {
+        return Err(not_ready(name));
+    }
+    let i = cached_step_index(step_index, timesteps, t, name)?;
+    let sigma = *sigmas.get(i).ok_or_else(|| anyhow::anyhow!("{name}: stepped past the last timestep"))?;
+    use schedule::TorchF32;
+    Ok(sample / (sigma * sigma + 1.0).t_sqrt() as f64)
+}
+
 pub(crate) fn index_for_timestep(timesteps: &[f64], t: f64) -> Option<usize> {
     let hits: Vec<usize> = timesteps.iter().enumerate().filter(|(_, &v)| v == t).map(|(i, _)| i).collect();
     match hits.len() {
