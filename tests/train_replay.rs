@@ -7,8 +7,9 @@
 //! warmup, center crop), `vpred` (v_prediction, 3 vectors, style templates, scale_lr, cosine).
 //! Tolerances: posterior 1e-5 max-abs, loss 1e-5 relative, gradient 1e-4 relative, rows and final
 //! embedding 1e-4 max-abs; observed values are printed with `-- --nocapture`.
+mod common;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{Kind, Tensor};
 use textual_inversion::models::repo::{HubOptions, ModelRepo};
 use textual_inversion::models::stable_diffusion::{self as sd, WeightOptions};
@@ -31,33 +32,13 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     d / b.to_kind(Kind::Double).norm().double_value(&[]).max(1e-30)
 }
 
-/// The tiny model, or a copy whose scheduler predicts v.
-fn model_dir(prediction: &str, tmp: &Path) -> PathBuf {
-    let src = fixtures().join("tiny-sd");
-    if prediction == "epsilon" {
-        return src;
-    }
-    let dst = tmp.join("tiny-sd-vpred");
-    for part in ["model_index.json", "tokenizer", "text_encoder", "unet", "vae"] {
-        std::os::unix::fs::symlink(src.join(part), dst.join(part)).or_else(|_| {
-            std::fs::create_dir_all(&dst)?;
-            std::os::unix::fs::symlink(src.join(part), dst.join(part))
-        }).unwrap();
-    }
-    std::fs::create_dir_all(dst.join("scheduler")).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
-    cfg["prediction_type"] = prediction.into();
-    std::fs::write(dst.join("scheduler/scheduler_config.json"), cfg.to_string()).unwrap();
-    dst
-}
-
 fn replay(run: &str) {
     let dir = fixtures().join("train").join(run);
     let rec: HashMap<String, Tensor> = Tensor::read_safetensors(dir.join("record.safetensors")).unwrap().into_iter().collect();
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("record.json")).unwrap()).unwrap();
     let args = &json["script_args"];
     let tmp = tempfile::tempdir().unwrap();
-    let model = model_dir(json["prediction_type"].as_str().unwrap_or("epsilon"), tmp.path());
+    let model = common::tiny_sd_predicting(json["prediction_type"].as_str().unwrap_or("epsilon"), tmp.path());
     let repo = ModelRepo::resolve(model.to_str().unwrap(), None, &HubOptions::default()).unwrap();
     let w = WeightOptions::default();
     let p = Placement::cpu_f32();

@@ -6,12 +6,10 @@
 //! sort it). Tolerance 2e-4 max-abs: the JPEG images decode slightly differently here than with
 //! Pillow's libjpeg-turbo (up to 4/255 per pixel); observed 1.2e-4 (single), 2.5e-5 (multi),
 //! 9.1e-5 (vpred).
-use std::path::{Path, PathBuf};
+mod common;
+use common::repo;
+use std::path::Path;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn rows(path: &Path) -> Vec<f32> {
     let f = textual_inversion::formats::embeddings::read(path).unwrap();
@@ -23,15 +21,7 @@ fn parity(run: &str) {
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/train").join(run).join("record.json")).unwrap()).unwrap();
     // The v_prediction run used a copy of the tiny model whose scheduler predicts v.
-    let vpred = dir.path().join("tiny-sd-vpred");
-    std::fs::create_dir_all(vpred.join("scheduler")).unwrap();
-    for part in ["model_index.json", "tokenizer", "text_encoder", "unet", "vae"] {
-        std::os::unix::fs::symlink(repo().join("fixtures/tiny-sd").join(part), vpred.join(part)).unwrap();
-    }
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/tiny-sd/scheduler/scheduler_config.json")).unwrap()).unwrap();
-    cfg["prediction_type"] = "v_prediction".into();
-    std::fs::write(vpred.join("scheduler/scheduler_config.json"), cfg.to_string()).unwrap();
+    let vpred = common::tiny_sd_predicting("v_prediction", dir.path());
     let out = dir.path().join("out");
     let args: Vec<String> = record["cli_args"]
         .as_array()
