@@ -84,7 +84,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
     }
     let device = parse_device(&a.device)?;
     let kind = crate::device::parse_kind(&a.mixed_precision)?;
-    let seed = a.seed.unwrap_or_else(|| {
+    let mut seed = a.seed.unwrap_or_else(|| {
         let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) % 1_000_000_007;
         tracing::info!("no --seed given: using {s}");
         s
@@ -167,6 +167,11 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
         }
         rows = c.rows.to_kind(Kind::Float);
         position = c.position.clone();
+        // The random stream is replayed from the run's own seed, whatever this run was given.
+        if a.seed.is_some_and(|s| s != c.position.seed) {
+            tracing::warn!("--seed {} differs from the checkpoint's {}: continuing with the checkpoint's", a.seed.unwrap_or_default(), c.position.seed);
+        }
+        seed = c.position.seed;
     }
     let rows = rows.to_device(device).set_requires_grad(true);
     text_encoder.set_new_rows(rows.shallow_clone())?;
