@@ -1,7 +1,7 @@
 //! `checkpoint-N/` folders: everything a resumed run needs to continue exactly where the
 //! stopped one was — the placeholder rows, AdamW's moments and step, the LR schedule's counter,
-//! and the position in the data (epoch, batch, accumulation count); the random draws derive from
-//! (seed, micro-step), so no generator state has to be stored.
+//! the seed and the micro-steps done; the data order and every random draw are replayed from
+//! those (see `script_rng`), so no generator state has to be stored.
 //!
 //! Files: `learned_embeds.safetensors` (the rows, loadable like any embedding file),
 //! `training_state.safetensors` (optimizer and schedule tensors), `state.json` (position). A
@@ -16,11 +16,8 @@ use tch::Tensor;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Position {
     pub global_step: u64,
-    /// Micro-steps done in total (drives the random draws).
+    /// Micro-steps done in total: resuming replays the data order and draws up to here.
     pub micro_step: u64,
-    pub epoch: u64,
-    /// Batches of `epoch` already consumed.
-    pub batch_in_epoch: u64,
     /// Accelerate's accumulation counter.
     pub accumulation: u64,
     pub seed: u64,

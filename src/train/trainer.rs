@@ -142,7 +142,7 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
     // State: fresh or resumed.
     let mut rows = init_row.detach().to_kind(Kind::Float).unsqueeze(0).repeat([n as i64, 1]);
     let mut position =
-        Position { global_step: 0, micro_step: 0, epoch: 0, batch_in_epoch: 0, accumulation: 0, seed, placeholder_token: a.placeholder_token.clone(), num_vectors: n };
+        Position { global_step: 0, micro_step: 0, accumulation: 0, seed, placeholder_token: a.placeholder_token.clone(), num_vectors: n };
     let resumed = match &a.resume_from_checkpoint {
         Some(which) => match state::resolve(&a.output_dir, which)? {
             Some(dir) => {
@@ -312,7 +312,6 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
             if last_batch {
                 position.accumulation = 0;
             }
-            position.batch_in_epoch = if last_batch { 0 } else { position.batch_in_epoch + 1 };
             if sync {
                 let finite = match scaler.as_mut() {
                     Some(s) => s.unscale(std::slice::from_ref(&trainable))?,
@@ -335,14 +334,12 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                     if let Some(limit) = a.checkpoints_total_limit {
                         state::prune(&a.output_dir, limit)?;
                     }
-                    let mut pos = position.clone();
-                    pos.epoch = if last_batch { epoch + 1 } else { epoch };
                     let dir = a.output_dir.join(format!("checkpoint-{gs}"));
                     let mut optimizer = opt.state()?;
                     if let Some(s) = &scaler {
                         optimizer.extend(s.state().into_iter().map(|(k, t)| (format!("scaler.{k}"), t)));
                     }
-                    state::save(&dir, &Checkpoint { position: pos, rows: trainable.detach(), optimizer, scheduler: lr_sched.state() })?;
+                    state::save(&dir, &Checkpoint { position: position.clone(), rows: trainable.detach(), optimizer, scheduler: lr_sched.state() })?;
                     tracing::info!("Saved state to {}", dir.display());
                 }
                 if let Some(prompt) = &a.validation_prompt {
@@ -362,8 +359,6 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
             }
         }
         epoch += 1;
-        position.epoch = epoch;
-        position.batch_in_epoch = 0;
     }
     bar.finish();
     metrics.finish()?;
