@@ -38,7 +38,9 @@ What is patched (all from this file, before the script runs; the script itself i
     needed or created; --report_to keeps its default.
   * TextualInversionDataset (reached when the script builds its DataLoader: a wrapper around
     torch.utils.data.DataLoader.__init__): its `image_paths` (os.listdir order, which depends on
-    the file system) are SORTED by name, as the Rust port does; the original order is recorded.
+    the file system) are SORTED by name, so that the recording does not depend on the file system
+    (the replay feeds the recorded items whatever their order; --seed against the directory order
+    is scripts/make_fixtures_seed.py's); the original order is recorded.
     `__getitem__` and the instance's `flip_transform` are wrapped to record, per loaded item, the
     dataset index, image, template index (random.choice), caption, flip decision (the torchvision
     transform returns the same object when it does not flip) and the pixels. Behaviour and RNG

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tch::{Kind, Tensor};
 use textual_inversion::train::dataset::{
     caption, center_crop, flip_from_torch_rand, load_rgb, placeholder_string, preprocess, resize_bicubic, to_pixels,
-    Dataset, LearnableProperty, MAX_PIXELS, OBJECT_TEMPLATES, STYLE_TEMPLATES,
+    Dataset, ImageOrder, LearnableProperty, MAX_PIXELS, OBJECT_TEMPLATES, STYLE_TEMPLATES,
 };
 
 /// Max per-channel difference (out of 255) allowed between our JPEG decoding and Pillow's,
@@ -160,10 +160,15 @@ fn length_repeats_and_batches() {
     assert_eq!(ds.num_images(), 4);
     assert_eq!(ds.len(), 20);
     assert_eq!(ds.image_index(13), 1);
-    // Sorted names, whatever the OS listing order.
+    // The directory's own order (the script's os.listdir), or sorted names with ImageOrder::Sorted.
     let names: Vec<_> = ds.images().iter().map(|i| i.path.file_name().unwrap().to_owned()).collect();
+    let listed: Vec<_> = std::fs::read_dir(dir().join("images")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, listed);
+    let sorted = Dataset::load_ordered(&dir().join("images"), 32, true, 5, ImageOrder::Sorted).unwrap();
+    let names: Vec<_> = sorted.images().iter().map(|i| i.path.file_name().unwrap().to_owned()).collect();
     assert_eq!(names, ["toy-1.jpg", "toy-2.png", "toy-3.jpg", "toy-4.png"]);
-    assert_eq!(ds.images()[0].original_size, (144, 192));
+    assert_eq!(sorted.images()[0].original_size, (144, 192));
+    let ds = sorted;
     let batch = ds.batch(&[(0, false), (5, true), (19, false)]).unwrap();
     assert!(ds.batch(&[]).is_err());
     assert_eq!(batch.size(), [3, 3, 32, 32]);
@@ -247,8 +252,9 @@ fn messy_folder_skips_with_one_warning_and_converts_the_rest() {
     println!("{log}");
     let mixed = e["mixed"].as_object().unwrap();
     let used: Vec<&String> = mixed.iter().filter(|(_, v)| v["port"] == "used").map(|(k, _)| k).collect();
-    let names: Vec<String> =
+    let mut names: Vec<String> =
         ds.images().iter().map(|i| i.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    names.sort(); // taken in directory order; `used` is sorted
     assert_eq!(names, used.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert_eq!(ds.len(), used.len() * 3);
     for img in ds.images() {

@@ -140,6 +140,10 @@ pub struct TrainArgs {
     /// Encode every image with the VAE at each step, as the script does, instead of once.
     #[arg(long = "no_cache_latents", alias = "no-cache-latents")]
     pub no_cache_latents: bool,
+    /// Take the images sorted by file name instead of in the folder's directory order (the
+    /// script's os.listdir order, which depends on the file system): the same on every machine.
+    #[arg(long = "sort_images", alias = "sort-images")]
+    pub sort_images: bool,
 }
 
 impl TrainArgs {

@@ -3,10 +3,15 @@
 //! and its caption templates.
 //!
 //! Differences from the Python script, all on purpose:
-//! - Discovery is done once, up front (call [`Dataset::load`] before loading any model): names
-//!   are sorted, and entries the script would crash on mid-training (folders, `.DS_Store`,
-//!   captions, corrupt or truncated files) are skipped with one warning. It is an error only when
-//!   no usable image is left.
+//! - Discovery is done once, up front (call [`Dataset::load`] before loading any model), and
+//!   entries the script would crash on mid-training (folders, `.DS_Store`, captions, corrupt or
+//!   truncated files) are skipped with one warning. It is an error only when no usable image is
+//!   left.
+//!
+//! The images are taken in the folder's directory order, as the script's `os.listdir` takes them
+//! (what `readdir` yields: on ext4 a hash of the names, so the same files copied elsewhere may
+//! come in another order), so that `--seed` draws the same items; [`ImageOrder::Sorted`]
+//! (`--sort_images`) gives a fixed order on every machine instead.
 //! - EXIF orientation is applied (the script trains on phone photos lying on their side).
 //! - 16-bit greyscale keeps its high byte; Pillow's `convert("RGB")` clips such an "I;16" image
 //!   to white wherever a value exceeds 255.
@@ -442,6 +447,16 @@ pub fn flip_from_torch_rand() -> bool {
     Tensor::rand([1], (Kind::Float, Device::Cpu)).double_value(&[0]) < FLIP_P
 }
 
+/// In which order the folder's images become dataset items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageOrder {
+    /// As `readdir` lists them: the script's `os.listdir` order.
+    #[default]
+    Directory,
+    /// By file name: the same on every file system.
+    Sorted,
+}
+
 /// A folder entry that was left out, and why.
 #[derive(Clone, Debug)]
 pub struct Skipped {
@@ -468,10 +483,15 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Lists `dir` (not recursively, names sorted), decodes and preprocesses every usable image,
+    /// Lists `dir` (not recursively, in directory order), decodes and preprocesses every usable image,
     /// logs one warning naming the skipped entries and why, and fails only if none is usable.
     /// Cheap next to model loading, so call it first: a bad folder fails in seconds.
     pub fn load(dir: &Path, size: u32, center_crop: bool, repeats: usize) -> Result<Self> {
+        Self::load_ordered(dir, size, center_crop, repeats, ImageOrder::Directory)
+    }
+
+    /// [`Dataset::load`] with the images in `order`.
+    pub fn load_ordered(dir: &Path, size: u32, center_crop: bool, repeats: usize, order: ImageOrder) -> Result<Self> {
         if size == 0 {
             bail!("--resolution must be at least 1");
         }
@@ -481,7 +501,9 @@ impl Dataset {
         let read = std::fs::read_dir(dir).with_context(|| format!("cannot read --train_data_dir {}", dir.display()))?;
         let mut entries =
             read.collect::<std::io::Result<Vec<_>>>().with_context(|| format!("listing {}", dir.display()))?;
-        entries.sort_by_key(|e| e.file_name());
+        if order == ImageOrder::Sorted {
+            entries.sort_by_key(|e| e.file_name());
+        }
         let (mut images, mut skipped) = (Vec::new(), Vec::new());
         for entry in &entries {
             let path = entry.path();
