@@ -68,6 +68,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let repo = ModelRepo::resolve(&a.model, a.revision.as_deref(), &HubOptions::from_env())?;
     sd::check_pipeline(&repo)?;
     let wopts = WeightOptions { variant: a.variant.clone(), use_safetensors: None };
+    sd::check_variant(&repo, &wopts, &["text_encoder", "unet", "vae"])?;
     let mut tokenizer = sd::load_tokenizer(&repo)?;
     let mut text_encoder = sd::load_text_encoder(&repo, &wopts, Placement { device, kind: tch::Kind::Float })?;
     let tokens = textual_inversion::load(&a.embeddings, &mut tokenizer, &mut text_encoder)?;

@@ -122,6 +122,21 @@ impl ModelRepo {
     /// variant is asked for (an error if it has none), safetensors before `.bin` unless
     /// `use_safetensors` says otherwise, a sharded checkpoint's index expanded to its shards.
     pub fn weight_files(&self, component: &str, variant: Option<&str>, use_safetensors: Option<bool>) -> Result<Vec<PathBuf>> {
+        match self.find_weight_files(component, variant, use_safetensors)? {
+            Ok(files) => Ok(files),
+            Err(tried) => bail!(
+                "{} has no weights for {component}{} (looked for {}){}",
+                self.describe(),
+                variant.map(|v| format!(" in variant {v}")).unwrap_or_default(),
+                tried.join(", "),
+                self.offline_hint()
+            ),
+        }
+    }
+
+    /// [`ModelRepo::weight_files`], with "none found" as `Ok(Err(files looked for))` rather
+    /// than an error (network and parse failures are still errors).
+    pub fn find_weight_files(&self, component: &str, variant: Option<&str>, use_safetensors: Option<bool>) -> Result<Result<Vec<PathBuf>, Vec<String>>> {
         let v = variant.map(|v| format!(".{v}")).unwrap_or_default();
         let stems: &[&str] = if component.starts_with("text_encoder") { &["model", "pytorch_model"] } else { &["diffusion_pytorch_model"] };
         let mut candidates = Vec::new();
@@ -143,7 +158,7 @@ impl ModelRepo {
         for (file, is_index) in &candidates {
             let Some(path) = self.get(file)? else { continue };
             if !is_index {
-                return Ok(vec![path]);
+                return Ok(Ok(vec![path]));
             }
             let shards = shard_files(&path)?;
             // An un-suffixed index only serves a variant through variant-named shards.
@@ -152,10 +167,9 @@ impl ModelRepo {
                     continue;
                 }
             }
-            return shards.iter().map(|s| self.require(&format!("{component}/{s}"))).collect();
+            return shards.iter().map(|s| self.require(&format!("{component}/{s}"))).collect::<Result<_>>().map(Ok);
         }
-        let tried: Vec<&str> = candidates.iter().filter(|(_, idx)| !idx).map(|(f, _)| f.as_str()).collect();
-        bail!("{} has no weights for {component}{} (looked for {}){}", self.describe(), variant.map(|v| format!(" in variant {v}")).unwrap_or_default(), tried.join(", "), self.offline_hint())
+        Ok(Err(candidates.into_iter().filter(|(_, idx)| !idx).map(|(f, _)| f).collect()))
     }
 }
 

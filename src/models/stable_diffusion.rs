@@ -29,8 +29,34 @@ pub fn check_pipeline(repo: &ModelRepo) -> Result<()> {
     Ok(())
 }
 
+/// diffusers' rule for `variant=` on a pipeline: a component without variant files loads its
+/// plain files (with a warning); it is an error only when none of `components` has the variant.
+/// Call once before loading the components.
+pub fn check_variant(repo: &ModelRepo, opts: &WeightOptions, components: &[&str]) -> Result<()> {
+    let Some(v) = opts.variant.as_deref() else { return Ok(()) };
+    let mut any = false;
+    for c in components {
+        any |= repo.find_weight_files(c, Some(v), opts.use_safetensors)?.is_ok();
+    }
+    if !any {
+        bail!(
+            "You are trying to load the model files of the `variant={v}`, but no such modeling files are available: {} has no {v} weights for {}",
+            repo.describe(),
+            components.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn load_weights(repo: &ModelRepo, component: &str, opts: &WeightOptions, placement: Placement) -> Result<Weights> {
-    let files = repo.weight_files(component, opts.variant.as_deref(), opts.use_safetensors)?;
+    let mut variant = opts.variant.as_deref();
+    if let Some(v) = variant {
+        if let Err(tried) = repo.find_weight_files(component, Some(v), opts.use_safetensors)? {
+            tracing::warn!("{component} has no {v} variant ({}): loading its plain weights, as diffusers does", tried.join(", "));
+            variant = None;
+        }
+    }
+    let files = repo.weight_files(component, variant, opts.use_safetensors)?;
     tracing::debug!("{component}: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
     Weights::open(&files, placement)
 }
