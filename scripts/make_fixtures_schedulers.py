@@ -3,7 +3,9 @@
 
 Run: `$(scripts/python-env.sh) scripts/make_fixtures_schedulers.py` (pinned torch 2.11.0,
 diffusers 0.42.1). Deterministic: inputs come from torch.Generator().manual_seed(...), and
-re-running rewrites the same bytes.
+re-running rewrites the same bytes (on the same CPU: libtorch's CPU kernels differ in the last
+bits between CPUs). `--only cross` writes only cross.json and cross.safetensors (see below),
+reading inputs.safetensors.
 
 Each case builds a scheduler the way a pipeline does (`Class.from_config(source.config)`, where
 `source` was loaded from a scheduler_config.json like `from_pretrained(..., subfolder="scheduler")`
@@ -26,13 +28,26 @@ Written:
   ddpm.safetensors     "<config>/noisy", "<config>/velocity", "<config>/alphas_cumprod", "<config>/betas"
   expected.json        configs (the scheduler_config.json texts), cases: class, config, steps,
                        init_noise_sigma, timesteps dtype, seed
+
+Config handling across classes (cross.*): scheduler_config.json files as diffusers writes them
+(`DDPMScheduler(...).save_config(dir)`, the "variance_type": "fixed_small" file of many fine-tuned
+models; DPM-Solver's and Euler's), and values diffusers accepts and ignores (solver_order 4,
+use_lu_lambdas with Karras sigmas, a learned variance_type with v-prediction,
+use_dynamic_shifting, JSON nulls, trained_betas with an unknown beta_schedule), each loaded with
+`SourceClass.from_pretrained` and built as every class with `Class.from_config(source.config)`:
+  cross.json           configs: the scheduler_config.json *texts*; cases: class, config, steps,
+                       seed; ddpm: configs DDPM is built from
+  cross.safetensors    "<case>/timesteps" f64, "<case>/sigmas" f32 (Euler, Euler a, DPM-Solver),
+                       "<case>/init_noise_sigma" f64 [1], "<case>/final" the final latents of the
+                       loop above; "ddpm/<config>/{betas,alphas_cumprod,noisy,velocity}"
 """
+import argparse
 import json
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import diffusers
 from diffusers import (
@@ -142,10 +157,12 @@ SHORT = {
 
 
 def from_json(cls, config):
-    """`cls.from_pretrained(model, subfolder="scheduler")` for a scheduler_config.json holding `config`."""
+    """`cls.from_pretrained(model, subfolder="scheduler")` for a scheduler_config.json holding `config`
+    (a dict, or the file's text)."""
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "scheduler").mkdir()
-        (Path(d) / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+        text = config if isinstance(config, str) else json.dumps(config)
+        (Path(d) / "scheduler" / "scheduler_config.json").write_text(text)
         return cls.from_pretrained(d, subfolder="scheduler")
 
 
@@ -172,6 +189,16 @@ def run_loop(sched, cls, n, init, fixed):
 
 
 def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=["all", "cross"], default="all")
+    if parser.parse_args().only == "cross":
+        main_cross()
+        return
+    main_loops_and_ddpm()
+    main_cross()
+
+
+def main_loops_and_ddpm():
     OUT.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     init = torch.randn((1, 4, 8, 8), generator=g)
@@ -230,6 +257,107 @@ def main():
     (OUT / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
     size = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {len(cases)} loops, {len(ddpm_configs)} DDPM configs to {OUT} ({size / 1e6:.2f} MB)")
+
+
+def saved_config(cls, **kwargs):
+    """The scheduler_config.json text `cls(**kwargs).save_config(dir)` writes."""
+    with tempfile.TemporaryDirectory() as d:
+        cls(**kwargs).save_config(d)
+        return (Path(d) / "scheduler_config.json").read_text()
+
+
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+# SD 1.5's betas as float32 values, for trained_betas.
+SD_TRAINED_BETAS = (torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2).tolist()
+CROSS_CONFIGS = {
+    # DDPMScheduler's defaults (clip_sample true, steps_offset 0, leading) with SD 1.5's betas.
+    "ddpm-sd": saved_config(DDPMScheduler, **SD_BETAS),
+    # As fine-tuned SD 1.5 models ship it.
+    "ddpm-sd-noclip": saved_config(DDPMScheduler, **SD_BETAS, clip_sample=False, steps_offset=1),
+    "ddpm-sd-v-trailing": saved_config(
+        DDPMScheduler, **SD_BETAS, clip_sample=False, prediction_type="v_prediction", timestep_spacing="trailing"
+    ),
+    "ddpm-laplace": saved_config(DDPMScheduler, beta_schedule="laplace"),
+    "ddpm-sigmoid": saved_config(DDPMScheduler, **{**SD_BETAS, "beta_schedule": "sigmoid"}),
+    "dpm-written": saved_config(DPMSolverMultistepScheduler, **SD_BETAS, steps_offset=1),
+    "euler-written-karras-range": saved_config(
+        EulerDiscreteScheduler, **SD_BETAS, use_karras_sigmas=True, sigma_min=0.1, sigma_max=10.0, steps_offset=1
+    ),
+    "dpm-order4": json.dumps({**SD15, "_class_name": "DPMSolverMultistepScheduler", "solver_order": 4}),
+    "dpm-karras-lu": json.dumps({**SD15, "_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True, "use_lu_lambdas": True}),
+    "dpm-learned-v": json.dumps({**SD2, "_class_name": "DPMSolverMultistepScheduler", "variance_type": "learned_range"}),
+    "dpm-dynamic-shifting": json.dumps({**SD15, "_class_name": "DPMSolverMultistepScheduler", "use_dynamic_shifting": True}),
+    "euler-continuous-eps": json.dumps({**SD15, "_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous"}),
+    # null booleans are False in diffusers, not the class default (DDIM: no clipping,
+    # final alpha = alphas_cumprod[0]; DPM-Solver++: no lower-order final steps).
+    "nulls": json.dumps(
+        {**SD_BETAS, "_class_name": "DDIMScheduler", "clip_sample": None, "set_alpha_to_one": None, "lower_order_final": None}
+    ),
+    # trained_betas replaces beta_schedule, whatever it names.
+    "trained-betas": json.dumps(
+        {**SD15, "beta_schedule": "exponential", "trained_betas": SD_TRAINED_BETAS}
+    ),
+}
+SOURCES = {**CLASSES, "DDPMScheduler": DDPMScheduler}
+CROSS_PLAN = [
+    ("ddpm-sd", ALL),
+    ("ddpm-sd-noclip", ALL),
+    ("ddpm-sd-v-trailing", ALL),
+    ("dpm-written", ALL),
+    ("euler-written-karras-range", ALL),
+    ("dpm-order4", ["DPMSolverMultistepScheduler"]),
+    ("dpm-karras-lu", ["DPMSolverMultistepScheduler"]),
+    ("dpm-learned-v", ["DPMSolverMultistepScheduler"]),
+    ("dpm-dynamic-shifting", ["DPMSolverMultistepScheduler"]),
+    ("euler-continuous-eps", ["EulerDiscreteScheduler"]),
+    ("nulls", ["DDIMScheduler", "DPMSolverMultistepScheduler"]),
+    ("trained-betas", ALL),
+]
+CROSS_DDPM = ["ddpm-sd", "ddpm-sd-noclip", "ddpm-sd-v-trailing", "ddpm-laplace", "ddpm-sigmoid", "dpm-written", "euler-written-karras-range", "trained-betas"]
+CROSS_STEPS = [20, 7]
+
+
+def main_cross():
+    inputs = load_file(OUT / "inputs.safetensors")
+    init, fixed = inputs["init"], inputs["fixed"]
+    out, cases = {}, {}
+    for config_name, classes in CROSS_PLAN:
+        text = CROSS_CONFIGS[config_name]
+        source = from_json(SOURCES[json.loads(text)["_class_name"]], text)
+        for class_name in classes:
+            cls = CLASSES[class_name]
+            sched = cls.from_config(source.config)
+            for n in CROSS_STEPS:
+                name = f"{SHORT[class_name]}/{config_name}/{n}"
+                timesteps, sigma, steps = run_loop(sched, cls, n, init, fixed)
+                assert torch.isfinite(steps).all(), name
+                out[f"{name}/timesteps"] = timesteps.to(torch.float64)
+                out[f"{name}/init_noise_sigma"] = torch.tensor([sigma], dtype=torch.float64)
+                out[f"{name}/final"] = steps[-1].contiguous()
+                if class_name in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler"):
+                    out[f"{name}/sigmas"] = sched.sigmas.to(torch.float32).contiguous()
+                cases[name] = {
+                    "class": class_name,
+                    "config": config_name,
+                    "steps": n,
+                    "seed": SEED if draws_noise(cls, sched) else None,
+                }
+    original, noise, ddpm_t = inputs["original"], inputs["noise"], inputs["timesteps"]
+    for config_name in CROSS_DDPM:
+        sched = from_json(DDPMScheduler, CROSS_CONFIGS[config_name])
+        out[f"ddpm/{config_name}/noisy"] = sched.add_noise(original, noise, ddpm_t)
+        out[f"ddpm/{config_name}/velocity"] = sched.get_velocity(original, noise, ddpm_t)
+        out[f"ddpm/{config_name}/alphas_cumprod"] = sched.alphas_cumprod.clone()
+        out[f"ddpm/{config_name}/betas"] = sched.betas.clone()
+    save_file(out, OUT / "cross.safetensors")
+    expected = {
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "configs": CROSS_CONFIGS,
+        "cases": cases,
+        "ddpm": CROSS_DDPM,
+    }
+    (OUT / "cross.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(cases)} cross-class loops, {len(CROSS_DDPM)} DDPM configs to {OUT}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,23 @@
 //! subfolder="scheduler")` and `XScheduler.from_config(pipe.scheduler.config)` do (diffusers
 //! records which values were defaults in `_use_default_values` and drops them on `from_config`),
 //! so an override such as DPM-Solver++ on SD 1.5's PNDM config gets `timestep_spacing="linspace"`.
-//! Fields a class does not have are ignored, as diffusers ignores them; every value a class reads
-//! and we do not implement is an error naming the field and the value.
+//!
+//! Fields a class does not have are ignored, as diffusers ignores them, with one exception that
+//! diffusers has too: it keeps such fields on the built scheduler's config, and
+//! DPMSolverMultistepScheduler's Karras sigmas read `sigma_min`/`sigma_max` from there (an Euler
+//! config's `sigma_min: 0.1` changes DPM-Solver++'s Karras schedule; see that file).
+//!
+//! A value is checked only where the class would use it, and rejected only if it would change
+//! the results and is not implemented here (an error naming the field, the value and the class):
+//! e.g. DPM-Solver++ accepts the `variance_type: "fixed_small"` that every DDPMScheduler config
+//! carries (only a learned variance changes its steps), and DDPM, built for training's `add_noise`
+//! and `get_velocity`, does not look at its sampling fields (variance_type, clip_sample,
+//! thresholding, timestep_spacing, steps_offset).
+//!
+//! A JSON `null` for a boolean is `False` in diffusers (its `if config.x:` tests), not the
+//! default, so `"clip_sample": null` turns DDIM's clipping off: [`SchedulerConfig::from_json`]
+//! reads it as `Some(false)`. A `null` elsewhere is read as a missing field (diffusers would
+//! mostly fail on it when used).
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer};
 use std::path::Path;
@@ -24,15 +39,20 @@ pub struct SchedulerConfig {
     pub timestep_spacing: Option<String>,
     pub steps_offset: Option<i64>,
     /// PNDM, DDIM.
+    #[serde(default, deserialize_with = "null_is_false")]
     pub set_alpha_to_one: Option<bool>,
     /// PNDM: skip the Runge-Kutta warm-up (SD 1.5 sets it).
+    #[serde(default, deserialize_with = "null_is_false")]
     pub skip_prk_steps: Option<bool>,
     /// DDIM, DDPM.
+    #[serde(default, deserialize_with = "null_is_false")]
     pub clip_sample: Option<bool>,
     pub clip_sample_range: Option<f64>,
     /// Everything but PNDM.
+    #[serde(default, deserialize_with = "null_is_false")]
     pub rescale_betas_zero_snr: Option<bool>,
     /// DDIM, DPM-Solver, DDPM: dynamic thresholding (pixel-space models); not implemented.
+    #[serde(default, deserialize_with = "null_is_false")]
     pub thresholding: Option<bool>,
     pub dynamic_thresholding_ratio: Option<f64>,
     pub sample_max_value: Option<f64>,
@@ -40,25 +60,36 @@ pub struct SchedulerConfig {
     pub solver_order: Option<i64>,
     pub algorithm_type: Option<String>,
     pub solver_type: Option<String>,
+    #[serde(default, deserialize_with = "null_is_false")]
     pub lower_order_final: Option<bool>,
+    #[serde(default, deserialize_with = "null_is_false")]
     pub euler_at_final: Option<bool>,
     /// Euler, DPM-Solver.
+    #[serde(default, deserialize_with = "null_is_false")]
     pub use_karras_sigmas: Option<bool>,
+    #[serde(default, deserialize_with = "null_is_false")]
     pub use_exponential_sigmas: Option<bool>,
+    #[serde(default, deserialize_with = "null_is_false")]
     pub use_beta_sigmas: Option<bool>,
+    #[serde(default, deserialize_with = "null_is_false")]
     pub use_lu_lambdas: Option<bool>,
+    #[serde(default, deserialize_with = "null_is_false")]
     pub use_flow_sigmas: Option<bool>,
     pub flow_shift: Option<f64>,
+    #[serde(default, deserialize_with = "null_is_false")]
     pub use_dynamic_shifting: Option<bool>,
     pub final_sigmas_type: Option<String>,
     /// DPM-Solver. Python writes `-Infinity` (its default) as a bare token: see [`Self::from_json`].
     #[serde(default, deserialize_with = "float_or_infinity")]
     pub lambda_min_clipped: Option<f64>,
-    /// DPM-Solver (and DDPM, where training does not use it).
+    /// DPM-Solver (only "learned"/"learned_range" change anything there), DDPM (sampling only:
+    /// training does not use it).
     pub variance_type: Option<String>,
     /// Euler.
     pub interpolation_type: Option<String>,
     pub timestep_type: Option<String>,
+    /// Euler's, and DPM-Solver's, Karras sigmas (DPM-Solver has no such parameter but reads the
+    /// field when the config has it, as diffusers does).
     pub sigma_min: Option<f64>,
     pub sigma_max: Option<f64>,
 }
@@ -72,8 +103,10 @@ impl SchedulerConfig {
     /// Parses a config. Python's json module writes infinities and NaN as bare `Infinity`,
     /// `-Infinity`, `NaN` (DPM-Solver's `lambda_min_clipped` defaults to `-inf`, so every
     /// DPM-Solver config diffusers saves has one); they are quoted first, which strict JSON needs.
+    /// A key given twice takes its last value, as in Python's json module.
     pub fn from_json(text: &str) -> Result<Self> {
-        Ok(serde_json::from_str(&quote_non_finite(text))?)
+        let value: serde_json::Value = serde_json::from_str(&quote_non_finite(text))?;
+        Ok(serde_json::from_value(value)?)
     }
 
     /// The scheduler `_class_name` names.
@@ -138,6 +171,11 @@ fn float_or_infinity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::
     })
 }
 
+/// A boolean field: `null` is `Some(false)` (Python's `None` is falsy), absence is `None`.
+fn null_is_false<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(Some(Option::<bool>::deserialize(d)?.unwrap_or(false)))
+}
+
 /// Which quantity the model predicts (`prediction_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PredictionType {
@@ -173,7 +211,21 @@ pub enum BetaSchedule {
     Linear,
     ScaledLinear,
     SquaredcosCapV2,
+    /// DDPM only: `betas_for_alpha_bar` with the Laplace noise schedule.
+    Laplace,
+    /// DDPM only: a sigmoid over linspace(-6, 6) between beta_start and beta_end.
+    Sigmoid,
 }
+
+const BETA_SCHEDULES: &[(&str, BetaSchedule)] =
+    &[("linear", BetaSchedule::Linear), ("scaled_linear", BetaSchedule::ScaledLinear), ("squaredcos_cap_v2", BetaSchedule::SquaredcosCapV2)];
+const DDPM_BETA_SCHEDULES: &[(&str, BetaSchedule)] = &[
+    ("linear", BetaSchedule::Linear),
+    ("scaled_linear", BetaSchedule::ScaledLinear),
+    ("squaredcos_cap_v2", BetaSchedule::SquaredcosCapV2),
+    ("laplace", BetaSchedule::Laplace),
+    ("sigmoid", BetaSchedule::Sigmoid),
+];
 
 /// One of `choices` by name, or an error naming `field`, the value, the class and the choices.
 pub(crate) fn choose<T: Copy>(class: &str, field: &str, value: &str, choices: &[(&str, T)]) -> Result<T> {
@@ -190,6 +242,8 @@ pub(crate) struct Common {
     pub num_train_timesteps: i64,
     pub beta_start: f64,
     pub beta_end: f64,
+    /// Not used for the betas when `trained_betas` is given (then it is only `SquaredcosCapV2`
+    /// or not, which DPM-Solver's Karras timesteps look at: see [`SchedulerConfig::common`]).
     pub beta_schedule: BetaSchedule,
     pub trained_betas: Option<Vec<f64>>,
     pub prediction_type: PredictionType,
@@ -198,13 +252,16 @@ pub(crate) struct Common {
     pub rescale_betas_zero_snr: bool,
 }
 
-/// Per class: which prediction types it accepts, its default spacing, and whether it has
-/// `rescale_betas_zero_snr` (PNDM does not: the field is ignored there, as in diffusers).
+/// Per class: which prediction types and beta schedules it accepts, its default spacing, whether
+/// it has `rescale_betas_zero_snr` (PNDM does not: the field is ignored there, as in diffusers),
+/// and whether it samples (DDPM is built for training only, where spacing is never used).
 pub(crate) struct ClassInfo {
     pub name: &'static str,
     pub predictions: &'static [(&'static str, PredictionType)],
+    pub beta_schedules: &'static [(&'static str, BetaSchedule)],
     pub default_spacing: TimestepSpacing,
     pub has_rescale: bool,
+    pub samples: bool,
 }
 
 const EPS_V: &[(&str, PredictionType)] = &[("epsilon", PredictionType::Epsilon), ("v_prediction", PredictionType::VPrediction)];
@@ -217,48 +274,96 @@ const EULER_PREDICTIONS: &[(&str, PredictionType)] = &[
     ("original_sample", PredictionType::Sample),
 ];
 
-pub(crate) const PNDM: ClassInfo = ClassInfo { name: "PNDMScheduler", predictions: EPS_V, default_spacing: TimestepSpacing::Leading, has_rescale: false };
-pub(crate) const DDIM: ClassInfo = ClassInfo { name: "DDIMScheduler", predictions: EPS_V_SAMPLE, default_spacing: TimestepSpacing::Leading, has_rescale: true };
-pub(crate) const EULER: ClassInfo =
-    ClassInfo { name: "EulerDiscreteScheduler", predictions: EULER_PREDICTIONS, default_spacing: TimestepSpacing::Linspace, has_rescale: true };
-pub(crate) const EULER_ANCESTRAL: ClassInfo =
-    ClassInfo { name: "EulerAncestralDiscreteScheduler", predictions: EPS_V, default_spacing: TimestepSpacing::Linspace, has_rescale: true };
-pub(crate) const DPM: ClassInfo =
-    ClassInfo { name: "DPMSolverMultistepScheduler", predictions: EPS_V_SAMPLE, default_spacing: TimestepSpacing::Linspace, has_rescale: true };
-pub(crate) const DDPM: ClassInfo = ClassInfo { name: "DDPMScheduler", predictions: EPS_V_SAMPLE, default_spacing: TimestepSpacing::Leading, has_rescale: true };
+pub(crate) const PNDM: ClassInfo = ClassInfo {
+    name: "PNDMScheduler",
+    predictions: EPS_V,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Leading,
+    has_rescale: false,
+    samples: true,
+};
+pub(crate) const DDIM: ClassInfo = ClassInfo {
+    name: "DDIMScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Leading,
+    has_rescale: true,
+    samples: true,
+};
+pub(crate) const EULER: ClassInfo = ClassInfo {
+    name: "EulerDiscreteScheduler",
+    predictions: EULER_PREDICTIONS,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: true,
+    samples: true,
+};
+pub(crate) const EULER_ANCESTRAL: ClassInfo = ClassInfo {
+    name: "EulerAncestralDiscreteScheduler",
+    predictions: EPS_V,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: true,
+    samples: true,
+};
+pub(crate) const DPM: ClassInfo = ClassInfo {
+    name: "DPMSolverMultistepScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: true,
+    samples: true,
+};
+/// Training's noise schedule: diffusers' DDPM accepts any prediction_type when built; the
+/// training script then takes epsilon or v_prediction (and fails on the others at its first step).
+pub(crate) const DDPM: ClassInfo = ClassInfo {
+    name: "DDPMScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: DDPM_BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Leading,
+    has_rescale: true,
+    samples: false,
+};
 
 impl SchedulerConfig {
     /// The shared values as `class` reads them (its defaults where the file has none).
+    ///
+    /// As in diffusers: `trained_betas` replaces the beta schedule, whose name then is not
+    /// checked; `timestep_spacing` is checked when sampling (not for DDPM, built for training),
+    /// `steps_offset` only with "leading" spacing, the only one that adds it.
     pub(crate) fn common(&self, class: &ClassInfo) -> Result<Common> {
         let name = class.name;
         let num_train_timesteps = self.num_train_timesteps.unwrap_or(1000);
         if !(1..=1_000_000).contains(&num_train_timesteps) {
-            bail!("num_train_timesteps {num_train_timesteps} is out of range");
+            bail!("num_train_timesteps {num_train_timesteps} is not supported by {name} (1 to 1000000)");
         }
-        let beta_schedule = choose(
-            name,
-            "beta_schedule",
-            self.beta_schedule.as_deref().unwrap_or("linear"),
-            &[("linear", BetaSchedule::Linear), ("scaled_linear", BetaSchedule::ScaledLinear), ("squaredcos_cap_v2", BetaSchedule::SquaredcosCapV2)],
-        )?;
-        if let Some(b) = &self.trained_betas {
-            if b.len() as i64 != num_train_timesteps {
-                bail!("trained_betas has {} values but num_train_timesteps is {num_train_timesteps}", b.len());
+        let schedule_name = self.beta_schedule.as_deref().unwrap_or("linear");
+        let beta_schedule = match &self.trained_betas {
+            None => choose(name, "beta_schedule", schedule_name, class.beta_schedules)?,
+            Some(b) => {
+                if b.len() as i64 != num_train_timesteps {
+                    bail!("trained_betas has {} values but num_train_timesteps is {num_train_timesteps} ({name})", b.len());
+                }
+                if schedule_name == "squaredcos_cap_v2" {
+                    BetaSchedule::SquaredcosCapV2
+                } else {
+                    BetaSchedule::Linear
+                }
             }
-        }
+        };
         let prediction_type = choose(name, "prediction_type", self.prediction_type.as_deref().unwrap_or("epsilon"), class.predictions)?;
         let timestep_spacing = match &self.timestep_spacing {
-            None => class.default_spacing,
-            Some(s) => choose(
+            Some(s) if class.samples => choose(
                 name,
                 "timestep_spacing",
                 s,
                 &[("leading", TimestepSpacing::Leading), ("trailing", TimestepSpacing::Trailing), ("linspace", TimestepSpacing::Linspace)],
             )?,
+            _ => class.default_spacing,
         };
         let steps_offset = self.steps_offset.unwrap_or(0);
-        if !(0..num_train_timesteps).contains(&steps_offset) {
-            bail!("steps_offset {steps_offset} is out of range");
+        if class.samples && timestep_spacing == TimestepSpacing::Leading && !(0..num_train_timesteps).contains(&steps_offset) {
+            bail!("steps_offset {steps_offset} is not supported by {name} with leading spacing (0 to {})", num_train_timesteps - 1);
         }
         Ok(Common {
             num_train_timesteps,
@@ -281,7 +386,19 @@ impl SchedulerConfig {
         Ok(())
     }
 
-    /// Rejects the sigma schedules other than the interpolated and the Karras one.
+    /// `sigma_min`/`sigma_max`, which only the Karras schedule reads: positive where given (the
+    /// schedule's ends are the training sigmas where not).
+    pub(crate) fn check_karras_range(&self, class: &str) -> Result<()> {
+        for (field, v) in [("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)] {
+            if let Some(v) = v.filter(|v| v.is_nan() || *v <= 0.0) {
+                bail!("{field} {v} is not supported by {class} with use_karras_sigmas (it must be positive)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects the sigma schedules other than the interpolated and the Karras one (`extra`: the
+    /// class's own further flags).
     pub(crate) fn reject_other_sigmas(&self, class: &str, extra: &[(&str, Option<bool>)]) -> Result<()> {
         for (field, value) in [("use_exponential_sigmas", self.use_exponential_sigmas), ("use_beta_sigmas", self.use_beta_sigmas)].iter().chain(extra) {
             if *value == Some(true) {

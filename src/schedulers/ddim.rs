@@ -22,9 +22,12 @@ impl DdimScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&DDIM)?;
         config.reject_thresholding(DDIM.name)?;
+        // clip_sample_range is read only when clipping (thresholding, which would replace it, is
+        // rejected above).
+        let clip_sample = config.clip_sample.unwrap_or(true);
         let range = config.clip_sample_range.unwrap_or(1.0);
-        if range.is_nan() || range <= 0.0 {
-            bail!("clip_sample_range {range} must be positive");
+        if clip_sample && (range.is_nan() || range <= 0.0) {
+            bail!("clip_sample_range {range} must be positive when clip_sample is true ({})", DDIM.name);
         }
         let schedule = TrainSchedule::new(&c, false)?;
         let alphas_cumprod = schedule.alphas_cumprod_vec();
@@ -34,7 +37,7 @@ impl DdimScheduler {
             spacing: c.timestep_spacing,
             steps_offset: c.steps_offset,
             prediction_type: c.prediction_type,
-            clip: config.clip_sample.unwrap_or(true).then_some(range),
+            clip: clip_sample.then_some(range),
             alphas_cumprod,
             final_alpha_cumprod,
             num_inference_steps: None,

@@ -16,8 +16,10 @@ pub struct DdpmScheduler {
 }
 
 impl DdpmScheduler {
-    /// Reads the training schedule; DDPM's sampling fields (variance_type, clip_sample,
-    /// thresholding) are not used for training and are not checked.
+    /// Reads the training schedule (every beta_schedule DDPM has, "laplace" and "sigmoid"
+    /// included). The sampling fields (variance_type, clip_sample, clip_sample_range,
+    /// thresholding and its parameters, timestep_spacing, steps_offset) are not used by
+    /// `add_noise` and `get_velocity`, and are not checked, as diffusers' training never reads them.
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&DDPM)?;
         let schedule = TrainSchedule::new(&c, false)?;

@@ -29,6 +29,10 @@ pub struct DpmSolverMultistepScheduler {
     lower_order_final: bool,
     euler_at_final: bool,
     karras: bool,
+    /// `sigma_min`, `sigma_max` of the Karras schedule where the config has them (diffusers
+    /// reads them from the config although DPM-Solver has no such parameters: a config written
+    /// by EulerDiscreteScheduler carries them).
+    karras_range: (Option<f64>, Option<f64>),
     round_karras_timesteps: bool,
     final_sigma_min: bool,
     /// Where `lambda_min_clipped` cuts the schedule: timesteps come from 0..last_timestep.
@@ -57,12 +61,29 @@ impl DpmSolverMultistepScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&DPM)?;
         config.reject_thresholding(NAME)?;
-        config.reject_other_sigmas(NAME, &[("use_lu_lambdas", config.use_lu_lambdas), ("use_flow_sigmas", config.use_flow_sigmas)])?;
-        if config.use_dynamic_shifting == Some(true) {
-            bail!("use_dynamic_shifting true is not supported by {NAME}");
+        let karras = config.use_karras_sigmas.unwrap_or(false);
+        // Karras comes first in diffusers' set_timesteps: with it, use_lu_lambdas is not read.
+        // use_flow_sigmas also changes alpha_t and sigma_t, so it counts either way.
+        let lu = if karras { None } else { config.use_lu_lambdas };
+        config.reject_other_sigmas(NAME, &[("use_lu_lambdas", lu), ("use_flow_sigmas", config.use_flow_sigmas)])?;
+        if karras {
+            config.check_karras_range(NAME)?;
         }
-        if let Some(v) = &config.variance_type {
-            bail!("variance_type {v:?} is not supported by {NAME} (learned variance is for pixel-space models)");
+        // use_dynamic_shifting (with time_shift_type) only acts on a `mu` passed to
+        // set_timesteps, which Stable Diffusion's pipelines never pass; flow_shift only with
+        // use_flow_sigmas (rejected above).
+        if config.use_dynamic_shifting == Some(true) {
+            tracing::debug!("{NAME}: use_dynamic_shifting true has no effect without a mu (ignored, as by diffusers' SD pipelines)");
+        }
+        // variance_type: only a learned variance changes anything (diffusers then keeps the first
+        // 3 channels of an epsilon prediction, which fails on 4-channel latents); the
+        // "fixed_small" every DDPMScheduler config carries, and any other value, is not read.
+        match config.variance_type.as_deref() {
+            Some(v @ ("learned" | "learned_range")) if c.prediction_type == PredictionType::Epsilon => {
+                bail!("variance_type {v:?} is not supported by {NAME} (a learned variance is for models that predict it in extra channels)")
+            }
+            Some(v) => tracing::debug!("{NAME}: variance_type {v:?} does not change its steps (ignored, as in diffusers)"),
+            None => {}
         }
         // diffusers maps DEIS's algorithm and UniPC's solver types onto DPM-Solver++ midpoint.
         let sde = choose(
@@ -78,10 +99,13 @@ impl DpmSolverMultistepScheduler {
             config.solver_type.as_deref().unwrap_or("midpoint"),
             &[("midpoint", SolverType::Midpoint), ("heun", SolverType::Heun), ("logrho", SolverType::Midpoint), ("bh1", SolverType::Midpoint), ("bh2", SolverType::Midpoint)],
         )?;
+        // diffusers runs every solver_order above 3 exactly as 3 (it keeps that many outputs,
+        // but its highest update, the third-order one, reads 3 of them); below 1 it fails.
         let solver_order = config.solver_order.unwrap_or(2);
-        if !(1..=3).contains(&solver_order) {
-            bail!("solver_order {solver_order} is not supported by {NAME} (1, 2 or 3)");
+        if solver_order < 1 {
+            bail!("solver_order {solver_order} is not supported by {NAME} (1 or more; above 3 it steps as 3)");
         }
+        let solver_order = solver_order.min(3);
         let final_sigma_min = choose(
             NAME,
             "final_sigmas_type",
@@ -112,7 +136,8 @@ impl DpmSolverMultistepScheduler {
             solver_type,
             lower_order_final: config.lower_order_final.unwrap_or(true),
             euler_at_final: config.euler_at_final.unwrap_or(false),
-            karras: config.use_karras_sigmas.unwrap_or(false),
+            karras,
+            karras_range: (config.sigma_min, config.sigma_max),
             round_karras_timesteps: c.beta_schedule != BetaSchedule::SquaredcosCapV2,
             final_sigma_min,
             last_timestep,
@@ -248,8 +273,8 @@ impl Scheduler for DpmSolverMultistepScheduler {
         };
         let train_sigmas: Vec<f64> = self.train_sigmas.iter().map(|&s| s as f64).collect();
         let sigmas: Vec<f64> = if self.karras {
-            let hi = train_sigmas[train_sigmas.len() - 1];
-            let lo = train_sigmas[0];
+            let hi = self.karras_range.1.unwrap_or(train_sigmas[train_sigmas.len() - 1]);
+            let lo = self.karras_range.0.unwrap_or(train_sigmas[0]);
             let sigmas = karras_sigmas(lo, hi, n);
             let log_sigmas = log_f32(&self.train_sigmas);
             timesteps = sigmas

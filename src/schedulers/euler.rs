@@ -4,7 +4,7 @@
 use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, EULER};
 use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
 use super::{cached_step_index, sigma_scaled_input, check_step_inputs, check_steps, not_ready, Scheduler, SchedulerKind};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -43,22 +43,22 @@ impl EulerDiscreteScheduler {
             config.interpolation_type.as_deref().unwrap_or("linear"),
             &[("linear", Interpolation::Linear), ("log_linear", Interpolation::LogLinear)],
         )?;
-        let continuous = choose(
-            EULER.name,
-            "timestep_type",
-            config.timestep_type.as_deref().unwrap_or("discrete"),
-            &[("discrete", false), ("continuous", true)],
-        )?;
+        // diffusers tests `timestep_type == "continuous" and prediction_type == "v_prediction"`
+        // and nothing else: any other value, or "continuous" with another prediction type, is
+        // the discrete one.
+        let continuous = config.timestep_type.as_deref() == Some("continuous");
+        if let Some(t) = config.timestep_type.as_deref().filter(|t| !matches!(*t, "discrete" | "continuous")) {
+            tracing::debug!("{}: timestep_type {t:?} is treated as \"discrete\", as diffusers does", EULER.name);
+        }
         let final_sigma_min = choose(
             EULER.name,
             "final_sigmas_type",
             config.final_sigmas_type.as_deref().unwrap_or("zero"),
             &[("zero", false), ("sigma_min", true)],
         )?;
-        for (field, v) in [("sigma_min", config.sigma_min), ("sigma_max", config.sigma_max)] {
-            if v.is_some_and(|v| v.is_nan() || v <= 0.0) {
-                bail!("{field} {} must be positive", v.unwrap_or_default());
-            }
+        let karras = config.use_karras_sigmas.unwrap_or(false);
+        if karras {
+            config.check_karras_range(EULER.name)?;
         }
         let schedule = TrainSchedule::new(&c, true)?;
         Ok(EulerDiscreteScheduler {
@@ -67,7 +67,7 @@ impl EulerDiscreteScheduler {
             steps_offset: c.steps_offset,
             prediction_type: c.prediction_type,
             interpolation,
-            karras: config.use_karras_sigmas.unwrap_or(false),
+            karras,
             sigma_min: config.sigma_min,
             sigma_max: config.sigma_max,
             continuous: continuous && c.prediction_type == PredictionType::VPrediction,

@@ -36,6 +36,11 @@ impl EulerAncestralDiscreteScheduler {
         })
     }
 
+    /// The sigma schedule of this run, one more than the timesteps (ending at 0).
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+
     fn init_step_index(&mut self, timestep: f64) -> Result<usize> {
         cached_step_index(&mut self.step_index, &self.timesteps, timestep, NAME)
     }

@@ -25,7 +25,10 @@ impl TrainSchedule {
             (Some(b), _) => Tensor::from_slice(&b.iter().map(|&v| v as f32).collect::<Vec<f32>>()),
             (None, BetaSchedule::Linear) => Tensor::linspace(c.beta_start, c.beta_end, n, cpu),
             (None, BetaSchedule::ScaledLinear) => Tensor::linspace(c.beta_start.powf(0.5), c.beta_end.powf(0.5), n, cpu).pow_tensor_scalar(2),
-            (None, BetaSchedule::SquaredcosCapV2) => Tensor::from_slice(&betas_for_alpha_bar(n)),
+            (None, BetaSchedule::SquaredcosCapV2) => Tensor::from_slice(&betas_for_alpha_bar(n, alpha_bar_cosine)),
+            (None, BetaSchedule::Laplace) => Tensor::from_slice(&betas_for_alpha_bar(n, alpha_bar_laplace)),
+            // torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start.
+            (None, BetaSchedule::Sigmoid) => Tensor::linspace(-6.0, 6.0, n, cpu).sigmoid() * (c.beta_end - c.beta_start) + c.beta_start,
         };
         if c.rescale_betas_zero_snr {
             betas = rescale_zero_terminal_snr(&betas);
@@ -54,10 +57,23 @@ impl TrainSchedule {
     }
 }
 
-/// The cosine schedule ("squaredcos_cap_v2"), in f64 as Python computes it, then f32. (Some ports
-/// compute `i / n` with integer division, which gives t = 0 for every step but the last.)
-fn betas_for_alpha_bar(n: i64) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powf(2.0);
+/// The cosine schedule ("squaredcos_cap_v2").
+fn alpha_bar_cosine(t: f64) -> f64 {
+    ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powf(2.0)
+}
+
+/// DDPM's "laplace" schedule: lambda = -0.5 * sign(0.5 - t) * ln(1 - 2|0.5 - t| + 1e-6),
+/// alpha_bar = sqrt(snr / (1 + snr)) with snr = e^lambda.
+fn alpha_bar_laplace(t: f64) -> f64 {
+    let lmb = -0.5 * 1f64.copysign(0.5 - t) * (1.0 - 2.0 * (0.5 - t).abs() + 1e-6).ln();
+    let snr = lmb.exp();
+    (snr / (1.0 + snr)).sqrt()
+}
+
+/// `betas_for_alpha_bar`: betas that discretize `alpha_bar` over [0, 1], capped at 0.999, in f64
+/// as Python computes them, then f32. (Some ports compute `i / n` with integer division, which
+/// gives t = 0 for every step but the last.)
+fn betas_for_alpha_bar(n: i64, alpha_bar: fn(f64) -> f64) -> Vec<f32> {
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
