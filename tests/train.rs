@@ -166,3 +166,134 @@ fn cached_latents_train_exactly_like_encoding_every_step() {
     // Batched vs single-image VAE encodes may round differently in the last bit.
     assert!(diff < 1e-6, "max difference {diff}");
 }
+
+/// Every file a run writes has the mode `open(path, 0o666)` gives under the caller's umask, as
+/// Python's writers do (0644 under umask 022), not a temporary file's 0600.
+#[test]
+fn output_files_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (umask, want) in [("022", 0o644), ("077", 0o600), ("002", 0o664)] {
+        let out = dir.path().join(format!("umask-{umask}"));
+        let bin = env!("CARGO_BIN_EXE_textual-inversion");
+        let script = format!(
+            "umask {umask} && exec \"$0\" train --pretrained_model_name_or_path {} --train_data_dir {} --placeholder_token '<t>' \
+             --initializer_token toy --resolution 64 --train_batch_size 1 --repeats 1 --max_train_steps 2 --save_steps 1 \
+             --checkpointing_steps 1 --validation_prompt 'a <t>' --validation_steps 2 --num_validation_images 1 --seed 1 --output_dir {}",
+            repo().join("fixtures/tiny-sd").display(),
+            repo().join("fixtures/dataset/images").display(),
+            out.display()
+        );
+        ok(Command::new("sh").arg("-c").arg(&script).arg(bin).output().unwrap());
+        let gen = format!(
+            "umask {umask} && exec \"$0\" generate --model {} --prompt x --num_inference_steps 1 --seed 1 --output_dir {}",
+            repo().join("fixtures/tiny-sd").display(),
+            out.join("images").display()
+        );
+        ok(Command::new("sh").arg("-c").arg(&gen).arg(bin).output().unwrap());
+        let mut files = Vec::new();
+        let mut stack = vec![out.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        for name in ["learned_embeds.safetensors", "learned_embeds-steps-1.safetensors", "loss.png", "metrics.jsonl", "state.json", "training_state.safetensors", "step-2-0.png", "0000-1.png"] {
+            assert!(files.iter().any(|f| f.file_name().unwrap() == name), "umask {umask}: {name} not written");
+        }
+        for f in &files {
+            let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "umask {umask}: {} has mode {mode:o}", f.display());
+        }
+    }
+}
+
+/// A copy of the tiny model in `dir` whose scheduler config is `config`.
+fn tiny_sd_with_scheduler(dir: &Path, config: serde_json::Value) -> PathBuf {
+    let src = repo().join("fixtures/tiny-sd");
+    let dst = dir.join("model");
+    std::fs::create_dir_all(dst.join("scheduler")).unwrap();
+    for part in ["model_index.json", "tokenizer", "text_encoder", "unet", "vae"] {
+        std::os::unix::fs::symlink(src.join(part), dst.join(part)).unwrap();
+    }
+    std::fs::write(dst.join("scheduler/scheduler_config.json"), config.to_string()).unwrap();
+    dst
+}
+
+fn train_on(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+        .arg("train")
+        .arg("--pretrained_model_name_or_path")
+        .arg(model)
+        .arg("--train_data_dir")
+        .arg(repo().join("fixtures/dataset/images"))
+        .args(["--placeholder_token", "<t>", "--initializer_token", "toy", "--resolution", "64", "--train_batch_size", "1"])
+        .args(["--repeats", "1", "--max_train_steps", "3", "--seed", "5", "--report_to", "none", "--output_dir"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// What diffusers' `DDPMScheduler(...).save_config()` writes for SD 1.5's betas (many
+/// fine-tuned models ship it): validation (DPM-Solver++ from this config) and
+/// `generate --scheduler dpm++2m` work on it.
+#[test]
+fn validation_and_dpm_work_on_a_ddpm_written_scheduler_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let ddpm = serde_json::json!({
+        "_class_name": "DDPMScheduler", "_diffusers_version": "0.42.1", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085, "clip_sample": false, "clip_sample_range": 1.0, "dynamic_thresholding_ratio": 0.995,
+        "num_train_timesteps": 1000, "prediction_type": "epsilon", "rescale_betas_zero_snr": false, "sample_max_value": 1.0,
+        "steps_offset": 1, "thresholding": false, "timestep_spacing": "leading", "trained_betas": null, "variance_type": "fixed_small"
+    });
+    let model = tiny_sd_with_scheduler(dir.path(), ddpm);
+    let out = dir.path().join("out");
+    let o = ok(train_on(&model, &out, &["--validation_prompt", "a <t>", "--validation_steps", "2", "--num_validation_images", "1"]));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("validation at step"), "{log}");
+    assert!(out.join("validation/step-2-0.png").is_file());
+    let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "x", "--num_inference_steps", "2", "--scheduler", "dpm++2m", "--seed", "1", "--output_dir"])
+        .arg(dir.path().join("images"))
+        .output()
+        .unwrap();
+    ok(o);
+}
+
+/// A validation that fails warns and training goes on, to the same embedding as a run without
+/// validation (the random stream is put back either way).
+#[test]
+fn a_failed_validation_does_not_end_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/tiny-sd/scheduler/scheduler_config.json")).unwrap()).unwrap();
+    // DDPM (training) ignores solver_order; DPM-Solver++ (validation) cannot build with it.
+    cfg["solver_order"] = 0.into();
+    let model = tiny_sd_with_scheduler(dir.path(), cfg);
+    let (with, without) = (dir.path().join("with"), dir.path().join("without"));
+    let o = ok(train_on(&model, &with, &["--validation_prompt", "a <t>", "--validation_steps", "1", "--num_validation_images", "1"]));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("validation at step 1 failed, training goes on") && log.contains("solver_order 0"), "{log}");
+    ok(train_on(&model, &without, &[]));
+    assert_eq!(rows(&with.join("learned_embeds.safetensors")), rows(&without.join("learned_embeds.safetensors")));
+}
+
+#[test]
+fn zero_save_intervals_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--save_steps", "--checkpointing_steps"] {
+        let o = train(&dir.path().join("z"), &["--max_train_steps", "1", flag, "0"]);
+        assert!(!o.status.success());
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(&format!("{flag} must be at least 1")), "{e}");
+    }
+    let o = train(&dir.path().join("z"), &["--max_train_steps", "1", "--validation_prompt", "x", "--validation_steps", "0"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--validation_steps must be at least 1"));
+}

@@ -84,7 +84,17 @@ pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
     let name = dir.file_name().context("checkpoint folder has no name")?.to_string_lossy().to_string();
     let tmp = parent.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Whatever fails (a full disk, say), the half-written folder goes.
+    let written = write_folder(&tmp, dir, c);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+/// Writes the checkpoint into `tmp`, then renames it to `dir`.
+fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
+    std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let rows = crate::tensors::from_tch(&c.rows)?;
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -100,7 +110,7 @@ pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+    std::fs::rename(tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
     Ok(())
 }
 
@@ -128,4 +138,29 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         }
     }
     Ok(Checkpoint { position, rows, optimizer, scheduler })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(optimizer: Vec<(String, Tensor)>) -> Checkpoint {
+        let position = Position { global_step: 3, micro_step: 3, accumulation: 0, seed: 1, placeholder_token: "<t>".into(), num_vectors: 1 };
+        Checkpoint { position, rows: Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu)), optimizer, scheduler: Vec::new() }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("checkpoint-3");
+        // The rows are written first; a tensor that cannot be saved then fails the write.
+        let bad = vec![("exp_avg".to_string(), Tensor::zeros([2], (tch::Kind::ComplexFloat, tch::Device::Cpu)))];
+        let e = save(&target, &checkpoint(bad)).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot be saved"), "{e:#}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        // A good one lands.
+        save(&target, &checkpoint(Vec::new())).unwrap();
+        assert!(target.join("state.json").is_file() && !dir.path().join(".checkpoint-3.tmp").exists());
+    }
 }

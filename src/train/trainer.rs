@@ -1,7 +1,7 @@
 //! The training loop of `textual_inversion.py`: accumulation with accelerate's sync rule, LR
 //! schedule, `--save_steps` files, `checkpoint-N` folders and resume, validation images,
 //! progress and metrics. One step's loss comes from [`super::step::loss`].
-use super::dataset::{caption, placeholder_string, Dataset};
+use super::dataset::{caption, placeholder_string, Dataset, ImageOrder};
 use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
 use super::optim::{AdamW, AdamWConfig};
 use super::state::{self, Checkpoint, Position};
@@ -43,6 +43,20 @@ fn check_args(a: &TrainArgs) -> Result<()> {
     if a.train_batch_size == 0 || a.gradient_accumulation_steps == 0 || a.max_train_steps == 0 {
         bail!("--train_batch_size, --gradient_accumulation_steps and --max_train_steps must be at least 1");
     }
+    // The script computes `global_step % save_steps` (and checkpointing_steps, validation_steps):
+    // 0 is a ZeroDivisionError there, not "every step".
+    for (flag, v) in [("--save_steps", a.save_steps), ("--checkpointing_steps", a.checkpointing_steps)] {
+        if v == 0 {
+            bail!("{flag} must be at least 1 (it is the number of updates between saves), got 0");
+        }
+    }
+    if a.validation_prompt.is_some() {
+        match a.validation_epochs {
+            Some(0) => bail!("--validation_epochs must be at least 1 when --validation_prompt is given, got 0"),
+            None if a.validation_steps == 0 => bail!("--validation_steps must be at least 1 when --validation_prompt is given, got 0"),
+            _ => {}
+        }
+    }
     if a.resolution == 0 || a.resolution % 8 != 0 {
         bail!("--resolution must be a positive multiple of 8, got {}", a.resolution);
     }
@@ -77,7 +91,8 @@ fn save_embeddings(path: &Path, token: &str, rows: &Tensor) -> Result<()> {
 pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
     check_args(a)?;
     // Everything the user controls is checked before any model loads.
-    let dataset = Dataset::load(&a.train_data_dir, a.resolution, a.center_crop, a.repeats)?;
+    let order = if a.sort_images { ImageOrder::Sorted } else { ImageOrder::Directory };
+    let dataset = Dataset::load_ordered(&a.train_data_dir, a.resolution, a.center_crop, a.repeats, order)?;
     prepare_output(&a.output_dir)?;
     if a.allow_tf32 {
         std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1");
@@ -119,6 +134,9 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
     }
     let init_row = text_encoder.token_row(init_ids[0])?;
     let wopts = WeightOptions { variant: a.variant.clone(), use_safetensors: None };
+    // The script asks for the variant for the UNet and VAE only (the text encoder trains from
+    // its plain weights); the pipeline rule decides when one of them lacks it.
+    sd::check_variant(&repo, &wopts, &["unet", "vae", "text_encoder"])?;
     let unet = sd::load_unet(&repo, &wopts, Placement { device, kind })?;
     let vae = sd::load_vae(&repo, &wopts, Placement { device, kind })?;
     let sched_path = repo.require("scheduler/scheduler_config.json")?;
@@ -327,10 +345,10 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                 position.global_step += 1;
                 bar.set_position(position.global_step);
                 let gs = position.global_step;
-                if gs % a.save_steps.max(1) == 0 {
+                if gs % a.save_steps == 0 {
                     save_embeddings(&a.output_dir.join(format!("learned_embeds-steps-{gs}.{ext}")), &a.placeholder_token, &trainable)?;
                 }
-                if gs % a.checkpointing_steps.max(1) == 0 {
+                if gs % a.checkpointing_steps == 0 {
                     if let Some(limit) = a.checkpoints_total_limit {
                         state::prune(&a.output_dir, limit)?;
                     }
@@ -344,8 +362,16 @@ pub fn train(a: &TrainArgs) -> Result<TrainOutcome> {
                 }
                 if let Some(prompt) = &a.validation_prompt {
                     if validation_steps > 0 && gs % validation_steps == 0 {
-                        let images = validate(&models, &sched_cfg, prompt, a, seed, gs)?;
-                        metrics.log_image_tensor(gs, &images)?;
+                        // A failed validation never ends the run: the embeddings are what
+                        // the user waits for (libtorch failures arrive as panics: caught too).
+                        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            validate(&models, &sched_cfg, prompt, a, seed, gs).and_then(|images| metrics.log_image_tensor(gs, &images))
+                        }));
+                        match run {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!("validation at step {gs} failed, training goes on: {e:#}"),
+                            Err(_) => tracing::warn!("validation at step {gs} failed (see the error above), training goes on"),
+                        }
                         // Validation seeded the generator (the script uses its own): put the
                         // training stream back where it was.
                         stream = replay(position.micro_step).0;
