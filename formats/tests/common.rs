@@ -66,3 +66,12 @@ pub fn assert_value(tf: &TorchFile, what: &str, v: &Value, want: &J) {
         assert!(ok, "{what}: got {v:?}, want {want}");
     }
 }
+
+#[path = "support/realworld.rs"]
+mod realworld;
+
+/// See `formats/tests/support/realworld.rs`.
+#[allow(dead_code)]
+pub fn realworld_dir(test: &str) -> Option<PathBuf> {
+    realworld::realworld_dir(&repo(), test)
+}

@@ -3,7 +3,7 @@
 //! every writer's output read back.
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use ti_formats::embeddings::{self, Encoder, FileKind, Layout, OutFormat};
 use ti_formats::DType;
 
@@ -56,10 +56,6 @@ fn sdxl_parts_are_assigned_to_their_encoders() {
     assert_eq!(e.vectors(), 2);
 }
 
-fn realworld(name: &str) -> PathBuf {
-    repo().join("../shared/realworld").join(name)
-}
-
 /// (file, layout, stored token, trigger word, shape, first 3, sum, L2) from realworld/README.md.
 #[allow(clippy::type_complexity)]
 const REALWORLD: &[(&str, Layout, Option<&str>, &str, &[usize], [f64; 3], f64, f64)] = &[
@@ -80,6 +76,8 @@ const REALWORLD: &[(&str, Layout, Option<&str>, &str, &[usize], [f64; 3], f64, f
 
 #[test]
 fn realworld_files_read_to_published_values() {
+    let Some(rw) = common::realworld_dir("realworld_files_read_to_published_values") else { return };
+    let realworld = |name: &str| rw.join(name);
     for &(name, layout, stored, trigger, shape, first, sum, l2) in REALWORLD {
         let path = realworld(name);
         let f = embeddings::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -108,6 +106,8 @@ fn realworld_files_read_to_published_values() {
 
 #[test]
 fn empty_realworld_file_is_refused_clearly() {
+    let Some(rw) = common::realworld_dir("empty_realworld_file_is_refused_clearly") else { return };
+    let realworld = |name: &str| rw.join(name);
     let e = embeddings::read(&realworld("empty.pt")).unwrap_err().to_string();
     assert!(e.contains("empty.pt") && e.contains("no embedding"), "{e}");
 }

@@ -5,6 +5,7 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+#[allow(dead_code)]
 /// The tiny model, or (for another prediction type) a copy in `tmp` whose scheduler predicts
 /// that, with the other components linked.
 pub fn tiny_sd_predicting(prediction: &str, tmp: &Path) -> PathBuf {
@@ -22,4 +23,13 @@ pub fn tiny_sd_predicting(prediction: &str, tmp: &Path) -> PathBuf {
     cfg["prediction_type"] = prediction.into();
     std::fs::write(dst.join("scheduler/scheduler_config.json"), cfg.to_string()).unwrap();
     dst
+}
+
+#[path = "../../formats/tests/support/realworld.rs"]
+mod realworld;
+
+/// See `formats/tests/support/realworld.rs`.
+#[allow(dead_code)]
+pub fn realworld_dir(test: &str) -> Option<PathBuf> {
+    realworld::realworld_dir(&repo(), test)
 }
