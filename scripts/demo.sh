@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup-libtorch.sh)"
-cargo build --release --quiet
+if [[ -x target/release/textual-inversion ]]; then
+  echo "[demo] building the tool (cargo build --release; up to date in seconds)" >&2
+else
+  echo "[demo] building the tool: the first build compiles torch-sys and about 300 crates (2-7 minutes on 2 cores)" >&2
+fi
+cargo build --release
 ti=target/release/textual-inversion
 out=demo-output
 rm -rf "$out"; mkdir -p "$out"

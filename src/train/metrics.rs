@@ -467,28 +467,9 @@ pub fn smooth(values: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// 3x5 glyphs for tick labels: rows top to bottom, 3 bits each (MSB left).
-fn glyph(c: char) -> Option<[u8; 5]> {
-    Some(match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        _ => return None,
-    })
-}
-
-const SCALE: i64 = 2;
-const CHAR_W: i64 = 4 * SCALE;
-const CHAR_H: i64 = 5 * SCALE;
+/// Text is drawn with font8x8's public-domain 8x8 glyphs (bit 0 is the leftmost pixel).
+const CHAR_W: i64 = 8;
+const CHAR_H: i64 = 8;
 
 struct Canvas {
     w: i64,
@@ -525,20 +506,27 @@ impl Canvas {
         }
     }
 
-    fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
+    /// `s` with its top-left corner at (x, y), each font pixel `scale` x `scale`.
+    fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3], scale: i64) {
+        use font8x8::UnicodeFonts;
         for (i, ch) in s.chars().enumerate() {
-            let Some(rows) = glyph(ch) else { continue };
+            let Some(rows) = font8x8::BASIC_FONTS.get(ch) else { continue };
             for (r, bits) in rows.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (4 >> col) != 0 {
-                        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                            self.put(x + i as i64 * CHAR_W + col * SCALE + dx, y + r as i64 * SCALE + dy, c);
+                for col in 0..8 {
+                    if bits & (1 << col) != 0 {
+                        for d in 0..scale * scale {
+                            let (px, py) = (x + (i as i64 * CHAR_W + col) * scale + d % scale, y + r as i64 * scale + d / scale);
+                            self.put(px, py, c);
                         }
                     }
                 }
             }
         }
     }
+}
+
+fn text_width(s: &str, scale: i64) -> i64 {
+    s.chars().count() as i64 * CHAR_W * scale
 }
 
 /// "Nice" ticks (1, 2 or 5 times a power of ten) in `[lo, hi]`, and the decimals to print.
@@ -556,7 +544,8 @@ fn ticks(lo: f64, hi: f64, target: f64) -> (Vec<f64>, usize) {
     ((first..=last).map(|k| k as f64 * step).collect(), decimals)
 }
 
-/// Loss per micro-step (light blue) and its smoothed curve (dark blue), with tick labels.
+/// Loss per micro-step (light blue) and its smoothed curve (dark blue), with a title, axis
+/// labels, tick labels and a legend.
 pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
     const WHITE: [u8; 3] = [255, 255, 255];
     const GRID: [u8; 3] = [230, 230, 230];
@@ -588,7 +577,13 @@ pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
         y_labels.iter_mut().for_each(String::clear); // absurd magnitudes: ticks without labels
     }
     let label_w = y_labels.iter().map(|s| s.len() as i64).max().unwrap_or(1) * CHAR_W;
-    let (left, right, top, bottom) = (label_w + 10, w - 12, 10, h - CHAR_H - 14);
+    // Title (2x) above, "loss" over the y axis, tick labels and "micro-step" below.
+    let (left, right, top, bottom) = (label_w + 10, w - 12, 2 * CHAR_H + 16, h - 2 * CHAR_H - 20);
+    let title = "Training loss";
+    cv.text((w - text_width(title, 2)) / 2, 4, title, AXIS, 2);
+    cv.text(4, top - CHAR_H - 6, "loss", AXIS, 1);
+    let x_title = "micro-step";
+    cv.text((left + right - text_width(x_title, 1)) / 2, h - CHAR_H - 4, x_title, AXIS, 1);
     // Clamped, so that no line is ever longer than the canvas.
     let px = |x: f64| (left + ((x - x_lo) / (x_hi - x_lo) * (right - left) as f64).round() as i64).clamp(-1, w);
     let py = |y: f64| (bottom - ((y - y_lo) / (y_hi - y_lo) * (bottom - top) as f64).round() as i64).clamp(-1, h);
@@ -597,7 +592,7 @@ pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
         let y = py(*v);
         cv.line((left, y), (right, y), GRID);
         cv.line((left - 4, y), (left, y), AXIS);
-        cv.text(left - 6 - label.len() as i64 * CHAR_W, y - CHAR_H / 2, label, AXIS);
+        cv.text(left - 6 - text_width(label, 1), y - CHAR_H / 2, label, AXIS, 1);
     }
     let (x_ticks, _) = ticks(x_lo, x_hi, 6.0);
     for v in x_ticks.iter().filter(|v| v.fract() == 0.0) {
@@ -605,7 +600,7 @@ pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
         cv.line((x, top), (x, bottom), GRID);
         cv.line((x, bottom), (x, bottom + 4), AXIS);
         let label = format!("{v:.0}");
-        cv.text(x - label.len() as i64 * CHAR_W / 2, bottom + 8, &label, AXIS);
+        cv.text(x - text_width(&label, 1) / 2, bottom + 8, &label, AXIS, 1);
     }
     cv.line((left, top), (left, bottom), AXIS);
     cv.line((left, bottom), (right, bottom), AXIS);
@@ -622,6 +617,24 @@ pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
     for seg in ema.windows(2) {
         cv.line(seg[0], seg[1], EMA);
         cv.line((seg[0].0, seg[0].1 + 1), (seg[1].0, seg[1].1 + 1), EMA);
+    }
+    // Legend, top right inside the plot.
+    let entries = [("each micro-step", RAW), ("smoothed (EMA)", EMA)];
+    let legend_w = entries.iter().map(|(t, _)| text_width(t, 1)).max().unwrap_or(0) + 30;
+    let lx = right - legend_w - 6;
+    let (bx0, by0, bx1, by1) = (lx - 6, top + 2, right - 2, top + 10 + entries.len() as i64 * (CHAR_H + 6));
+    for y in by0..=by1 {
+        cv.line((bx0, y), (bx1, y), WHITE);
+    }
+    for (a, b) in [((bx0, by0), (bx1, by0)), ((bx1, by0), (bx1, by1)), ((bx1, by1), (bx0, by1)), ((bx0, by1), (bx0, by0))] {
+        cv.line(a, b, GRID);
+    }
+    for (k, (label, color)) in entries.iter().enumerate() {
+        let ly = top + 6 + k as i64 * (CHAR_H + 6);
+        for dy in 0..2 {
+            cv.line((lx, ly + CHAR_H / 2 + dy), (lx + 20, ly + CHAR_H / 2 + dy), *color);
+        }
+        cv.text(lx + 26, ly, label, AXIS, 1);
     }
     Rgb8 { width: w as u32, height: h as u32, data: cv.data }
 }
