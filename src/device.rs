@@ -66,28 +66,43 @@ pub fn load_cuda() -> bool {
     tch::Cuda::is_available()
 }
 
-/// Parses `--device`: `cpu`, `cuda`, `cuda:N` or `mps`; a GPU that is not there is an error
-/// that says why, not a silent fall-back to the CPU.
+/// Parses a `--device` value: `cpu`, `cuda`, `cuda:N` or `mps`. Only the spelling is checked
+/// here (a clap value parser); [`ensure_available`] then says whether the device is there.
 pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
     use anyhow::bail;
     let s = s.trim().to_ascii_lowercase();
-    match s.as_str() {
-        "cpu" => Ok(tch::Device::Cpu),
-        "mps" => {
-            if !tch::utils::has_mps() {
-                bail!("--device mps: this libtorch has no MPS support");
-            }
-            Ok(tch::Device::Mps)
-        }
-        _ => {
-            let index = match s.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => match rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()) {
-                    Some(n) => n,
-                    None => bail!("--device {s}: expected cpu, cuda, cuda:N or mps"),
-                },
+    Ok(match s.as_str() {
+        "cpu" => tch::Device::Cpu,
+        "mps" => tch::Device::Mps,
+        _ => match s.strip_prefix("cuda") {
+            Some("") => tch::Device::Cuda(0),
+            Some(rest) => match rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => tch::Device::Cuda(n),
                 None => bail!("--device {s}: expected cpu, cuda, cuda:N or mps"),
-            };
+            },
+            None => bail!("--device {s}: expected cpu, cuda, cuda:N or mps"),
+        },
+    })
+}
+
+/// The device's name as `--device` spells it.
+pub fn device_name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        other => format!("{other:?}").to_ascii_lowercase(),
+    }
+}
+
+/// A GPU that is not there is an error that says why, not a silent fall-back to the CPU.
+pub fn ensure_available(d: tch::Device) -> anyhow::Result<()> {
+    use anyhow::bail;
+    let s = device_name(d);
+    match d {
+        tch::Device::Cpu => Ok(()),
+        tch::Device::Mps if !tch::utils::has_mps() => bail!("--device mps: this libtorch has no MPS support"),
+        tch::Device::Cuda(index) => {
             if !load_cuda() {
                 if let Some(cuda) = loaded_library("libtorch_cuda.so") {
                     bail!("--device {s}: this libtorch has CUDA ({cuda}) but finds no CUDA device or driver");
@@ -103,19 +118,40 @@ pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
             if index >= count {
                 bail!("--device {s}: only {count} CUDA device(s)");
             }
-            Ok(tch::Device::Cuda(index))
+            Ok(())
         }
+        _ => Ok(()),
     }
 }
 
-/// Parses a precision name as the Python script's flags spell them (`no`/`fp32`, `fp16`, `bf16`).
-pub fn parse_kind(s: &str) -> anyhow::Result<tch::Kind> {
-    Ok(match s.trim().to_ascii_lowercase().as_str() {
-        "no" | "fp32" | "float32" | "f32" => tch::Kind::Float,
-        "fp16" | "float16" | "f16" | "half" => tch::Kind::Half,
-        "bf16" | "bfloat16" => tch::Kind::BFloat16,
-        other => anyhow::bail!("unknown precision {other:?}: expected fp32 (no), fp16 or bf16"),
-    })
+/// The precision of the UNet and VAE: `--mixed_precision no|fp16|bf16` (train, the script's
+/// spelling) and `--dtype fp32|fp16|bf16` (generate) are this one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// Full precision (the script's `no`).
+    #[default]
+    #[value(name = "fp32", alias = "no", alias = "float32", alias = "f32")]
+    Fp32,
+    #[value(name = "fp16", alias = "float16", alias = "f16", alias = "half")]
+    Fp16,
+    #[value(name = "bf16", alias = "bfloat16")]
+    Bf16,
+}
+
+impl Precision {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Fp16 => tch::Kind::Half,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+
+    /// Parses a precision name as the script's flags and ours spell them.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        <Self as clap::ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| anyhow::anyhow!("unknown precision {s:?}: expected fp32 (no), fp16 or bf16"))
+    }
 }
 
 #[cfg(test)]
@@ -125,12 +161,13 @@ mod tests {
     #[test]
     fn devices_and_precisions_parse_with_clear_errors() {
         assert_eq!(parse_device("cpu").unwrap(), tch::Device::Cpu);
+        assert_eq!(parse_device("cuda:1").unwrap(), tch::Device::Cuda(1));
         assert!(parse_device("gpu").unwrap_err().to_string().contains("expected cpu, cuda"));
         if !tch::Cuda::is_available() {
-            assert!(parse_device("cuda:0").unwrap_err().to_string().contains("CUDA is not available"));
+            assert!(ensure_available(tch::Device::Cuda(0)).unwrap_err().to_string().contains("CUDA is not available"));
         }
-        assert_eq!(parse_kind("bf16").unwrap(), tch::Kind::BFloat16);
-        assert_eq!(parse_kind("no").unwrap(), tch::Kind::Float);
-        assert!(parse_kind("int8").is_err());
+        assert_eq!(Precision::parse("bf16").unwrap().kind(), tch::Kind::BFloat16);
+        assert_eq!(Precision::parse("no").unwrap(), Precision::Fp32);
+        assert!(Precision::parse("int8").is_err());
     }
 }

@@ -1,7 +1,10 @@
 //! Textual Inversion for Stable Diffusion on libtorch (through `tch`).
 //!
-//! The file formats (PyTorch checkpoints, safetensors, embedding layouts) live in the
-//! libtorch-free [`formats`] crate; this crate adds tensors, devices and the command line.
+//! Data flows one way: files ([`formats`], the libtorch-free crate: checkpoints, safetensors,
+//! embedding layouts) → tensors ([`tensors`], [`device`]) → models ([`models`]: one file per
+//! diffusers module) and text ([`text`]: tokenizer + encoder + learned tokens) → a pipeline
+//! ([`pipeline`]: text to image) or a training run ([`train`]) → files ([`image_out`], the
+//! embedding writers). [`cli`] turns flags into each command's typed configuration.
 pub use ti_formats as formats;
 
 pub mod cli;
@@ -9,7 +12,9 @@ pub mod device;
 pub mod image_out;
 pub mod models;
 pub mod pipeline;
+pub mod progress;
 pub mod schedulers;
+pub mod seed;
 pub mod tensors;
-pub mod textual_inversion;
+pub mod text;
 pub mod train;

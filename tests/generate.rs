@@ -5,8 +5,9 @@
 //! multi-vector embeddings in the prompt and the negative prompt.
 //!
 //! Tolerances: final latents and prompt embeddings 1e-4 max-abs, images 1/255 per pixel.
+mod common;
+use common::fixtures;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use tch::{Kind, Tensor};
 use textual_inversion::image_out::to_pixels;
 use textual_inversion::models::repo::{HubOptions, ModelRepo};
@@ -14,11 +15,9 @@ use textual_inversion::models::stable_diffusion::{self as sd, WeightOptions};
 use textual_inversion::models::weights::Placement;
 use textual_inversion::pipeline::{GenerateOptions, Models};
 use textual_inversion::schedulers::{self, SchedulerConfig, SchedulerKind};
-use textual_inversion::textual_inversion::{self as ti, EmbeddingSpec};
+use textual_inversion::text::learned_tokens::{self as ti, EmbeddingSpec};
+use textual_inversion::text::TextStack;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
 
 fn models(embeddings: &[String]) -> Models {
     let repo = ModelRepo::resolve(fixtures().join("tiny-sd").to_str().unwrap(), None, &HubOptions::default()).unwrap();
@@ -29,13 +28,12 @@ fn models(embeddings: &[String]) -> Models {
     let specs: Vec<EmbeddingSpec> = embeddings.iter().map(|e| format!("{}/{e}", fixtures().display()).parse().unwrap()).collect();
     let tokens = ti::load(&specs, &mut tokenizer, &mut text_encoder).unwrap();
     Models {
-        tokenizer,
-        text_encoder,
+        text: TextStack { tokenizer, encoder: text_encoder, tokens },
         unet: sd::load_unet(&repo, &w, p).unwrap(),
         vae: sd::load_vae(&repo, &w, p).unwrap(),
+        scheduler_config: sd::load_scheduler_config(&repo).unwrap(),
         device: tch::Device::Cpu,
         kind: Kind::Float,
-        tokens,
     }
 }
 

@@ -26,6 +26,20 @@ impl HubOptions {
     }
 }
 
+/// `--pretrained_model_name_or_path` and `--revision`: where a model comes from.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    pub name_or_path: String,
+    pub revision: Option<String>,
+}
+
+impl ModelSource {
+    /// Resolves it with the Hub settings of the environment.
+    pub fn resolve(&self) -> Result<ModelRepo> {
+        ModelRepo::resolve(&self.name_or_path, self.revision.as_deref(), &HubOptions::from_env())
+    }
+}
+
 /// A model: a local folder or a Hub repository at a revision.
 pub enum ModelRepo {
     Local(PathBuf),

@@ -1,13 +1,20 @@
 //! Loading a Stable Diffusion model's parts from a [`ModelRepo`], each component from its
-//! subfolder, as `textual_inversion.py` does (`subfolder="unet"`, ...).
+//! subfolder, as `textual_inversion.py` does (`subfolder="unet"`, ...). [`load`] is what
+//! `generate` and `train` both call; the per-component loaders serve tests and tools.
+//!
+//! SDXL adds `tokenizer_2` and `text_encoder_2` to [`Components`] (loaded the same way, the
+//! second encoder with its projection); [`check_pipeline`] is where SDXL is refused until then.
 use super::clip::ClipTextModel;
 use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
 use super::repo::ModelRepo;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use super::weights::{Placement, Weights};
+use crate::device::Precision;
+use crate::schedulers::SchedulerConfig;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
 
 /// Which files to use, as diffusers' `from_pretrained` arguments.
 #[derive(Debug, Clone, Default)]
@@ -16,6 +23,55 @@ pub struct WeightOptions {
     pub variant: Option<String>,
     /// None: safetensors when present, else `.bin`.
     pub use_safetensors: Option<bool>,
+}
+
+/// How `generate` and `train` load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub weights: WeightOptions,
+    /// Whether the text encoder loads `weights.variant` too: diffusers' pipelines do; the
+    /// training script loads its plain weights (it trains in fp32).
+    pub text_encoder_variant: bool,
+    /// `--tokenizer_name`: a tokenizer folder instead of the model's `tokenizer/`.
+    pub tokenizer_dir: Option<PathBuf>,
+    pub device: Device,
+    /// The UNet's and VAE's precision; the text encoder is always fp32.
+    pub precision: Precision,
+}
+
+/// The loaded parts of a model (nothing random: loading draws no random numbers).
+pub struct Components {
+    pub tokenizer: super::tokenizer::ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoencoderKL,
+    /// `scheduler/scheduler_config.json`, which every scheduler is built from.
+    pub scheduler_config: SchedulerConfig,
+}
+
+/// Loads every part of the model, as diffusers' pipeline would (variants by its rule), the
+/// UNet and VAE in `o.precision` on `o.device`, the text encoder in fp32.
+pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Components> {
+    check_pipeline(repo)?;
+    let weights = &options.weights;
+    check_variant(repo, weights, &["text_encoder", "unet", "vae"])?;
+    let tokenizer = match &options.tokenizer_dir {
+        Some(dir) => super::tokenizer::ClipTokenizer::from_folder(dir)?,
+        None => load_tokenizer(repo)?,
+    };
+    let text_weights = if options.text_encoder_variant { weights.clone() } else { WeightOptions { variant: None, ..weights.clone() } };
+    let text_encoder = load_text_encoder(repo, &text_weights, Placement { device: options.device, kind: Kind::Float })?;
+    let placement = Placement { device: options.device, kind: options.precision.kind() };
+    let unet = load_unet(repo, weights, placement)?;
+    let vae = load_vae(repo, weights, placement)?;
+    let scheduler_config = load_scheduler_config(repo)?;
+    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler_config })
+}
+
+/// `scheduler/scheduler_config.json`.
+pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
+    let path = repo.require("scheduler/scheduler_config.json")?;
+    SchedulerConfig::read(&path)
 }
 
 /// Refuses pipelines whose parts this tool does not implement, naming them.

@@ -1,7 +1,7 @@
 //! diffusers' `UNet2DConditionModel` (SD 1.x and 2.x), built from its `config.json`.
 use super::attention::TransformerConfig;
 use super::config::UNetConfig;
-use super::embeddings::{timestep_features, TimestepEmbedding};
+use super::timestep_embedding::{timestep_features, TimestepEmbedding};
 use super::nn::{Conv2d, GroupNorm};
 use super::resnet::ResnetConfig;
 use super::unet_blocks::{DownBlock, MidBlock, UpBlock, UpChannels};

@@ -1,5 +1,5 @@
-//! diffusers' timestep embedding: sinusoidal features (`Timesteps`) through a two-layer MLP
-//! (`TimestepEmbedding`).
+//! diffusers' timestep embedding (its `embeddings.py`): sinusoidal features (`Timesteps`)
+//! through a two-layer MLP (`TimestepEmbedding`).
 use super::nn::Linear;
 use super::weights::VarPath;
 use tch::{Kind, Tensor};
