@@ -1,6 +1,13 @@
 //! `textual-inversion train`: every flag of diffusers' `examples/textual_inversion/
 //! textual_inversion.py`, same names (kebab-case accepted too), same defaults, same meaning.
-use crate::train::dataset::LearnableProperty;
+//! The flags become one [`TrainConfig`]; the work is [`crate::train::trainer::train`].
+use crate::device::{parse_device, Precision};
+use crate::models::repo::ModelSource;
+use crate::train::config::{DataConfig, EmbeddingFormat, OptimConfig, OutputConfig, TrainConfig, ValidationConfig, ValidationEvery};
+use crate::train::dataset::{ImageOrder, LearnableProperty};
+use crate::train::lr_schedule::LrScheduleKind;
+use crate::train::metrics::ReportTo;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -34,9 +41,10 @@ pub struct TrainArgs {
     /// A word (one token) whose embedding starts every new vector.
     #[arg(long = "initializer_token", alias = "initializer-token")]
     pub initializer_token: String,
-    /// object or style (which caption templates).
-    #[arg(long = "learnable_property", alias = "learnable-property", default_value = "object")]
-    pub learnable_property: String,
+    /// object or style (which caption templates; anything but style means object, as in the
+    /// script).
+    #[arg(long = "learnable_property", alias = "learnable-property", default_value = "object", value_parser = learnable_property)]
+    pub learnable_property: LearnableProperty,
     /// Dataset length = images x repeats.
     #[arg(long, default_value_t = 100)]
     pub repeats: usize,
@@ -71,7 +79,7 @@ pub struct TrainArgs {
     pub scale_lr: bool,
     /// constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.
     #[arg(long = "lr_scheduler", alias = "lr-scheduler", default_value = "constant")]
-    pub lr_scheduler: String,
+    pub lr_scheduler: LrScheduleKind,
     #[arg(long = "lr_warmup_steps", alias = "lr-warmup-steps", default_value_t = 500)]
     pub lr_warmup_steps: i64,
     #[arg(long = "lr_num_cycles", alias = "lr-num-cycles", default_value_t = 1)]
@@ -97,15 +105,16 @@ pub struct TrainArgs {
     /// TensorBoard folder under output_dir.
     #[arg(long = "logging_dir", alias = "logging-dir", default_value = "logs")]
     pub logging_dir: String,
-    /// no, fp16 or bf16: the UNet and VAE run in this precision; the embeddings train in fp32.
-    #[arg(long = "mixed_precision", alias = "mixed-precision", default_value = "no", value_parser = ["no", "fp16", "bf16"])]
-    pub mixed_precision: String,
+    /// no (fp32), fp16 or bf16: the UNet and VAE run in this precision; the embeddings train in
+    /// fp32.
+    #[arg(long = "mixed_precision", alias = "mixed-precision", value_enum, default_value = "no")]
+    pub mixed_precision: Precision,
     /// TF32 matmuls on Ampere+ GPUs.
     #[arg(long = "allow_tf32", alias = "allow-tf32")]
     pub allow_tf32: bool,
     /// tensorboard or none (wandb and comet_ml are not available).
     #[arg(long = "report_to", alias = "report-to", default_value = "tensorboard")]
-    pub report_to: String,
+    pub report_to: ReportTo,
     #[arg(long = "validation_prompt", alias = "validation-prompt")]
     pub validation_prompt: Option<String>,
     #[arg(long = "num_validation_images", alias = "num-validation-images", default_value_t = 4)]
@@ -135,8 +144,8 @@ pub struct TrainArgs {
 
     // Beyond the script.
     /// cpu, cuda, cuda:N, mps.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: tch::Device,
     /// Encode every image with the VAE at each step, as the script does, instead of once.
     #[arg(long = "no_cache_latents", alias = "no-cache-latents")]
     pub no_cache_latents: bool,
@@ -146,17 +155,87 @@ pub struct TrainArgs {
     pub sort_images: bool,
 }
 
+/// The script's rule: `style` means style, anything else object.
+fn learnable_property(s: &str) -> Result<LearnableProperty, std::convert::Infallible> {
+    Ok(if s == "style" { LearnableProperty::Style } else { LearnableProperty::Object })
+}
+
 impl TrainArgs {
-    pub fn learnable_property(&self) -> LearnableProperty {
-        // The script treats anything but "style" as object.
-        if self.learnable_property == "style" {
-            LearnableProperty::Style
-        } else {
-            LearnableProperty::Object
+    /// The run these flags ask for; flags this tool does not offer are errors (or a log line
+    /// when they would change nothing).
+    pub fn config(&self) -> Result<TrainConfig> {
+        if self.num_vectors < 1 {
+            bail!("--num_vectors has to be larger or equal to 1, but is {}", self.num_vectors);
         }
+        if self.push_to_hub {
+            bail!("--push_to_hub is not available: this tool does not upload. Train, then upload output_dir with `hf upload` (huggingface_hub's CLI)");
+        }
+        if self.gradient_checkpointing {
+            tracing::warn!("--gradient_checkpointing has no effect here: only the placeholder rows train, so activations are the UNet's forward/backward, which fits at 512 px");
+        }
+        if self.enable_xformers_memory_efficient_attention {
+            tracing::info!("--enable_xformers_memory_efficient_attention: attention already runs through scaled_dot_product_attention");
+        }
+        let validation = self.validation_prompt.as_ref().map(|prompt| ValidationConfig {
+            prompt: prompt.clone(),
+            num_images: self.num_validation_images,
+            every: match self.validation_epochs {
+                Some(e) => ValidationEvery::Epochs(e),
+                None => ValidationEvery::Steps(self.validation_steps),
+            },
+        });
+        let cfg = TrainConfig {
+            model: ModelSource { name_or_path: self.pretrained_model_name_or_path.clone(), revision: self.revision.clone() },
+            variant: self.variant.clone(),
+            tokenizer_dir: self.tokenizer_name.clone(),
+            data: DataConfig {
+                dir: self.train_data_dir.clone(),
+                order: if self.sort_images { ImageOrder::Sorted } else { ImageOrder::Directory },
+                resolution: self.resolution,
+                center_crop: self.center_crop,
+                repeats: self.repeats,
+                property: self.learnable_property,
+            },
+            placeholder_token: self.placeholder_token.clone(),
+            initializer_token: self.initializer_token.clone(),
+            num_vectors: self.num_vectors as usize,
+            optim: OptimConfig {
+                batch_size: self.train_batch_size,
+                gradient_accumulation_steps: self.gradient_accumulation_steps,
+                max_train_steps: self.max_train_steps,
+                learning_rate: self.learning_rate,
+                scale_lr: self.scale_lr,
+                lr_schedule: self.lr_scheduler,
+                lr_warmup_steps: self.lr_warmup_steps,
+                lr_num_cycles: self.lr_num_cycles,
+                adam_beta1: self.adam_beta1,
+                adam_beta2: self.adam_beta2,
+                adam_weight_decay: self.adam_weight_decay,
+                adam_epsilon: self.adam_epsilon,
+            },
+            precision: self.mixed_precision,
+            device: self.device,
+            allow_tf32: self.allow_tf32,
+            seed: self.seed,
+            cache_latents: !self.no_cache_latents,
+            output: OutputConfig {
+                dir: self.output_dir.clone(),
+                logging_dir: self.logging_dir.clone(),
+                report_to: self.report_to,
+                embedding_format: if self.no_safe_serialization { EmbeddingFormat::Bin } else { EmbeddingFormat::Safetensors },
+                save_steps: self.save_steps,
+                checkpointing_steps: self.checkpointing_steps,
+                checkpoints_total_limit: self.checkpoints_total_limit,
+                resume_from_checkpoint: self.resume_from_checkpoint.clone(),
+                save_as_full_pipeline: self.save_as_full_pipeline,
+            },
+            validation,
+        };
+        cfg.check()?;
+        Ok(cfg)
     }
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    crate::train::trainer::train(&args).map(|_| ())
+    crate::train::trainer::train(&args.config()?).map(|_| ())
 }

@@ -1,0 +1,221 @@
+//! Everything before the first step: the inputs checked before any model loads, the model, the
+//! placeholder tokens and their rows, a resumed checkpoint, AdamW and the LR schedule, the
+//! latent cache, and the random stream up to where the run is.
+use super::config::TrainConfig;
+use super::dataset::{caption, placeholder_string, Dataset};
+use super::draws::StepDraws;
+use super::grad_scaler::GradScaler;
+use super::latent_cache::LatentCache;
+use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
+use super::metrics::Metrics;
+use super::optim::{AdamW, AdamWConfig};
+use super::state::{self, Checkpoint, Position};
+use super::trainer::Trainer;
+use crate::models::stable_diffusion::{LoadOptions, WeightOptions};
+use crate::pipeline::Models;
+use crate::schedulers::DdpmScheduler;
+use crate::text::learned_tokens::{vector_tokens, LoadedToken};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Creates output_dir and proves it writable before any model loads.
+fn prepare_output(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create --output_dir {}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| format!("--output_dir {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// The placeholder tokens `P, P_1, ...` added to the tokenizer (the script's checks and error
+/// texts), and the row every new vector starts from (the initializer token's).
+fn add_placeholder_tokens(cfg: &TrainConfig, models: &mut Models) -> Result<(Vec<String>, Vec<i64>, Tensor)> {
+    let text = &mut models.text;
+    let tokens = vector_tokens(&cfg.placeholder_token, cfg.num_vectors);
+    if tokens.iter().any(|t| text.tokenizer.token_id(t).is_some()) {
+        bail!(
+            "The tokenizer already contains the token {}. Please pass a different `placeholder_token` that is not already in the tokenizer.",
+            cfg.placeholder_token
+        );
+    }
+    let init_ids = text.tokenizer.encode_unpadded(&cfg.initializer_token)?;
+    let init_ids = &init_ids[1..init_ids.len().saturating_sub(1)];
+    if init_ids.len() != 1 {
+        bail!("The initializer token must be a single token. ({:?} is {} tokens)", cfg.initializer_token, init_ids.len());
+    }
+    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let ids = text.tokenizer.add_tokens(&refs)?;
+    if ids.first() != Some(&text.encoder.base_vocab()) {
+        bail!("placeholder ids {ids:?} do not follow the text encoder's {} rows", text.encoder.base_vocab());
+    }
+    let init_row = text.encoder.token_row(init_ids[0])?;
+    text.tokens = vec![LoadedToken { token: cfg.placeholder_token.clone(), vectors: cfg.num_vectors, file: PathBuf::new() }];
+    Ok((tokens, ids, init_row))
+}
+
+/// `--resume_from_checkpoint`: the checkpoint to continue from, if it exists (the script
+/// starts a new run when it does not).
+fn find_checkpoint(cfg: &TrainConfig) -> Result<Option<Checkpoint>> {
+    let Some(which) = &cfg.output.resume_from_checkpoint else { return Ok(None) };
+    let Some(dir) = state::resolve(&cfg.output.dir, which)? else {
+        tracing::info!("Checkpoint '{which}' does not exist. Starting a new training run.");
+        return Ok(None);
+    };
+    tracing::info!("Resuming from checkpoint {}", dir.display());
+    let checkpoint = state::load(&dir)?;
+    let p = &checkpoint.position;
+    if p.placeholder_token != cfg.placeholder_token || p.num_vectors != cfg.num_vectors {
+        bail!("the checkpoint trains {} with {} vectors, not {} with {}", p.placeholder_token, p.num_vectors, cfg.placeholder_token, cfg.num_vectors);
+    }
+    // The random stream is replayed from the run's own seed, whatever this run was given.
+    if cfg.seed.is_some_and(|s| s != p.seed) {
+        tracing::warn!("--seed {} differs from the checkpoint's {}: continuing with the checkpoint's", cfg.seed.unwrap_or_default(), p.seed);
+    }
+    Ok(Some(checkpoint))
+}
+
+/// The optimizer-state tensors of a checkpoint: AdamW's (no prefix) or the loss scaler's
+/// (`scaler.` prefix).
+fn split_optimizer_state(checkpoint: &Checkpoint, scaler: bool) -> Vec<(String, Tensor)> {
+    checkpoint.optimizer
+        .iter()
+        .filter_map(|(k, t)| match (k.strip_prefix("scaler."), scaler) {
+            (Some(rest), true) => Some((rest.to_string(), t.shallow_clone())),
+            (None, false) => Some((k.clone(), t.shallow_clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+impl<'c> Trainer<'c> {
+    /// Loads and prepares everything; nothing is trained yet.
+    pub(super) fn start(cfg: &'c TrainConfig) -> Result<Self> {
+        cfg.check()?;
+        // Everything the user controls is checked before any model loads.
+        let data = &cfg.data;
+        let dataset = Dataset::load_ordered(&data.dir, data.resolution, data.center_crop, data.repeats, data.order)?;
+        prepare_output(&cfg.output.dir)?;
+        if cfg.allow_tf32 {
+            std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1");
+        }
+        crate::device::ensure_available(cfg.device)?;
+        let kind = cfg.precision.kind();
+        let seed = cfg.seed.unwrap_or_else(|| {
+            let s = crate::seed::clock_seed();
+            tracing::info!("no --seed given: using {s}");
+            s
+        });
+
+        let repo = cfg.model.resolve()?;
+        let load = LoadOptions {
+            weights: WeightOptions { variant: cfg.variant.clone(), use_safetensors: None },
+            text_encoder_variant: false,
+            tokenizer_dir: cfg.tokenizer_dir.clone(),
+            device: cfg.device,
+            precision: cfg.precision,
+        };
+        let mut models = Models::load(&repo, &load)?;
+        let (tokens, token_ids, init_row) = add_placeholder_tokens(cfg, &mut models)?;
+        let ddpm = DdpmScheduler::new(&models.scheduler_config)?;
+
+        // Steps and epochs, as the script's arithmetic (one process).
+        let optim = &cfg.optim;
+        let batches_per_epoch = dataset.len().div_ceil(optim.batch_size) as u64;
+        let updates_per_epoch = batches_per_epoch.div_ceil(optim.gradient_accumulation_steps);
+        let num_epochs = optim.max_train_steps.div_ceil(updates_per_epoch);
+        let validation_steps = cfg.validation.as_ref().map_or(0, |v| v.every.steps(dataset.len()));
+        let lr = optim.base_lr();
+
+        // State: fresh or resumed.
+        let n = cfg.num_vectors;
+        let resumed = find_checkpoint(cfg)?;
+        let (rows, position) = match &resumed {
+            Some(checkpoint) => (checkpoint.rows.to_kind(Kind::Float), checkpoint.position.clone()),
+            None => (
+                init_row.detach().to_kind(Kind::Float).unsqueeze(0).repeat([n as i64, 1]),
+                Position { global_step: 0, micro_step: 0, accumulation: 0, seed, placeholder_token: cfg.placeholder_token.clone(), num_vectors: n },
+            ),
+        };
+        let seed = position.seed;
+        let rows = rows.to_device(cfg.device).set_requires_grad(true);
+        models.text.encoder.set_new_rows(rows.shallow_clone())?;
+        let trainable = models.text.encoder.new_rows().context("placeholder rows")?.shallow_clone();
+        let adam_cfg = AdamWConfig { lr, beta1: optim.adam_beta1, beta2: optim.adam_beta2, eps: optim.adam_epsilon, weight_decay: optim.adam_weight_decay };
+        let mut opt = AdamW::new(vec![trainable.shallow_clone()], adam_cfg)?;
+        let schedule = LrSchedule::new(
+            optim.lr_schedule,
+            &ScheduleArgs { num_warmup_steps: optim.lr_warmup_steps, num_training_steps: optim.max_train_steps as i64, num_cycles: optim.lr_num_cycles, learning_rate: lr },
+        )?;
+        let mut lr_sched = LrScheduler::new(schedule, lr);
+        let mut scaler = (kind == Kind::Half).then(GradScaler::default);
+        if let Some(checkpoint) = &resumed {
+            opt.load_state(&split_optimizer_state(checkpoint, false))?;
+            lr_sched.load_state(&checkpoint.scheduler)?;
+            if let Some(s) = scaler.as_mut() {
+                s.load_state(&split_optimizer_state(checkpoint, true))?;
+            }
+        }
+        opt.set_lr(lr_sched.lr());
+
+        let cache = if cfg.cache_latents { LatentCache::build(&models.vae, &dataset, cfg.device, kind) } else { LatentCache::default() };
+        let templates = cfg.data.property.templates();
+        let placeholder = placeholder_string(&tokens);
+        // Captions are template x placeholder: tokenize each once.
+        let caption_ids: Vec<Vec<i64>> = templates.iter().map(|t| models.text.tokenizer.encode(&caption(t, &placeholder))).collect::<Result<_>>()?;
+        tracing::info!("***** Running training *****");
+        tracing::info!("  Num examples = {}", dataset.len());
+        tracing::info!("  Num Epochs = {num_epochs}");
+        tracing::info!("  Instantaneous batch size per device = {}", optim.batch_size);
+        tracing::info!("  Total train batch size (w. parallel, distributed & accumulation) = {}", optim.batch_size as u64 * optim.gradient_accumulation_steps);
+        tracing::info!("  Gradient Accumulation steps = {}", optim.gradient_accumulation_steps);
+        tracing::info!("  Total optimization steps = {}", optim.max_train_steps);
+        let metrics = Metrics::new(&cfg.output.dir, &cfg.output.logging_dir, cfg.output.report_to)?;
+        let bar = crate::progress::bar(optim.max_train_steps, "Steps {pos}/{len} [{bar:30}] {per_sec} ETA {eta} {msg}");
+        bar.set_position(position.global_step);
+        if position.global_step >= optim.max_train_steps {
+            // The script would still run one more update here (its stop check follows the step).
+            tracing::info!("the checkpoint is already at step {} of {}: nothing to train", position.global_step, optim.max_train_steps);
+        }
+
+        // The script's random stream, from set_seed on: replayed without computing up to the
+        // checkpoint when resuming, so a resumed run continues the very same draws.
+        let draws = StepDraws {
+            kind,
+            latent_size: data.resolution as i64 / models.vae_scale_factor(),
+            num_train_timesteps: ddpm.num_train_timesteps(),
+            seed,
+            vocab_after: models.text.encoder.base_vocab() + n as i64,
+            width: models.text.encoder.hidden_size(),
+            num_vectors: n as i64,
+            dataset_len: dataset.len(),
+            batch_size: optim.batch_size,
+            templates: templates.len(),
+        };
+        let (stream, epoch) = draws.replay(position.micro_step);
+        Ok(Trainer {
+            cfg,
+            repo,
+            dataset,
+            models,
+            ddpm,
+            tokens,
+            token_ids,
+            trainable,
+            opt,
+            lr_sched,
+            scaler,
+            position,
+            cache,
+            caption_ids,
+            draws,
+            stream,
+            epoch,
+            num_epochs,
+            validation_steps,
+            metrics,
+            bar,
+            losses: Vec::new(),
+        })
+    }
+}
