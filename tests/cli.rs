@@ -2,6 +2,7 @@
 //! Tests of published files skip (with one line saying so) where those files are absent: see
 //! `common::realworld`.
 mod common;
+use common::repo;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -9,9 +10,6 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn inspect_json(files: &[&Path]) -> (bool, serde_json::Value) {
     let out = bin().arg("inspect").arg("--json").args(files).output().unwrap();

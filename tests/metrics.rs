@@ -3,6 +3,7 @@
 //! ($TI_PYTHON, or the environment scripts/python-env.sh creates), read back by tensorboard's
 //! own EventAccumulator through scripts/check_tensorboard.py; CRC32C known answers;
 //! metrics.jsonl, loss.png and the `--report_to` values.
+mod common;
 use serde_json::Value as J;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -150,19 +151,6 @@ fn decode_png(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
 
 // ---------------------------------------------------------------------------------------------
 
-fn python_with_tensorboard() -> Option<PathBuf> {
-    let cache = std::env::var_os("TI_LIBTORCH_CACHE").map(PathBuf::from).or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|c| c.join("textual-inversion"))
-    });
-    let candidates = std::env::var_os("TI_PYTHON").map(PathBuf::from).into_iter().chain(cache.map(|c| c.join("pyenv-fixtures/bin/python")));
-    candidates.into_iter().find(|p| {
-        std::process::Command::new(p).args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success())
-    })
-}
-
 fn event_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     v.sort();
@@ -240,10 +228,7 @@ fn event_file_decodes_and_tensorboard_reads_it() {
     }
 
     // tensorboard's own reader (checks CRCs too).
-    let Some(py) = python_with_tensorboard() else {
-        eprintln!("skipped the tensorboard cross-check: no Python with tensorboard (set TI_PYTHON, or `$(scripts/python-env.sh) -m pip install tensorboard`)");
-        return;
-    };
+    let Some(py) = common::reference_python(&["tensorboard"], "the tensorboard cross-check") else { return };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_tensorboard.py");
     let out = std::process::Command::new(&py).arg(&script).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

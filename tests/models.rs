@@ -4,6 +4,8 @@
 //! Tolerances: 1e-4 max-abs for activations, 1e-4 relative (L2) for gradients. Observed (torch
 //! 2.11.0 CPU on both sides, 2026-11): 0 everywhere, i.e. bit-identical, including the gradient;
 //! run with `-- --nocapture` to see each error.
+mod common;
+use common::fixtures;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -13,9 +15,6 @@ use textual_inversion::models::unet::UNet2DConditionModel;
 use textual_inversion::models::vae::AutoencoderKL;
 use textual_inversion::models::weights::{Placement, Weights};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
 
 fn refs(name: &str) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(fixtures().join("model-refs").join(name)).unwrap().into_iter().collect()

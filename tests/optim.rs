@@ -11,6 +11,7 @@
 //! up to 1.7e-7 relative: torch itself, rerun there, differs from the fixtures by up to 1.1e-7
 //! (its vectorised kernels round differently), and our values equal that rerun bit for bit.
 //! Larger errors are porting bugs.
+mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
@@ -26,7 +27,7 @@ const STEPS: usize = 25;
 const CASES: [&str; 6] = ["default", "scale_lr", "large", "no_decay", "skip", "scheduled"];
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/optim")
+    common::fixtures().join("optim")
 }
 
 fn tensors(name: &str) -> HashMap<String, Tensor> {

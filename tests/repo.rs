@@ -1,5 +1,7 @@
 //! Model resolution (local folders, the Hugging Face cache layout offline, variants, shards),
 //! loading into another dtype, and clear errors for weights that do not fit their config.
+mod common;
+use common::fixtures;
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 use textual_inversion::formats::safetensors_io;
@@ -9,9 +11,6 @@ use textual_inversion::models::repo::{HubOptions, ModelRepo};
 use textual_inversion::models::unet::UNet2DConditionModel;
 use textual_inversion::models::weights::{Placement, Weights};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
 
 fn unet_ref() -> (Tensor, Tensor, Tensor, Tensor) {
     let r: std::collections::HashMap<String, Tensor> =

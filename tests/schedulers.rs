@@ -20,6 +20,7 @@
 //! the cosine 20-step loops differ by up to 4.9e-3 at values of ~8e3 (6e-7 relative; the pinned
 //! PyTorch there differs from the fixtures by the same amount) and zero-SNR alphas_cumprod by
 //! 3.6e-7. `--nocapture` prints each error.
+mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -30,7 +31,7 @@ const LOOP_TOLERANCE: f64 = 1e-4;
 const DDPM_TOLERANCE: f64 = 1e-6;
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/schedulers")
+    common::fixtures().join("schedulers")
 }
 
 fn tensors(name: &str) -> HashMap<String, Tensor> {

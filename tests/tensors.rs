@@ -1,5 +1,6 @@
 //! The bridge to libtorch: every dtype PyTorch wrote (fixtures/torch/dtypes.pt) reaches a
 //! tch::Tensor with PyTorch's exact values, and comes back unchanged.
+mod common;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 use textual_inversion::formats::pickle::Value;
@@ -7,7 +8,7 @@ use textual_inversion::formats::torch_file::TorchFile;
 use textual_inversion::tensors::{from_tch, to_tch};
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/torch")
+    common::fixtures().join("torch")
 }
 
 #[test]

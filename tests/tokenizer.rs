@@ -14,6 +14,7 @@
 //! assembled in a tempdir from sd15's vocab/merges plus a small overlay folder; and the folders
 //! transformers 5 `save_pretrained` writes (tokenizer.json), unzipped to a tempdir. Plus the
 //! errors: missing files, garbage files, adding a token that exists.
+mod common;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -21,7 +22,7 @@ use tempfile::TempDir;
 use textual_inversion::models::tokenizer::ClipTokenizer;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tokenizer")
+    common::fixtures().join("tokenizer")
 }
 
 fn expected() -> Value {

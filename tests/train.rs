@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::repo;
 
 fn train(out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
@@ -135,11 +134,7 @@ fn full_pipeline_loads_with_the_new_tokens() {
     let base = textual_inversion::models::config::read::<serde_json::Value>(&repo().join("fixtures/tiny-sd/text_encoder/config.json")).unwrap();
     assert_eq!(base["vocab_size"], 49408);
     // diffusers loads it, where a Python with diffusers is around.
-    let py = std::env::var("TI_PYTHON").ok().or_else(|| {
-        let p = PathBuf::from(std::env::var("HOME").ok()?).join(".cache/textual-inversion/pyenv-fixtures/bin/python");
-        p.exists().then(|| p.display().to_string())
-    });
-    if let Some(py) = py {
+    if let Some(py) = common::reference_python(&["diffusers"], "the diffusers check of the full pipeline") {
         let code = "import sys; from diffusers import StableDiffusionPipeline as P; p = P.from_pretrained(sys.argv[1]); \
                     t = p.tokenizer; ids = t.convert_tokens_to_ids(['<cat-toy>', '<cat-toy>_1']); \
                     print(ids, tuple(p.text_encoder.get_input_embeddings().weight.shape), t('a <cat-toy> <cat-toy>_1').input_ids)";
@@ -147,8 +142,6 @@ fn full_pipeline_loads_with_the_new_tokens() {
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert!(stdout.contains("[49408, 49409] (49410, 32) [49406, 320, 49408, 49409, 49407]"), "{stdout}");
-    } else {
-        eprintln!("skipped the diffusers check: no Python with diffusers");
     }
 }
 

@@ -8,8 +8,8 @@
 //! Tolerances: posterior 1e-5 max-abs, loss 1e-5 relative, gradient 1e-4 relative, rows and final
 //! embedding 1e-4 max-abs; observed values are printed with `-- --nocapture`.
 mod common;
+use common::fixtures;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use tch::{Kind, Tensor};
 use textual_inversion::models::repo::{HubOptions, ModelRepo};
 use textual_inversion::models::stable_diffusion::{self as sd, WeightOptions};
@@ -19,9 +19,6 @@ use textual_inversion::train::lr_schedule::{LrSchedule, LrScheduler, ScheduleArg
 use textual_inversion::train::optim::{AdamW, AdamWConfig};
 use textual_inversion::train::step::{loss, StepInputs};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])

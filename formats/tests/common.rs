@@ -75,3 +75,8 @@ mod realworld;
 pub fn realworld_dir(test: &str) -> Option<PathBuf> {
     realworld::realworld_dir(&repo(), test)
 }
+
+#[path = "support/python.rs"]
+mod python;
+#[allow(unused_imports)]
+pub use python::reference_python;

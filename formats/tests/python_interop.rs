@@ -13,22 +13,6 @@ use ti_formats::pickle::Value;
 use ti_formats::torch_file::TorchWriter;
 use ti_formats::{DType, RawTensor};
 
-fn python() -> Option<PathBuf> {
-    let candidates = std::env::var_os("TI_PYTHON").map(PathBuf::from).into_iter().chain(
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|c| c.join("textual-inversion/pyenv-fixtures/bin/python")),
-    );
-    for p in candidates {
-        let ok = std::process::Command::new(&p).args(["-c", "import torch, diffusers"]).output().is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(p);
-        }
-    }
-    None
-}
-
 fn describe_tensor(t: &RawTensor) -> J {
     json!({"tensor": t.dtype.torch_name(), "shape": t.shape, "values": t.to_f64_vec()})
 }
@@ -62,10 +46,7 @@ fn embedding_entry(path: &Path, tokens: &[&str], t: &RawTensor, token_arg: Optio
 
 #[test]
 fn pytorch_and_diffusers_load_our_files() {
-    let Some(py) = python() else {
-        eprintln!("skipped: no Python with torch and diffusers (set TI_PYTHON or run scripts/python-env.sh)");
-        return;
-    };
+    let Some(py) = common::reference_python(&["torch", "diffusers"], "pytorch_and_diffusers_load_our_files") else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut files = Vec::new();

@@ -1,11 +1,23 @@
-//! Helpers shared by the training tests.
+//! What the integration tests share: where the repository and its fixtures are, the tiny
+//! model (and variants of it), the published embedding files, and the reference Python.
+#![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[allow(dead_code)]
+/// `fixtures/`: small models and reference values made by PyTorch (see each folder's
+/// `generated_with`).
+pub fn fixtures() -> PathBuf {
+    repo().join("fixtures")
+}
+
+/// The tiny random SD model (`fixtures/tiny-sd`).
+pub fn tiny_sd() -> PathBuf {
+    fixtures().join("tiny-sd")
+}
+
 /// The tiny model, or (for another prediction type) a copy in `tmp` whose scheduler predicts
 /// that, with the other components linked.
 pub fn tiny_sd_predicting(prediction: &str, tmp: &Path) -> PathBuf {
@@ -29,7 +41,11 @@ pub fn tiny_sd_predicting(prediction: &str, tmp: &Path) -> PathBuf {
 mod realworld;
 
 /// See `formats/tests/support/realworld.rs`.
-#[allow(dead_code)]
 pub fn realworld_dir(test: &str) -> Option<PathBuf> {
     realworld::realworld_dir(&repo(), test)
 }
+
+#[path = "../../formats/tests/support/python.rs"]
+mod python;
+#[allow(unused_imports)]
+pub use python::reference_python;
