@@ -9,6 +9,7 @@
 //! costs at most a small multiple of its size.
 
 mod allow_list;
+mod opcodes;
 mod pickler;
 mod unpickler;
 mod value;

@@ -1,5 +1,6 @@
 //! The unpickler: a stack machine over the opcodes `torch.save` emits, bounded in depth,
 //! values built and bytes read.
+use super::opcodes::OpCode;
 use super::{Global, StorageRef, TensorRef, Value};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -155,59 +156,59 @@ impl<'a> Unpickler<'a> {
 
     fn run(&mut self) -> Result<Value> {
         loop {
-            let op = self.u8()?;
+            let op = OpCode::try_from(self.u8()?).map_err(|unknown| self.err(unknown.to_string()))?;
             match op {
-                0x80 => {
+                OpCode::Proto => {
                     let proto = self.u8()?;
                     if proto > 5 {
                         return Err(self.err(format!("unsupported pickle protocol {proto}")));
                     }
                 }
-                0x95 => {
-                    self.u64()?; // FRAME: a length hint only
+                OpCode::Frame => {
+                    self.u64()?; // a length hint only
                 }
-                b'.' => {
+                OpCode::Stop => {
                     let (v, _) = self.pop()?;
                     return Ok(v);
                 }
-                b'(' => self.marks.push(self.stack.len()),
-                b'0' => {
+                OpCode::Mark => self.marks.push(self.stack.len()),
+                OpCode::Pop => {
                     self.pop()?;
                 }
-                b'1' => {
+                OpCode::PopMark => {
                     self.pop_mark()?;
                 }
-                b'2' => {
+                OpCode::Dup => {
                     let top = self.top_mut()?.clone();
                     self.charge(top.0.nodes())?;
                     self.stack.push(top);
                 }
-                b'N' => self.push(Value::None)?,
-                0x88 => self.push(Value::Bool(true))?,
-                0x89 => self.push(Value::Bool(false))?,
-                b'J' => {
+                OpCode::None => self.push(Value::None)?,
+                OpCode::NewTrue => self.push(Value::Bool(true))?,
+                OpCode::NewFalse => self.push(Value::Bool(false))?,
+                OpCode::BinInt => {
                     let v = self.u32()? as i32 as i64;
                     self.push(Value::Int(v))?
                 }
-                b'K' => {
+                OpCode::BinInt1 => {
                     let v = self.u8()? as i64;
                     self.push(Value::Int(v))?
                 }
-                b'M' => {
+                OpCode::BinInt2 => {
                     let v = self.u16()? as i64;
                     self.push(Value::Int(v))?
                 }
-                0x8a => {
+                OpCode::Long1 => {
                     let n = self.u8()? as usize;
                     let v = self.long_bytes(n)?;
                     self.push(v)?
                 }
-                0x8b => {
+                OpCode::Long4 => {
                     let n = self.u32()? as usize;
                     let v = self.long_bytes(n)?;
                     self.push(v)?
                 }
-                b'I' => {
+                OpCode::Int => {
                     let s = self.line_str()?.trim();
                     let v = match s {
                         "00" => Value::Bool(false),
@@ -216,41 +217,41 @@ impl<'a> Unpickler<'a> {
                     };
                     self.push(v)?
                 }
-                b'L' => {
+                OpCode::Long => {
                     let s = self.line_str()?.trim().trim_end_matches('L');
                     let v = s.parse().map_err(|_| self.err(format!("LONG {s:?} out of range")))?;
                     self.push(Value::Int(v))?
                 }
-                b'G' => {
+                OpCode::BinFloat => {
                     let b = self.take(8)?;
                     let mut a = [0u8; 8];
                     a.copy_from_slice(b);
                     self.push(Value::Float(f64::from_be_bytes(a)))?
                 }
-                b'F' => {
+                OpCode::Float => {
                     let s = self.line_str()?.trim();
                     let v = s.parse().map_err(|_| self.err(format!("bad FLOAT {s:?}")))?;
                     self.push(Value::Float(v))?
                 }
-                b'X' => {
+                OpCode::BinUnicode => {
                     let n = self.u32()? as usize;
                     let b = self.take(n)?;
                     let s = self.utf8(b)?;
                     self.push(Value::Str(s))?
                 }
-                0x8c => {
+                OpCode::ShortBinUnicode => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?;
                     let s = self.utf8(b)?;
                     self.push(Value::Str(s))?
                 }
-                0x8d => {
+                OpCode::BinUnicode8 => {
                     let n = self.len64()?;
                     let b = self.take(n)?;
                     let s = self.utf8(b)?;
                     self.push(Value::Str(s))?
                 }
-                b'V' => {
+                OpCode::Unicode => {
                     let l = self.line()?;
                     if l.contains(&b'\\') {
                         return Err(self.err("escaped protocol-0 unicode strings are not supported"));
@@ -258,7 +259,7 @@ impl<'a> Unpickler<'a> {
                     let s = self.utf8(l)?;
                     self.push(Value::Str(s))?
                 }
-                b'S' => {
+                OpCode::String => {
                     let l = self.line()?;
                     let inner = match l {
                         [q, mid @ .., q2] if (*q == b'\'' || *q == b'"') && q == q2 => mid,
@@ -272,77 +273,68 @@ impl<'a> Unpickler<'a> {
                 }
                 // Python 2 byte strings: decoded as text when they are UTF-8 (how py2 pickles
                 // hold names), kept as bytes otherwise.
-                b'T' | b'U' | b'B' | b'C' | 0x8e | 0x96 => {
+                OpCode::BinString | OpCode::ShortBinString | OpCode::BinBytes | OpCode::ShortBinBytes | OpCode::BinBytes8 | OpCode::ByteArray8 => {
                     let n = match op {
-                        b'T' | b'B' => self.u32()? as usize,
-                        b'U' | b'C' => self.u8()? as usize,
+                        OpCode::BinString | OpCode::BinBytes => self.u32()? as usize,
+                        OpCode::ShortBinString | OpCode::ShortBinBytes => self.u8()? as usize,
                         _ => self.len64()?,
                     };
                     let b = self.take(n)?;
                     let v = match (op, std::str::from_utf8(b)) {
-                        (b'T' | b'U', Ok(s)) => Value::Str(s.to_string()),
+                        (OpCode::BinString | OpCode::ShortBinString, Ok(s)) => Value::Str(s.to_string()),
                         _ => Value::Bytes(b.to_vec()),
                     };
                     self.push(v)?
                 }
-                b']' => self.push(Value::List(Vec::new()))?,
-                b')' => self.push(Value::Tuple(Vec::new()))?,
-                b'}' => self.push(Value::Dict(Vec::new()))?,
-                0x8f => self.push(Value::Set(Vec::new()))?,
-                b'l' => {
+                OpCode::EmptyList => self.push(Value::List(Vec::new()))?,
+                OpCode::EmptyTuple => self.push(Value::Tuple(Vec::new()))?,
+                OpCode::EmptyDict => self.push(Value::Dict(Vec::new()))?,
+                OpCode::EmptySet => self.push(Value::Set(Vec::new()))?,
+                OpCode::List => {
                     let (items, d) = self.pop_mark()?;
                     self.push_depth(Value::List(items), d + 1)?
                 }
-                b't' => {
+                OpCode::Tuple => {
                     let (items, d) = self.pop_mark()?;
                     self.push_depth(Value::Tuple(items), d + 1)?
                 }
-                0x91 => {
+                OpCode::FrozenSet => {
                     let (items, d) = self.pop_mark()?;
                     self.push_depth(Value::Set(items), d + 1)?
                 }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let mut items = Vec::with_capacity(n);
-                    let mut depth = 0;
-                    for _ in 0..n {
-                        let (v, d) = self.pop()?;
-                        depth = depth.max(d);
-                        items.push(v);
-                    }
-                    items.reverse();
-                    self.push_depth(Value::Tuple(items), depth + 1)?
-                }
-                b'd' => {
+                OpCode::Tuple1 => self.tuple_from_top(1)?,
+                OpCode::Tuple2 => self.tuple_from_top(2)?,
+                OpCode::Tuple3 => self.tuple_from_top(3)?,
+                OpCode::Dict => {
                     let (items, d) = self.pop_mark()?;
                     let pairs = self.pairs(items)?;
                     self.push_depth(Value::Dict(pairs), d + 1)?
                 }
-                b'a' => {
+                OpCode::Append => {
                     let (v, d) = self.pop()?;
                     self.extend_top(vec![v], d)?
                 }
-                b'e' | 0x90 => {
+                OpCode::Appends | OpCode::AddItems => {
                     let (items, d) = self.pop_mark()?;
                     self.extend_top(items, d)?
                 }
-                b's' => {
+                OpCode::SetItem => {
                     let (v, dv) = self.pop()?;
                     let (k, dk) = self.pop()?;
                     self.set_items(vec![(k, v)], dv.max(dk))?
                 }
-                b'u' => {
+                OpCode::SetItems => {
                     let (items, d) = self.pop_mark()?;
                     let pairs = self.pairs(items)?;
                     self.set_items(pairs, d)?
                 }
-                b'c' => {
+                OpCode::Global => {
                     let module = self.line_str()?.to_string();
                     let name = self.line_str()?.to_string();
                     let g = self.global(&module, &name)?;
                     self.push(g)?
                 }
-                0x93 => {
+                OpCode::StackGlobal => {
                     let (name, _) = self.pop()?;
                     let (module, _) = self.pop()?;
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
@@ -351,7 +343,7 @@ impl<'a> Unpickler<'a> {
                     let g = self.global(&module, &name)?;
                     self.push(g)?
                 }
-                b'R' => {
+                OpCode::Reduce => {
                     let (args, da) = self.pop()?;
                     let (func, _) = self.pop()?;
                     let Value::Tuple(args) = args else {
@@ -360,65 +352,77 @@ impl<'a> Unpickler<'a> {
                     let v = self.call(func, args)?;
                     self.push_depth(v, da + 1)?
                 }
-                0x81 => {
+                OpCode::NewObj => {
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
                     let v = self.new_object(cls, args)?;
                     self.push_depth(v, da + 1)?
                 }
-                0x92 => {
+                OpCode::NewObjEx => {
                     let (_kwargs, _) = self.pop()?;
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
                     let v = self.new_object(cls, args)?;
                     self.push_depth(v, da + 1)?
                 }
-                b'b' => {
+                OpCode::Build => {
                     let (state, ds) = self.pop()?;
                     self.build(state, ds)?
                 }
-                b'Q' => {
+                OpCode::BinPersId => {
                     let (pid, _) = self.pop()?;
                     let v = self.persistent_load(pid)?;
                     self.push(v)?
                 }
-                b'q' => {
+                OpCode::BinPut => {
                     let i = self.u8()? as u32;
                     self.memo_put(i)?
                 }
-                b'r' => {
+                OpCode::LongBinPut => {
                     let i = self.u32()?;
                     self.memo_put(i)?
                 }
-                b'p' => {
+                OpCode::Put => {
                     let s = self.line_str()?.trim();
                     let i = s.parse().map_err(|_| self.err(format!("bad PUT index {s:?}")))?;
                     self.memo_put(i)?
                 }
-                0x94 => {
+                OpCode::Memoize => {
                     let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
                     self.memo_put(i)?
                 }
-                b'h' => {
+                OpCode::BinGet => {
                     let i = self.u8()? as u32;
                     self.memo_get(i)?
                 }
-                b'j' => {
+                OpCode::LongBinGet => {
                     let i = self.u32()?;
                     self.memo_get(i)?
                 }
-                b'g' => {
+                OpCode::Get => {
                     let s = self.line_str()?.trim();
                     let i = s.parse().map_err(|_| self.err(format!("bad GET index {s:?}")))?;
                     self.memo_get(i)?
                 }
-                b'P' => return Err(self.err("text persistent ids (protocol 0) are not used by torch.save")),
-                b'i' | b'o' => return Err(self.err("old-style class instances (INST/OBJ) are refused")),
-                0x82..=0x84 => return Err(self.err("extension registry codes (EXT) are refused")),
-                0x97 | 0x98 => return Err(self.err("out-of-band buffers are not supported")),
-                _ => return Err(self.err(format!("unknown opcode 0x{op:02x}"))),
+                OpCode::PersId => return Err(self.err("text persistent ids (protocol 0) are not used by torch.save")),
+                OpCode::Inst | OpCode::Obj => return Err(self.err("old-style class instances (INST/OBJ) are refused")),
+                OpCode::Ext1 | OpCode::Ext2 | OpCode::Ext4 => return Err(self.err("extension registry codes (EXT) are refused")),
+                OpCode::NextBuffer | OpCode::ReadonlyBuffer => return Err(self.err("out-of-band buffers are not supported")),
             }
         }
+    }
+
+    /// `TUPLE1` to `TUPLE3`: the top `n` values, in push order.
+    fn tuple_from_top(&mut self, n: usize) -> Result<()> {
+        let mut items = Vec::with_capacity(n);
+        let mut depth = 0;
+        for _ in 0..n {
+            let (v, d) = self.pop()?;
+            depth = depth.max(d);
+            items.push(v);
+        }
+        items.reverse();
+        self.push_depth(Value::Tuple(items), depth + 1)
     }
 
     fn long_bytes(&mut self, n: usize) -> Result<Value> {
