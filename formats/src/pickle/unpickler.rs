@@ -1,7 +1,8 @@
 //! The unpickler: a stack machine over the opcodes `torch.save` emits, bounded in depth,
 //! values built and bytes read.
 use super::opcodes::OpCode;
-use super::{Global, StorageRef, TensorRef, Value};
+use super::value::as_usize;
+use super::{allow_list, Global, StorageRef, Value};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 
@@ -29,8 +30,12 @@ struct Unpickler<'a> {
     pos: usize,
     /// Values with their nesting depth.
     stack: Vec<(Value, u32)>,
+    /// Stack heights at each open `MARK`.
     marks: Vec<usize>,
+    /// `PUT`/`MEMOIZE` slots, with their values' depth.
     memo: HashMap<u32, (Value, u32)>,
+    /// Values that may still be built (16 per input byte, at least 64 Ki), so memo copies cannot
+    /// multiply a small file into a huge tree.
     nodes_left: usize,
     context: &'a str,
 }
@@ -349,20 +354,20 @@ impl<'a> Unpickler<'a> {
                     let Value::Tuple(args) = args else {
                         return Err(self.err(format!("REDUCE arguments must be a tuple, got {}", args.kind())));
                     };
-                    let v = self.call(func, args)?;
+                    let v = allow_list::call(func, args).map_err(|m| self.err(m))?;
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::NewObj => {
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
-                    let v = self.new_object(cls, args)?;
+                    let v = allow_list::new_object(cls, args).map_err(|m| self.err(m))?;
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::NewObjEx => {
                     let (_kwargs, _) = self.pop()?;
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
-                    let v = self.new_object(cls, args)?;
+                    let v = allow_list::new_object(cls, args).map_err(|m| self.err(m))?;
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::Build => {
@@ -486,112 +491,6 @@ impl<'a> Unpickler<'a> {
         Ok(())
     }
 
-    fn call(&self, func: Value, args: Vec<Value>) -> Result<Value> {
-        let Value::Global(g) = func else {
-            return Err(self.err(format!("cannot call a {}", func.kind())));
-        };
-        let bad = |what: &str| self.err(format!("{}: {what}", g.path()));
-        match g {
-            Global::OrderedDict => match args.as_slice() {
-                [] => Ok(Value::Dict(Vec::new())),
-                [Value::List(items)] => {
-                    let mut pairs = Vec::new();
-                    for item in items {
-                        match item {
-                            Value::Tuple(kv) | Value::List(kv) if kv.len() == 2 => pairs.push((kv[0].clone(), kv[1].clone())),
-                            _ => return Err(bad("items must be (key, value) pairs")),
-                        }
-                    }
-                    Ok(Value::Dict(pairs))
-                }
-                _ => Err(bad("unexpected arguments")),
-            },
-            Global::Set | Global::FrozenSet => match args.into_iter().next() {
-                None => Ok(Value::Set(Vec::new())),
-                Some(Value::List(v) | Value::Tuple(v) | Value::Set(v)) => Ok(Value::Set(v)),
-                Some(_) => Err(bad("expects a sequence")),
-            },
-            Global::TorchSize => match args.into_iter().next() {
-                Some(Value::Tuple(v) | Value::List(v)) => Ok(Value::Tuple(v)),
-                None => Ok(Value::Tuple(Vec::new())),
-                Some(_) => Err(bad("expects a tuple")),
-            },
-            Global::CodecsEncode => match args.as_slice() {
-                [Value::Str(s), Value::Str(enc)] if enc == "latin1" || enc == "latin-1" => {
-                    let mut out = Vec::with_capacity(s.len());
-                    for c in s.chars() {
-                        out.push(u8::try_from(c as u32).map_err(|_| bad("character outside latin-1"))?);
-                    }
-                    Ok(Value::Bytes(out))
-                }
-                [Value::Str(s), Value::Str(enc)] if enc == "utf-8" || enc == "utf8" => Ok(Value::Bytes(s.as_bytes().to_vec())),
-                _ => Err(bad("unsupported arguments")),
-            },
-            Global::RebuildTensorV2 | Global::RebuildTensor => {
-                if args.len() < 4 {
-                    return Err(bad("needs (storage, offset, size, stride, ...)"));
-                }
-                let mut it = args.into_iter();
-                let (storage, offset, size, stride) = (it.next(), it.next(), it.next(), it.next());
-                let requires_grad = matches!(it.next(), Some(Value::Bool(true)));
-                let Some(Value::Storage(storage)) = storage else { return Err(bad("first argument must be a storage")) };
-                let offset = as_usize(offset.as_ref()).ok_or_else(|| bad("offset must be a non-negative int"))?;
-                let shape = usize_tuple(size.as_ref()).ok_or_else(|| bad("size must be a tuple of non-negative ints"))?;
-                let stride = usize_tuple(stride.as_ref()).ok_or_else(|| bad("stride must be a tuple of non-negative ints"))?;
-                if shape.len() != stride.len() {
-                    return Err(bad(&format!("size {shape:?} and stride {stride:?} differ in length")));
-                }
-                let t = TensorRef { storage, offset, shape, stride, requires_grad };
-                if t.extent().is_none() {
-                    return Err(bad("tensor view overflows"));
-                }
-                Ok(Value::Tensor(t))
-            }
-            Global::RebuildParameter | Global::RebuildParameterWithState => {
-                let mut it = args.into_iter();
-                match (it.next(), it.next()) {
-                    (Some(Value::Tensor(mut t)), rg) => {
-                        t.requires_grad = matches!(rg, Some(Value::Bool(true)));
-                        Ok(Value::Tensor(t))
-                    }
-                    _ => Err(bad("first argument must be a tensor")),
-                }
-            }
-            Global::RebuildFromTypeV2 => {
-                let mut it = args.into_iter();
-                match (it.next(), it.next(), it.next()) {
-                    (Some(f @ Value::Global(_)), Some(Value::Global(Global::TensorClass | Global::ParameterClass)), Some(Value::Tuple(a))) => {
-                        self.call(f, a)
-                    }
-                    _ => Err(bad("only plain tensors and parameters can be rebuilt")),
-                }
-            }
-            Global::Reconstructor => {
-                let mut it = args.into_iter();
-                match it.next() {
-                    Some(Value::Global(cls @ Global::ParameterDict)) => {
-                        Ok(Value::Object { class: cls, state: Box::new(Value::None) })
-                    }
-                    Some(Value::Global(Global::OrderedDict)) => Ok(Value::Dict(Vec::new())),
-                    _ => Err(bad("only allow-listed classes can be reconstructed")),
-                }
-            }
-            Global::ParameterDict => Ok(Value::Object { class: g, state: Box::new(Value::None) }),
-            Global::TensorClass | Global::ParameterClass | Global::Storage(_) | Global::DType(_) | Global::Object => {
-                Err(bad("cannot be called here"))
-            }
-        }
-    }
-
-    fn new_object(&self, cls: Value, args: Value) -> Result<Value> {
-        match cls {
-            Value::Global(Global::OrderedDict) => Ok(Value::Dict(Vec::new())),
-            Value::Global(g @ Global::ParameterDict) => Ok(Value::Object { class: g, state: Box::new(Value::None) }),
-            Value::Global(Global::Set) => self.call(Value::Global(Global::Set), vec![args]),
-            other => Err(self.err(format!("cannot instantiate a {}", other.kind()))),
-        }
-    }
-
     fn build(&mut self, state: Value, depth: u32) -> Result<()> {
         let err = self.err("BUILD on a value that takes no state");
         let top = self.top_mut()?;
@@ -607,6 +506,7 @@ impl<'a> Unpickler<'a> {
         }
     }
 
+    /// `BINPERSID`: only torch's `('storage', type, key, location, numel[, view])` ids exist.
     fn persistent_load(&self, pid: Value) -> Result<Value> {
         let Value::Tuple(items) = pid else {
             return Err(self.err(format!("persistent id must be a tuple, got {}", pid.kind())));
@@ -636,19 +536,5 @@ impl<'a> Unpickler<'a> {
             }
             _ => Err(self.err("persistent id is not a torch storage reference")),
         }
-    }
-}
-
-fn as_usize(v: Option<&Value>) -> Option<usize> {
-    match v {
-        Some(Value::Int(i)) => usize::try_from(*i).ok(),
-        _ => None,
-    }
-}
-
-fn usize_tuple(v: Option<&Value>) -> Option<Vec<usize>> {
-    match v {
-        Some(Value::Tuple(items) | Value::List(items)) => items.iter().map(|x| as_usize(Some(x))).collect(),
-        _ => None,
     }
 }

@@ -132,3 +132,17 @@ impl TensorRef {
         last.checked_add(1)
     }
 }
+
+pub(super) fn as_usize(v: Option<&Value>) -> Option<usize> {
+    match v {
+        Some(Value::Int(i)) => usize::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+pub(super) fn usize_tuple(v: Option<&Value>) -> Option<Vec<usize>> {
+    match v {
+        Some(Value::Tuple(items) | Value::List(items)) => items.iter().map(|x| as_usize(Some(x))).collect(),
+        _ => None,
+    }
+}
