@@ -7,6 +7,9 @@
 //! length is checked against the bytes left before anything is allocated, nesting is bounded,
 //! and the total number of values built (memo copies included) is bounded, so hostile input
 //! costs at most a small multiple of its size.
+//!
+//! `value` holds the decoded tree, `allow_list` the globals and what each builds, `unpickler`
+//! the reader, `pickler` the writer, and `opcodes` the opcode names both share.
 
 mod allow_list;
 mod opcodes;
@@ -70,12 +73,8 @@ mod tests {
     #[test]
     fn deep_nesting_is_refused() {
         let mut p = vec![0x80, 2];
-        for _ in 0..100_000 {
-            p.push(b']');
-        }
-        for _ in 0..99_999 {
-            p.push(b'a');
-        }
+        p.extend(std::iter::repeat_n(b']', 100_000));
+        p.extend(std::iter::repeat_n(b'a', 99_999));
         p.push(b'.');
         let e = load(&p, 0, "deep").unwrap_err();
         assert!(e.to_string().contains("nested deeper"), "{e}");
