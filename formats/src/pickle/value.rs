@@ -119,7 +119,7 @@ pub struct TensorRef {
 }
 
 impl TensorRef {
-    /// One past the last storage element the view touches (0 for empty tensors), or an error
+    /// One past the last storage element the view touches (0 for empty tensors), or `None`
     /// if that overflows.
     pub fn extent(&self) -> Option<usize> {
         if numel(&self.shape)? == 0 {
