@@ -44,16 +44,7 @@ impl Rgb8 {
 
     /// PNG bytes.
     pub fn to_png(&self) -> Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut bytes, self.width, self.height);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            let mut writer = enc.write_header()?;
-            writer.write_image_data(&self.data)?;
-            writer.finish()?;
-        }
-        Ok(bytes)
+        crate::image_out::encode_png(self.width, self.height, &self.data, &[])
     }
 }
 
