@@ -1,4 +1,5 @@
-//! Decoded images to PNG files, with the generation settings in PNG text chunks.
+//! Decoded images to PNG files, with the generation settings in PNG text chunks; [`encode_png`]
+//! is the one PNG encoder (`loss.png` and TensorBoard images use it too).
 use crate::formats::atomic;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
