@@ -1,4 +1,5 @@
-//! Decoded images to PNG files, with the generation settings in PNG text chunks.
+//! Decoded images to PNG files, with the generation settings in PNG text chunks; [`encode_png`]
+//! is the one PNG encoder (`loss.png` and TensorBoard images use it too).
 use crate::formats::atomic;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -12,16 +13,12 @@ pub fn to_pixels(decoded: &Tensor) -> Tensor {
     (x.permute([0, 2, 3, 1]) * 255.0).round().to_kind(Kind::Uint8).to_device(tch::Device::Cpu).contiguous()
 }
 
-/// Writes one `[H, W, 3]` u8 image as PNG (atomically), with `text` as tEXt/iTXt chunks.
-pub fn save_png(path: &Path, pixels: &Tensor, text: &[(String, String)]) -> Result<()> {
-    let size = pixels.size();
-    let [h, w, 3] = size.as_slice() else { bail!("expected an [H, W, 3] image, got {size:?}") };
-    let len = (h * w * 3) as usize;
-    let mut data = vec![0u8; len];
-    pixels.f_copy_data_u8(&mut data, len)?;
+/// PNG bytes of an 8-bit RGB image (`rgb` row-major, `width * height * 3` bytes), with `text`
+/// as tEXt/iTXt chunks: the one encoder for generated images, `loss.png` and TensorBoard's.
+pub fn encode_png(width: u32, height: u32, rgb: &[u8], text: &[(String, String)]) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     {
-        let mut enc = png::Encoder::new(&mut bytes, *w as u32, *h as u32);
+        let mut enc = png::Encoder::new(&mut bytes, width, height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         for (k, v) in text {
@@ -33,9 +30,20 @@ pub fn save_png(path: &Path, pixels: &Tensor, text: &[(String, String)]) -> Resu
             }
         }
         let mut writer = enc.write_header()?;
-        writer.write_image_data(&data)?;
+        writer.write_image_data(rgb)?;
         writer.finish()?;
     }
+    Ok(bytes)
+}
+
+/// Writes one `[H, W, 3]` u8 image as PNG (atomically), with `text` as tEXt/iTXt chunks.
+pub fn save_png(path: &Path, pixels: &Tensor, text: &[(String, String)]) -> Result<()> {
+    let size = pixels.size();
+    let [h, w, 3] = size.as_slice() else { bail!("expected an [H, W, 3] image, got {size:?}") };
+    let len = (h * w * 3) as usize;
+    let mut data = vec![0u8; len];
+    pixels.f_copy_data_u8(&mut data, len)?;
+    let bytes = encode_png(*w as u32, *h as u32, &data, text)?;
     atomic::write(path, &bytes).with_context(|| format!("writing {}", path.display()))
 }
 

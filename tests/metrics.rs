@@ -1,4 +1,4 @@
-//! Training metrics (src/train/metrics.rs): the TensorBoard event file decoded here (TFRecord
+//! Training metrics (src/train/metrics/): the TensorBoard event file decoded here (TFRecord
 //! framing with both CRCs, the protobuf fields) and, where a Python with `tensorboard` is found
 //! ($TI_PYTHON, or the environment scripts/python-env.sh creates), read back by tensorboard's
 //! own EventAccumulator through scripts/check_tensorboard.py; CRC32C known answers;

@@ -1,0 +1,184 @@
+//! Image files to upright 8-bit RGB, as the script's `Image.open(p).convert("RGB")` sees them.
+//!
+//! Differences from Pillow, all on purpose:
+//! - EXIF orientation is applied (the script trains on phone photos lying on their side).
+//! - 16-bit greyscale keeps its high byte; Pillow's `convert("RGB")` clips such an "I;16" image
+//!   to white wherever a value exceeds 255.
+//! - Images above [`MAX_PIXELS`] are refused before decoding.
+//!
+//! Everything else follows Pillow: other modes become 8-bit RGB as `convert("RGB")` does (alpha
+//! dropped without compositing, greyscale and palettes expanded, 16-bit RGB(A) by its high byte
+//! as Pillow's PNG reader does, CMYK JPEGs as `R = (255 - C)(255 - K) / 255` with Adobe's
+//! inverted storage, which is Pillow's formula too). JPEG decoding itself (zune-jpeg instead of
+//! Pillow's libjpeg-turbo) differs by a few levels on some pixels; PNG, WebP lossless and GIF are
+//! exact.
+use anyhow::{anyhow, bail, Result};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use std::io::Cursor;
+use std::path::Path;
+
+/// Largest accepted image in pixels: Pillow's `Image.MAX_IMAGE_PIXELS` (89.5 MP, where Pillow
+/// starts warning of a decompression bomb), far above any camera JPEG; keeps one decoded image
+/// under about 0.7 GB even at 16-bit RGBA.
+pub const MAX_PIXELS: u64 = 89_478_485;
+
+/// Largest file read at all, so a stray video or disk image in the folder is not slurped.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// One decoded file, already 8-bit RGB and upright.
+pub struct LoadedImage {
+    pub rgb: RgbImage,
+    /// What the file held, named like Pillow's modes ("RGB", "RGBA", "L", "LA", "1", "P",
+    /// "CMYK", "I;16", "RGB;16", ...), for the log.
+    pub source_mode: &'static str,
+    pub orientation: Orientation,
+}
+
+/// Reads one image as the script's `Image.open(p).convert("RGB")` would see it, plus EXIF
+/// orientation. The error text says why the file is unusable (it becomes the skip reason).
+pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
+    let len = std::fs::metadata(path).map_err(|e| anyhow!("cannot read: {e}"))?.len();
+    if len == 0 {
+        bail!("empty file");
+    }
+    if len > MAX_FILE_BYTES {
+        bail!("file of {} MB is too large to be an image", len >> 20);
+    }
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read: {e}"))?;
+    // By content, like Pillow: a caption named .jpg is not a JPEG.
+    let format = image::guess_format(&bytes).map_err(|_| anyhow!("not an image (unrecognised content)"))?;
+    let header_mode = match format {
+        ImageFormat::Jpeg => {
+            let components = jpeg_components_if_complete(&bytes)?;
+            Some(match components {
+                1 => "L",
+                4 => "CMYK",
+                _ => "RGB",
+            })
+        }
+        ImageFormat::Png => png_mode(&bytes),
+        ImageFormat::Gif => Some("P"),
+        _ => None,
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(&bytes), format);
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 16 + (64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| anyhow!("corrupt or unsupported {format:?} file: {e}"))?;
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels == 0 {
+        bail!("empty image ({w}x{h})");
+    }
+    if pixels > MAX_PIXELS {
+        bail!(
+            "{w}x{h} is {:.1} megapixels, above the limit of {:.1}; downscale it first",
+            pixels as f64 / 1e6,
+            MAX_PIXELS as f64 / 1e6
+        );
+    }
+    // A broken EXIF block only loses the rotation, as in Pillow's exif_transpose.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let image =
+        DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("corrupt or truncated {format:?} file: {e}"))?;
+    let (rgb, decoded_mode) = to_rgb8(image)?;
+    let mut oriented = DynamicImage::ImageRgb8(rgb);
+    oriented.apply_orientation(orientation);
+    Ok(LoadedImage { rgb: oriented.into_rgb8(), source_mode: header_mode.unwrap_or(decoded_mode), orientation })
+}
+
+/// 8-bit RGB as Pillow's `convert("RGB")`: alpha dropped without compositing, grey replicated,
+/// 16-bit samples by their high byte (Pillow's PNG reader; for "I;16" see the module docs).
+fn to_rgb8(image: DynamicImage) -> Result<(RgbImage, &'static str)> {
+    fn expand<T: Copy>(raw: &[T], channels: usize, w: u32, h: u32, to8: impl Fn(T) -> u8) -> RgbImage {
+        let mut out = Vec::with_capacity(raw.len() / channels * 3);
+        for px in raw.chunks_exact(channels) {
+            if channels < 3 {
+                out.extend([to8(px[0]); 3]);
+            } else {
+                out.extend([to8(px[0]), to8(px[1]), to8(px[2])]);
+            }
+        }
+        RgbImage::from_raw(w, h, out).expect("buffer length is w*h*3 by construction")
+    }
+    let (w, h) = (image.width(), image.height());
+    let id = |v: u8| v;
+    let hi = |v: u16| (v >> 8) as u8;
+    Ok(match image {
+        DynamicImage::ImageRgb8(b) => (b, "RGB"),
+        DynamicImage::ImageRgba8(b) => (expand(b.as_raw(), 4, w, h, id), "RGBA"),
+        DynamicImage::ImageLuma8(b) => (expand(b.as_raw(), 1, w, h, id), "L"),
+        DynamicImage::ImageLumaA8(b) => (expand(b.as_raw(), 2, w, h, id), "LA"),
+        DynamicImage::ImageLuma16(b) => (expand(b.as_raw(), 1, w, h, hi), "I;16"),
+        DynamicImage::ImageLumaA16(b) => (expand(b.as_raw(), 2, w, h, hi), "LA;16"),
+        DynamicImage::ImageRgb16(b) => (expand(b.as_raw(), 3, w, h, hi), "RGB;16"),
+        DynamicImage::ImageRgba16(b) => (expand(b.as_raw(), 4, w, h, hi), "RGBA;16"),
+        DynamicImage::ImageRgb32F(_) | DynamicImage::ImageRgba32F(_) => {
+            bail!("floating-point (HDR) pixels are not supported; save it as an 8- or 16-bit image")
+        }
+        other => bail!("unsupported pixel layout {:?}", other.color()),
+    })
+}
+
+/// PNG colour type and depth from IHDR (always the first chunk): the decoder expands palettes
+/// and bilevel images, which would hide them from the log.
+fn png_mode(bytes: &[u8]) -> Option<&'static str> {
+    let (depth, color) = (*bytes.get(24)?, *bytes.get(25)?);
+    let deep = depth == 16;
+    Some(match color {
+        0 if depth == 1 => "1",
+        0 if deep => "I;16",
+        0 => "L",
+        2 if deep => "RGB;16",
+        2 => "RGB",
+        3 => "P",
+        4 if deep => "LA;16",
+        4 => "LA",
+        6 if deep => "RGBA;16",
+        6 => "RGBA",
+        _ => return None,
+    })
+}
+
+/// Walks a JPEG's marker segments to its end-of-image marker and returns the frame's component
+/// count. zune-jpeg (non-strict) fills a truncated scan with grey without an error, where Pillow
+/// raises "image file is truncated"; this restores the error.
+fn jpeg_components_if_complete(b: &[u8]) -> Result<u8> {
+    const TRUNCATED: &str = "truncated JPEG (no end-of-image marker)";
+    let mut components = None;
+    let mut i = 2; // after SOI
+    loop {
+        // Skip to the next marker (fill bytes and stray data as libjpeg does).
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = b.get(i) else { bail!(TRUNCATED) };
+        i += 1;
+        match marker {
+            0xD9 => return components.ok_or_else(|| anyhow!("corrupt JPEG (no frame header)")),
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(len) = b.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+            bail!(TRUNCATED)
+        };
+        let end = i + len;
+        if len < 2 || end > b.len() {
+            bail!(TRUNCATED);
+        }
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            components = b.get(i + 7).copied().or(components);
+        }
+        i = end;
+        if marker == 0xDA {
+            // Entropy-coded data: 0xFF is followed by 0x00 (stuffing) or a restart marker.
+            while i + 1 < b.len() && !(b[i] == 0xFF && b[i + 1] != 0 && !(0xD0..=0xD7).contains(&b[i + 1])) {
+                i += 1;
+            }
+        }
+    }
+}

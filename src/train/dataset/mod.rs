@@ -1,0 +1,231 @@
+//! The training images: discovery and validation of `--train_data_dir`, the preprocessing of
+//! diffusers' `TextualInversionDataset` (center crop, Pillow-exact bicubic resize, flip, scaling)
+//! and its caption templates.
+//!
+//! Differences from the Python script, all on purpose:
+//! - Discovery is done once, up front (call [`Dataset::load`] before loading any model), and
+//!   entries the script would crash on mid-training (folders, `.DS_Store`, captions, corrupt or
+//!   truncated files) are skipped with one warning. It is an error only when no usable image is
+//!   left.
+//! - Decoding applies EXIF orientation, keeps 16-bit greyscale's high byte and refuses images
+//!   above [`MAX_PIXELS`] (decode.rs says how it otherwise matches Pillow's `convert("RGB")`).
+//!
+//! The images are taken in the folder's directory order, as the script's `os.listdir` takes them
+//! (what `readdir` yields: on ext4 a hash of the names, so the same files copied elsewhere may
+//! come in another order), so that `--seed` draws the same items; [`ImageOrder::Sorted`]
+//! (`--sort_images`) gives a fixed order on every machine instead. Resized pixels equal Pillow's
+//! `resize((s, s), BICUBIC)` bit for bit.
+mod decode;
+mod resize;
+mod templates;
+
+pub use decode::{load_rgb, LoadedImage, MAX_FILE_BYTES, MAX_PIXELS};
+pub use resize::{center_crop, preprocess, resize_bicubic};
+pub use templates::{caption, placeholder_string, LearnableProperty, OBJECT_TEMPLATES, STYLE_TEMPLATES};
+
+use anyhow::{bail, Context, Result};
+use image::metadata::Orientation;
+use image::RgbImage;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// torchvision `RandomHorizontalFlip`'s default probability, kept by the script.
+pub const FLIP_P: f64 = 0.5;
+
+/// `pixel_values`: optionally mirrored, `x / 127.5 - 1.0` computed in f64 then rounded to f32
+/// (numpy's order), CHW `[3, H, W]` on the CPU.
+pub fn to_pixels(img: &RgbImage, flip: bool) -> Tensor {
+    let lut: Vec<f32> = (0..=255u8).map(|v| (f64::from(v) / 127.5 - 1.0) as f32).collect();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let raw = img.as_raw();
+    let mut data = vec![0f32; 3 * h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let sx = if flip { w - 1 - x } else { x };
+            for c in 0..3 {
+                data[(c * h + y) * w + x] = lut[usize::from(raw[(y * w + sx) * 3 + c])];
+            }
+        }
+    }
+    Tensor::from_slice(&data).view([3, h as i64, w as i64])
+}
+
+/// torchvision's `RandomHorizontalFlip(0.5)` decision: `torch.rand(1) < p` on libtorch's global
+/// CPU generator, so a run seeded with `tch::manual_seed` draws what PyTorch would.
+pub fn flip_from_torch_rand() -> bool {
+    Tensor::rand([1], (Kind::Float, Device::Cpu)).double_value(&[0]) < FLIP_P
+}
+
+/// In which order the folder's images become dataset items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageOrder {
+    /// As `readdir` lists them: the script's `os.listdir` order.
+    #[default]
+    Directory,
+    /// By file name: the same on every file system.
+    Sorted,
+}
+
+/// A folder entry that was left out, and why.
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// One usable image: where it came from, and its crop+resize (deterministic, so done once).
+pub struct DatasetImage {
+    pub path: PathBuf,
+    pub source_mode: &'static str,
+    pub orientation: Orientation,
+    /// `(height, width)` after orientation, before any crop or resize (SDXL's `original_size`).
+    pub original_size: (u32, u32),
+    pub resized: RgbImage,
+}
+
+/// The training set: `len() = images * repeats`, item `i` is image `i % images`.
+pub struct Dataset {
+    images: Vec<DatasetImage>,
+    skipped: Vec<Skipped>,
+    repeats: usize,
+    size: u32,
+}
+
+impl Dataset {
+    /// Lists `dir` (not recursively, in directory order), decodes and preprocesses every usable image,
+    /// logs one warning naming the skipped entries and why, and fails only if none is usable.
+    /// Cheap next to model loading, so call it first: a bad folder fails in seconds.
+    pub fn load(dir: &Path, size: u32, center_crop: bool, repeats: usize) -> Result<Self> {
+        Self::load_ordered(dir, size, center_crop, repeats, ImageOrder::Directory)
+    }
+
+    /// [`Dataset::load`] with the images in `order`.
+    pub fn load_ordered(dir: &Path, size: u32, center_crop: bool, repeats: usize, order: ImageOrder) -> Result<Self> {
+        if size == 0 {
+            bail!("--resolution must be at least 1");
+        }
+        if repeats == 0 {
+            bail!("--repeats must be at least 1");
+        }
+        let read = std::fs::read_dir(dir).with_context(|| format!("cannot read --train_data_dir {}", dir.display()))?;
+        let mut entries =
+            read.collect::<std::io::Result<Vec<_>>>().with_context(|| format!("listing {}", dir.display()))?;
+        if order == ImageOrder::Sorted {
+            entries.sort_by_key(|e| e.file_name());
+        }
+        let (mut images, mut skipped) = (Vec::new(), Vec::new());
+        for entry in &entries {
+            let path = entry.path();
+            let reason = if entry.file_name().to_string_lossy().starts_with('.') {
+                "hidden entry (name starts with '.')".to_string()
+            } else if path.is_dir() {
+                "a folder (sub-folders are not searched)".to_string()
+            } else {
+                match load_rgb(&path).and_then(|l| Ok((preprocess(&l.rgb, size, center_crop)?, l))) {
+                    Ok((resized, l)) => {
+                        images.push(DatasetImage {
+                            original_size: (l.rgb.height(), l.rgb.width()),
+                            path,
+                            source_mode: l.source_mode,
+                            orientation: l.orientation,
+                            resized,
+                        });
+                        continue;
+                    }
+                    Err(e) => format!("{e:#}"),
+                }
+            };
+            skipped.push(Skipped { path, reason });
+        }
+        if images.is_empty() {
+            let why = if entries.is_empty() { "the folder is empty".to_string() } else { skipped_summary(&skipped) };
+            bail!("no usable image in --train_data_dir {}: {why}", dir.display());
+        }
+        if !skipped.is_empty() {
+            tracing::warn!(
+                "{}: skipped {} of {} entries:{}",
+                dir.display(),
+                skipped.len(),
+                entries.len(),
+                skipped_summary(&skipped)
+            );
+        }
+        let converted: Vec<String> = images
+            .iter()
+            .filter(|i| i.source_mode != "RGB" || i.orientation != Orientation::NoTransforms)
+            .map(|i| {
+                let mut how = Vec::new();
+                if i.source_mode != "RGB" {
+                    how.push(i.source_mode.to_string());
+                }
+                if i.orientation != Orientation::NoTransforms {
+                    how.push(format!("EXIF {:?}", i.orientation));
+                }
+                format!("{} ({})", file_name(&i.path), how.join(", "))
+            })
+            .collect();
+        if !converted.is_empty() {
+            tracing::info!("converted to upright 8-bit RGB: {}", converted.join(", "));
+        }
+        Ok(Self { images, skipped, repeats, size })
+    }
+
+    /// Images times repeats, as the script's `__len__`.
+    pub fn len(&self) -> usize {
+        self.images.len() * self.repeats
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    pub fn num_images(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn repeats(&self) -> usize {
+        self.repeats
+    }
+
+    pub fn resolution(&self) -> u32 {
+        self.size
+    }
+
+    /// Which image item `item` shows: `item % num_images`.
+    pub fn image_index(&self, item: usize) -> usize {
+        item % self.images.len()
+    }
+
+    pub fn images(&self) -> &[DatasetImage] {
+        &self.images
+    }
+
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    /// `pixel_values` of one image: `[3, size, size]` f32 in [-1, 1] on the CPU; the caller
+    /// draws `flip` (see [`flip_from_torch_rand`]). Panics if `image_index >= num_images()`.
+    pub fn pixels(&self, image_index: usize, flip: bool) -> Tensor {
+        to_pixels(&self.images[image_index].resized, flip)
+    }
+
+    /// A collated batch `[B, 3, size, size]` of dataset items `(item, flip)` (items, not image
+    /// indices: `item % num_images` is taken here).
+    pub fn batch(&self, items: &[(usize, bool)]) -> Result<Tensor> {
+        if items.is_empty() {
+            bail!("empty batch");
+        }
+        let each: Vec<Tensor> = items.iter().map(|&(i, f)| self.pixels(self.image_index(i), f)).collect();
+        Ok(Tensor::f_stack(&each, 0)?)
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The skipped entries, one per line: `\n  name: reason`.
+pub fn skipped_summary(skipped: &[Skipped]) -> String {
+    skipped.iter().map(|s| format!("\n  {}: {}", file_name(&s.path), s.reason)).collect()
+}
