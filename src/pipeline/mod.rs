@@ -96,8 +96,8 @@ impl Models {
     }
 
     /// Runs the pipeline. `on_step(i, total)` is called after each denoising step.
-    pub fn generate(&self, scheduler: &mut dyn Scheduler, o: &GenerateOptions, mut on_step: impl FnMut(usize, usize)) -> Result<Generated> {
-        self.generate_from(scheduler, o, None, &mut on_step)
+    pub fn generate(&self, scheduler: &mut dyn Scheduler, options: &GenerateOptions, mut on_step: impl FnMut(usize, usize)) -> Result<Generated> {
+        self.generate_from(scheduler, options, None, &mut on_step)
     }
 
     /// Like [`Models::generate`] with given initial latents (unscaled by `init_noise_sigma`),
@@ -105,31 +105,31 @@ impl Models {
     pub fn generate_from(
         &self,
         scheduler: &mut dyn Scheduler,
-        o: &GenerateOptions,
+        options: &GenerateOptions,
         latents: Option<Tensor>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Generated> {
         let _guard = tch::no_grad_guard();
         let scale = self.vae_scale_factor();
-        let (height, width) = (o.height.unwrap_or(self.default_size()), o.width.unwrap_or(self.default_size()));
+        let (height, width) = (options.height.unwrap_or(self.default_size()), options.width.unwrap_or(self.default_size()));
         if height <= 0 || width <= 0 || height % scale != 0 || width % scale != 0 {
             bail!("height and width must be positive multiples of {scale}, got {height}x{width}");
         }
-        if o.num_images_per_prompt == 0 || o.steps == 0 {
+        if options.num_images_per_prompt == 0 || options.steps == 0 {
             bail!("num_images_per_prompt and num_inference_steps must be at least 1");
         }
-        let n = o.num_images_per_prompt as i64;
-        let cfg = o.guidance_scale > 1.0;
-        let positive = self.encode_prompt(&o.prompt, o.clip_skip)?;
+        let n = options.num_images_per_prompt as i64;
+        let cfg = options.guidance_scale > 1.0;
+        let positive = self.encode_prompt(&options.prompt, options.clip_skip)?;
         let mut context = positive.repeat([n, 1, 1]);
         if cfg {
             // diffusers applies clip_skip to the prompt only, never to the negative prompt.
-            let negative = self.encode_prompt(o.negative_prompt.as_deref().unwrap_or(""), None)?.repeat([n, 1, 1]);
+            let negative = self.encode_prompt(options.negative_prompt.as_deref().unwrap_or(""), None)?.repeat([n, 1, 1]);
             context = Tensor::cat(&[negative, context], 0);
         }
         let context = context.to_device(self.device).to_kind(self.kind);
 
-        scheduler.set_timesteps(o.steps)?;
+        scheduler.set_timesteps(options.steps)?;
         let shape = [n, self.unet.config.in_channels, height / scale, width / scale];
         let latents = match latents {
             Some(l) => {
@@ -142,7 +142,7 @@ impl Models {
                 // diffusers draws with a CPU generator seeded once, in the pipeline's dtype: the
                 // global CPU generator seeded here gives the same numbers, as long as nothing else
                 // draws in between (the scheduler's own draws follow, in diffusers' order).
-                tch::manual_seed(o.seed as i64);
+                tch::manual_seed(options.seed as i64);
                 crate::schedulers::randn(&shape, self.kind, self.device)
             }
         };
@@ -155,7 +155,7 @@ impl Models {
             let noise = self.unet.forward(&input, &t_tensor.squeeze(), &context);
             let noise = if cfg {
                 let parts = noise.chunk(2, 0);
-                &parts[0] + (&parts[1] - &parts[0]) * o.guidance_scale
+                &parts[0] + (&parts[1] - &parts[0]) * options.guidance_scale
             } else {
                 noise
             };
