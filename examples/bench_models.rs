@@ -1,4 +1,4 @@
-//! The Rust side of scripts/bench-models.sh: load time and peak RSS per component, and one
+//! The Rust side of scripts/bench/bench-models.sh: load time and peak RSS per component, and one
 //! UNet forward at 512 px, on the same SD 1.5-shaped folder diffusers loads. Prints JSON.
 use std::time::Instant;
 use tch::{Kind, Tensor};

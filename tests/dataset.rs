@@ -1,5 +1,5 @@
 //! The training dataset against the Python script's preprocessing (fixtures/dataset, from
-//! scripts/make_fixtures_dataset.py with Pillow 12.0.0, numpy, torch 2.11.0, torchvision 0.26.0).
+//! scripts/fixtures/make_fixtures_dataset.py with Pillow 12.0.0, numpy, torch 2.11.0, torchvision 0.26.0).
 //!
 //! Tolerances: on identical RGB input, crop + resize + flip + scaling are bit-identical to
 //! Pillow's `resize(BICUBIC)` and the script's numpy code (max error 0, asserted). Lossless

@@ -1,5 +1,5 @@
 //! The generation pipeline against diffusers' StableDiffusionPipeline on the tiny model
-//! (fixtures/pipeline, made by scripts/make_fixtures_pipeline.py): every scheduler from fixed
+//! (fixtures/pipeline, made by scripts/fixtures/make_fixtures_pipeline.py): every scheduler from fixed
 //! initial latents, seeded runs (the same seed draws the same latents and ancestral noise as
 //! `torch.Generator("cpu").manual_seed(seed)`), batches, no guidance, truncated long prompts, and
 //! multi-vector embeddings in the prompt and the negative prompt.

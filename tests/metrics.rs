@@ -1,7 +1,7 @@
 //! Training metrics (src/train/metrics/): the TensorBoard event file decoded here (TFRecord
 //! framing with both CRCs, the protobuf fields) and, where a Python with `tensorboard` is found
-//! ($TI_PYTHON, or the environment scripts/python-env.sh creates), read back by tensorboard's
-//! own EventAccumulator through scripts/check_tensorboard.py; CRC32C known answers;
+//! ($TI_PYTHON, or the environment scripts/dev/python-env.sh creates), read back by tensorboard's
+//! own EventAccumulator through scripts/fixtures/check_tensorboard.py; CRC32C known answers;
 //! metrics.jsonl, loss.png and the `--report_to` values.
 mod common;
 use serde_json::Value as J;
@@ -229,7 +229,7 @@ fn event_file_decodes_and_tensorboard_reads_it() {
 
     // tensorboard's own reader (checks CRCs too).
     let Some(py) = common::reference_python(&["tensorboard"], "the tensorboard cross-check") else { return };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_tensorboard.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fixtures/check_tensorboard.py");
     let out = std::process::Command::new(&py).arg(&script).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let got: J = serde_json::from_slice(&out.stdout).unwrap();

@@ -1,5 +1,5 @@
 //! Every model part against the outputs diffusers/transformers computed on the same tiny random
-//! models (scripts/make_fixtures_models.py), in fp32 on CPU.
+//! models (scripts/fixtures/make_fixtures_models.py), in fp32 on CPU.
 //!
 //! Tolerances: 1e-4 max-abs for activations, 1e-4 relative (L2) for gradients. Observed (torch
 //! 2.11.0 CPU on both sides, 2026-11): 0 everywhere, i.e. bit-identical, including the gradient;

@@ -1,5 +1,5 @@
 //! AdamW and the LR schedules against torch 2.11.0 / diffusers 0.42.1 (fixtures/optim, from
-//! scripts/make_fixtures_optim.py): 25 AdamW steps on a [3, 32] parameter for six configurations
+//! scripts/fixtures/make_fixtures_optim.py): 25 AdamW steps on a [3, 32] parameter for six configurations
 //! (script defaults, --scale_lr, large lr/decay, no decay, steps without gradient, a cosine
 //! schedule driving the lr), resume from torch's and from our own saved state, and the lr sequence
 //! of every schedule for eight (warmup, total, cycles) settings.

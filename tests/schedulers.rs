@@ -1,5 +1,5 @@
 //! The schedulers against diffusers 0.42.1 (fixtures/schedulers, from
-//! scripts/make_fixtures_schedulers.py): full denoising loops of 20, 7 and 1 steps with a fake
+//! scripts/fixtures/make_fixtures_schedulers.py): full denoising loops of 20, 7 and 1 steps with a fake
 //! model, for 5 schedulers over SD 1.5's PNDM config, SD 2.x v-prediction configs with each
 //! timestep spacing, the cosine and linear schedules, zero terminal SNR and the DPM-Solver and
 //! Euler options; DDPM's add_noise and get_velocity; and the config errors. Config handling
@@ -375,7 +375,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f64 {
 const SIGMA_TOLERANCE: f64 = 1e-6;
 
 /// Config handling across classes against diffusers 0.42.1 (fixtures/schedulers/cross.*, from
-/// `scripts/make_fixtures_schedulers.py --only cross`): scheduler_config.json texts as diffusers
+/// `scripts/fixtures/make_fixtures_schedulers.py --only cross`): scheduler_config.json texts as diffusers
 /// writes them (DDPMScheduler's `save_config` with SD 1.5's betas: "variance_type":
 /// "fixed_small", "clip_sample": true, and the fine-tuned-model variants with clip_sample false,
 /// steps_offset 1, or v-prediction with trailing spacing; DPM-Solver's and Euler's with Karras

@@ -1,5 +1,5 @@
 //! ClipTokenizer against Hugging Face transformers 5.23 (`CLIPTokenizer`), from
-//! fixtures/tokenizer/expected.json (written by scripts/make_fixtures_tokenizer.py).
+//! fixtures/tokenizer/expected.json (written by scripts/fixtures/make_fixtures_tokenizer.py).
 //!
 //! Compared, with exact equality (no tolerance), for each of ~280 prompts (punctuation, unicode,
 //! whitespace, contractions, numbers, casing, over-long prompts, the textual_inversion.py templates,

@@ -1,5 +1,5 @@
 //! The Rust training step replayed on the exact inputs the real `textual_inversion.py` drew
-//! (fixtures/train, recorded by scripts/make_fixtures_train.py from diffusers' script on the tiny
+//! (fixtures/train, recorded by scripts/fixtures/make_fixtures_train.py from diffusers' script on the tiny
 //! model): VAE posterior, every micro-step's loss, the gradient and rows after every update, the
 //! learning rates, and the final embedding file.
 //!

@@ -1,5 +1,5 @@
 //! `train --seed S` on CPU against diffusers' unpatched textual_inversion.py with the same seed,
-//! over the matrix of fixtures/train/seed (scripts/make_fixtures_seed.py): the same images in the
+//! over the matrix of fixtures/train/seed (scripts/fixtures/make_fixtures_seed.py): the same images in the
 //! same (directory) order, captions, flips, posterior draws, noise and timesteps, hence the same
 //! loss at every micro-step and the same embeddings.
 //!

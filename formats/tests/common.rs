@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: fixture paths and comparison with the JSON that
-//! scripts/make_fixtures.py wrote from PyTorch's own view of each file.
+//! scripts/fixtures/make_fixtures_formats.py wrote from PyTorch's own view of each file.
 #![allow(dead_code)]
 use serde_json::Value as J;
 use std::path::PathBuf;

@@ -1,8 +1,8 @@
 //! Our writers' files, loaded by PyTorch (`torch.load(weights_only=True)`, safetensors) and by
-//! diffusers' `load_textual_inversion`, through scripts/check_interop.py.
+//! diffusers' `load_textual_inversion`, through scripts/fixtures/check_interop.py.
 //!
 //! Runs where a Python with torch and diffusers is available: $TI_PYTHON, or the pinned
-//! environment that scripts/python-env.sh creates. Elsewhere it says so and passes.
+//! environment that scripts/dev/python-env.sh creates. Elsewhere it says so and passes.
 mod common;
 use common::repo;
 use serde_json::{json, Value as J};
@@ -127,7 +127,7 @@ fn pytorch_and_diffusers_load_our_files() {
 
     let manifest = d.join("manifest.json");
     std::fs::write(&manifest, serde_json::to_vec(&json!({"files": files, "embeddings": embeds})).unwrap()).unwrap();
-    let out = std::process::Command::new(&py).arg(repo().join("scripts/check_interop.py")).arg(&manifest).output().unwrap();
+    let out = std::process::Command::new(&py).arg(repo().join("scripts/fixtures/check_interop.py")).arg(&manifest).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "PyTorch/diffusers refused our files");

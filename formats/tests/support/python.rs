@@ -1,9 +1,9 @@
 //! The reference Python (torch, diffusers, transformers at the pinned versions) for the tests
-//! that cross-check with PyTorch, found as `scripts/python-env.sh` makes it; shared by both
+//! that cross-check with PyTorch, found as `scripts/dev/python-env.sh` makes it; shared by both
 //! crates' tests through `#[path]`.
 use std::path::PathBuf;
 
-/// `$TI_PYTHON`, else the environment `scripts/python-env.sh` creates
+/// `$TI_PYTHON`, else the environment `scripts/dev/python-env.sh` creates
 /// (`${TI_LIBTORCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/textual-inversion}/pyenv-fixtures`), if
 /// it can import every module in `modules`; otherwise None after one line saying what `test`
 /// skips and why.
@@ -21,7 +21,7 @@ pub fn reference_python(modules: &[&str], test: &str) -> Option<PathBuf> {
     }
     let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
     eprintln!(
-        "skipped {test}: no Python that can `{import}` (tried {}; run scripts/python-env.sh or set TI_PYTHON)",
+        "skipped {test}: no Python that can `{import}` (tried {}; run scripts/dev/python-env.sh or set TI_PYTHON)",
         if tried.is_empty() { "nothing".to_string() } else { tried.join(", ") }
     );
     None

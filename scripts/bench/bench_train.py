@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Python side of scripts/bench-train.sh: runs diffusers' textual_inversion.py unchanged
+"""The Python side of scripts/bench/bench-train.sh: runs diffusers' textual_inversion.py unchanged
 except for two patches that do not touch the math (check_min_version, for scripts that name a
 newer dev version; trackers off, since tensorboard's cost is not the point), and times each
 optimizer update. usage: bench_train.py SCRIPT -- SCRIPT_ARGS...; prints JSON on the last line."""

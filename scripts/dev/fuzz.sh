@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzes the file readers (formats/, no libtorch) with cargo-fuzz (libFuzzer + ASan).
-# usage: scripts/fuzz.sh [SECONDS per target, default 600] [TARGET...]
+# usage: scripts/dev/fuzz.sh [SECONDS per target, default 600] [TARGET...]
 # Needs a nightly toolchain (`rustup toolchain install nightly`) and `cargo install cargo-fuzz`.
 # Corpora are seeded from fixtures/ and kept in fuzz/corpus/ (ignored by git).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 secs=${1:-600}; shift || true
 targets=("$@"); [[ ${#targets[@]} -gt 0 ]] || targets=(pickle torch_zip safetensors_header png_chunk)
 copy() {  # seeds named after their folder too, so equal file names do not collide

@@ -3,18 +3,18 @@
 # SD 1.5's configs, about 4.3 GB, kept in the cache, never committed), loaded and run once at
 # 512 px by diffusers and by this tool in the same run. fp32, CPU.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-py=$(scripts/python-env.sh)
+cd "$(dirname "$0")/../.."
+py=$(scripts/dev/python-env.sh)
 cache=${TI_LIBTORCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/textual-inversion}
 model="$cache/bench/sd15-random"
 if [[ ! -f "$model/.complete" ]]; then
   echo "making $model (random SD 1.5-shaped weights, once)" >&2
   rm -rf "$model"; mkdir -p "$model"
-  "$py" scripts/bench_models.py make "$model"
+  "$py" scripts/bench/bench_models.py make "$model"
 fi
 scripts/cargo.sh build --release --quiet --example bench_models
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-"$py" scripts/bench_models.py run "$model" /tmp/bench-unet-io.safetensors > /tmp/bench-diffusers.json
+"$py" scripts/bench/bench_models.py run "$model" /tmp/bench-unet-io.safetensors > /tmp/bench-diffusers.json
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 target/release/examples/bench_models "$model" /tmp/bench-unet-io.safetensors > /tmp/bench-rust.json
 "$py" - /tmp/bench-diffusers.json /tmp/bench-rust.json <<'PY'

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): seconds per image and peak RSS of `generate` against diffusers'
 # StableDiffusionPipeline in the same run, 20 steps, fp32, CPU, same seed (the images must be
-# equal). usage: scripts/bench-generate.sh [tiny|sd15] ...
+# equal). usage: scripts/bench/bench-generate.sh [tiny|sd15] ...
 set -euo pipefail
-cd "$(dirname "$0")/.."
-py=$(scripts/python-env.sh)
+cd "$(dirname "$0")/../.."
+py=$(scripts/dev/python-env.sh)
 scripts/cargo.sh build --release --quiet
 cache=${TI_LIBTORCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/textual-inversion}
 prompt="a photo of an astronaut riding a horse on mars"
@@ -12,11 +12,11 @@ for which in "${@:-tiny}"; do
   case $which in
     tiny) model=fixtures/tiny-sd; size=64 ;;
     sd15) model="$cache/bench/sd15-random"; size=512
-          [[ -f "$model/.complete" ]] || scripts/bench-models.sh >/dev/null ;;
+          [[ -f "$model/.complete" ]] || scripts/bench/bench-models.sh >/dev/null ;;
     *) echo "unknown model $which" >&2; exit 2 ;;
   esac
   out=$(mktemp -d)
-  "$py" scripts/bench_generate.py "$model" 20 "$size" "$prompt" 1234 > "$out/py.json"
+  "$py" scripts/bench/bench_generate.py "$model" 20 "$size" "$prompt" 1234 > "$out/py.json"
   /usr/bin/time -f "%e %M" -o "$out/time" target/release/textual-inversion generate --pretrained_model_name_or_path "$model" \
     --prompt "$prompt" --num_inference_steps 20 --height "$size" --width "$size" --seed 1234 --output_dir "$out" 2> "$out/log"
   "$py" - "$out" "$which" <<'PY'

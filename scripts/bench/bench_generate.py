@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The diffusers side of scripts/bench-generate.sh: load a pipeline and time one text-to-image
+"""The diffusers side of scripts/bench/bench-generate.sh: load a pipeline and time one text-to-image
 call (fp32, CPU). usage: bench_generate.py MODEL STEPS SIZE PROMPT SEED; prints JSON."""
 import json
 import resource

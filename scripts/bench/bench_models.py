@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The PyTorch side of the model benchmark (scripts/bench-models.sh).
+"""The PyTorch side of the model benchmark (scripts/bench/bench-models.sh).
 
   bench_models.py make DIR       writes an SD 1.5-shaped pipeline with random weights (fp32
                                  safetensors, SD 1.5's own configs; about 4.3 GB)
@@ -38,7 +38,7 @@ def make(d):
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
     from clip_vocab import write_sd_tokenizer
 
     torch.manual_seed(0)
@@ -50,7 +50,7 @@ def make(d):
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                   steps_offset=1, set_alpha_to_one=False).save_pretrained(d / "scheduler")
     # The same component list as the tiny fixture pipeline (no safety checker).
-    index = Path(__file__).resolve().parent.parent / "fixtures" / "tiny-sd" / "model_index.json"
+    index = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-sd" / "model_index.json"
     (d / "model_index.json").write_text(index.read_text())
     (d / ".complete").write_text("ok")
 

@@ -6,8 +6,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${TI_LIBTORCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/textual-inversion}
 venv="$cache/pyenv-fixtures"
-req="$here/requirements-fixtures.txt"
-stamp="$venv/.complete-$(sha256sum "$req" | cut -c1-16)"
+req="$here/../fixtures/requirements-fixtures.txt"
+# The stamp hashes the requirement lines only: editing a comment does not reinstall.
+stamp="$venv/.complete-$(grep -v '^[[:space:]]*#' "$req" | sha256sum | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
   echo "[python-env] installing $req into $venv (about 3 GB download, once)" >&2
   python3 -m venv "$venv"
