@@ -9,6 +9,7 @@ pub struct RuntimeInfo {
     /// The libtorch_cpu.so actually loaded (it can differ from the build's when
     /// LD_LIBRARY_PATH points elsewhere).
     pub libtorch_path: Option<String>,
+    pub cuda: CudaStatus,
     pub cuda_available: bool,
     pub cuda_devices: i64,
     pub cudnn_available: bool,
@@ -16,15 +17,39 @@ pub struct RuntimeInfo {
     pub threads: i32,
 }
 
+/// Where CUDA stands, in the three cases a user has to tell apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CudaStatus {
+    /// The libtorch running has no CUDA part (libtorch_cuda.so): the CPU subset.
+    NoCudaLibtorch,
+    /// A CUDA libtorch is loaded, but no device or driver answers.
+    NoDevice {
+        library: String,
+        /// The CUDA runtime libtorch carries, as `cudaRuntimeGetVersion` (13000 = 13.0).
+        runtime_version: Option<i32>,
+        /// What the installed driver supports (`cudaDriverGetVersion`; 0: no driver).
+        driver_version: Option<i32>,
+    },
+    Devices {
+        count: i64,
+        library: String,
+        runtime_version: Option<i32>,
+        driver_version: Option<i32>,
+    },
+}
+
 pub fn runtime_info() -> RuntimeInfo {
-    let cuda = load_cuda();
+    let cuda = cuda_status();
+    let available = matches!(cuda, CudaStatus::Devices { .. });
     RuntimeInfo {
         version: env!("CARGO_PKG_VERSION"),
         libtorch_version: option_env!("TI_LIBTORCH_VERSION").unwrap_or("unknown"),
         libtorch_path: loaded_library("libtorch_cpu.so"),
-        cuda_available: cuda,
-        cuda_devices: if cuda { tch::Cuda::device_count() } else { 0 },
-        cudnn_available: cuda && tch::Cuda::cudnn_is_available(),
+        cuda_devices: if let CudaStatus::Devices { count, .. } = cuda { count } else { 0 },
+        cuda,
+        cuda_available: available,
+        cudnn_available: available && tch::Cuda::cudnn_is_available(),
         mps_available: tch::utils::has_mps(),
         threads: tch::get_num_threads(),
     }
@@ -39,31 +64,73 @@ pub fn loaded_library(name: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// Makes CUDA usable if the running libtorch has it.
+static CUDA_INIT: std::sync::Once = std::sync::Once::new();
+
+/// Loads `libtorch_cuda.so` when the running libtorch has one that is not loaded yet. Call it
+/// first thing in `main`, before anything asks libtorch about CUDA: libtorch fixes its CUDA
+/// hooks on the first such question (`at::detail::getCUDAHooks`), so a library loaded after
+/// that can never turn CUDA on. Idempotent.
 ///
-/// A binary linked against the CPU-only libtorch has no `libtorch_cuda.so` dependency. When it
-/// runs against a full libtorch (LD_LIBRARY_PATH pointing at a CUDA build's `torch/lib`),
-/// loading `libtorch_cuda.so` from the same folder registers the CUDA backend, as linking it
-/// would. Returns whether CUDA is available afterwards.
-pub fn load_cuda() -> bool {
+/// A binary built against the CPU subset has no `libtorch_cuda.so` dependency; run against a
+/// full libtorch (`LD_LIBRARY_PATH` at a CUDA build's `torch/lib`), loading the file from the
+/// same folder registers the CUDA backend as linking it would.
+pub fn init_cuda() {
+    CUDA_INIT.call_once(|| {
+        if loaded_library("libtorch_cuda.so").is_some() {
+            return;
+        }
+        let Some(cpu) = loaded_library("libtorch_cpu.so") else { return };
+        let Some(dir) = std::path::Path::new(&cpu).parent() else { return };
+        let cuda = dir.join("libtorch_cuda.so");
+        if !cuda.exists() {
+            return;
+        }
+        let Ok(c) = std::ffi::CString::new(cuda.as_os_str().as_encoded_bytes()) else { return };
+        // SAFETY: dlopen of a library from the same libtorch build that is already loaded; it
+        // only registers CUDA kernels and hooks through static initialisers.
+        let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if handle.is_null() {
+            tracing::warn!("could not load {}; CUDA stays off", cuda.display());
+        }
+    });
+}
+
+/// A CUDA runtime query (`cudaRuntimeGetVersion`, `cudaDriverGetVersion`) from the libcudart
+/// libtorch loaded (every route has one: libtorch_cpu links it); needs no GPU.
+fn cudart_version(symbol: &str) -> Option<i32> {
+    let name = std::ffi::CString::new(symbol).ok()?;
+    // SAFETY: looks a C function up in the libraries already loaded; its signature is
+    // `cudaError_t f(int*)` in every CUDA runtime.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if f.is_null() {
+        return None;
+    }
+    let f: extern "C" fn(*mut i32) -> i32 = unsafe { std::mem::transmute(f) };
+    let mut v = 0;
+    (f(&mut v) == 0).then_some(v)
+}
+
+/// Which of the three CUDA cases this process is in (after [`init_cuda`]).
+pub fn cuda_status() -> CudaStatus {
+    init_cuda();
+    let Some(library) = loaded_library("libtorch_cuda.so") else { return CudaStatus::NoCudaLibtorch };
+    let (runtime_version, driver_version) = (cudart_version("cudaRuntimeGetVersion"), cudart_version("cudaDriverGetVersion"));
     if tch::Cuda::is_available() {
-        return true;
+        CudaStatus::Devices { count: tch::Cuda::device_count(), library, runtime_version, driver_version }
+    } else {
+        CudaStatus::NoDevice { library, runtime_version, driver_version }
     }
-    let Some(cpu) = loaded_library("libtorch_cpu.so") else { return false };
-    let Some(dir) = std::path::Path::new(&cpu).parent() else { return false };
-    let cuda = dir.join("libtorch_cuda.so");
-    if !cuda.exists() {
-        return false;
-    }
-    let Ok(c) = std::ffi::CString::new(cuda.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: dlopen of a library from the same libtorch build that is already loaded; it
-    // only registers CUDA kernels and hooks through static initialisers.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    if handle.is_null() {
-        tracing::warn!("could not load {}; CUDA stays off", cuda.display());
-        return false;
-    }
+}
+
+/// Whether CUDA can be used (after [`init_cuda`]).
+pub fn load_cuda() -> bool {
+    init_cuda();
     tch::Cuda::is_available()
+}
+
+/// `13000` → `13.0`.
+pub fn cuda_version_name(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
 
 /// Parses a `--device` value: `cpu`, `cuda`, `cuda:N` or `mps`. Only the spelling is checked
@@ -104,8 +171,17 @@ pub fn ensure_available(d: tch::Device) -> anyhow::Result<()> {
         tch::Device::Mps if !tch::utils::has_mps() => bail!("--device mps: this libtorch has no MPS support"),
         tch::Device::Cuda(index) => {
             if !load_cuda() {
-                if let Some(cuda) = loaded_library("libtorch_cuda.so") {
-                    bail!("--device {s}: this libtorch has CUDA ({cuda}) but finds no CUDA device or driver");
+                if let CudaStatus::NoDevice { library, runtime_version, driver_version } = cuda_status() {
+                    let runtime = runtime_version.map(cuda_version_name).unwrap_or_else(|| "?".into());
+                    let driver = match (driver_version, runtime_version) {
+                        (Some(0) | None, _) => "no NVIDIA driver found".to_string(),
+                        (Some(d), Some(r)) if d < r => format!(
+                            "the driver supports CUDA {} only (an older driver needs a torch 2.11 built for its CUDA: LIBTORCH_USE_PYTORCH=1 with e.g. the cu128 wheel)",
+                            cuda_version_name(d)
+                        ),
+                        (Some(d), _) => format!("the driver supports CUDA {}, but no device is visible (CUDA_VISIBLE_DEVICES?)", cuda_version_name(d)),
+                    };
+                    bail!("--device {s}: this libtorch has CUDA {runtime} ({library}) but finds no CUDA device: {driver}");
                 }
                 bail!(
                     "--device {s}: CUDA is not available with this libtorch ({}); build against a CUDA libtorch \

@@ -4,6 +4,8 @@ use textual_inversion::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // Before anything can ask libtorch about CUDA (see init_cuda).
+    textual_inversion::device::init_cuda();
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "info",

@@ -262,7 +262,7 @@ fn validation_and_dpm_work_on_a_ddpm_written_scheduler_config() {
 }
 
 /// A validation that fails warns and training goes on, to the same embedding as a run without
-/// validation (the random stream is put back either way).
+/// validation; so does one that works (the generator's state is put back either way).
 #[test]
 fn a_failed_validation_does_not_end_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,6 +276,11 @@ fn a_failed_validation_does_not_end_the_run() {
     assert!(log.contains("validation at step 1 failed, training goes on") && log.contains("solver_order 0"), "{log}");
     ok(train_on(&model, &without, &[]));
     assert_eq!(rows(&with.join("learned_embeds.safetensors")), rows(&without.join("learned_embeds.safetensors")));
+    // And a validation that works, after every update, changes nothing either.
+    let validated = dir.path().join("validated");
+    ok(train_on(&common::tiny_sd(), &validated, &["--validation_prompt", "a <t>", "--validation_steps", "1", "--num_validation_images", "2"]));
+    assert!(validated.join("validation/step-3-1.png").is_file());
+    assert_eq!(rows(&validated.join("learned_embeds.safetensors")), rows(&without.join("learned_embeds.safetensors")));
 }
 
 #[test]

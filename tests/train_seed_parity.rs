@@ -157,6 +157,11 @@ fn seed_parity_vpred_style_2v_b3_g2_poly() {
     parity("vpred-style-2v-b3-g2-poly");
 }
 
+#[test]
+fn seed_parity_obj_2v_b2_g2_validation() {
+    parity("obj-2v-b2-g2-validation");
+}
+
 /// The fixture matrix covers what it claims (so that a regenerated fixture cannot silently
 /// drop a configuration).
 #[test]
@@ -194,6 +199,9 @@ fn seed_matrix_covers_the_configurations() {
         if arg("--learning_rate").unwrap() == "5e-3" {
             seen.insert("lr 5e-3".into());
         }
+        if has("--validation_prompt") {
+            seen.insert("validation".into());
+        }
         let epochs = run.micro_steps.len() as f64 * arg("--train_batch_size").unwrap().parse::<f64>().unwrap()
             / (run.listing.len() as f64 * arg("--repeats").unwrap().parse::<f64>().unwrap());
         if epochs > 1.0 {
@@ -205,7 +213,7 @@ fn seed_matrix_covers_the_configurations() {
     for want in [
         "1 vector", "3+ vectors", "object", "style", "batch 1", "batch 2", "batch 3", "accumulation 1", "accumulation 2", "constant",
         "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "epsilon", "v_prediction", "--center_crop",
-        "--scale_lr", "--repeats", "warmup", "lr 5e-3", "several epochs",
+        "--scale_lr", "--repeats", "warmup", "lr 5e-3", "several epochs", "validation",
     ] {
         assert!(seen.contains(want), "no configuration with {want}: {seen:?}");
     }

@@ -1,5 +1,5 @@
 //! `textual-inversion info`
-use crate::device::runtime_info;
+use crate::device::{cuda_version_name, runtime_info, CudaStatus};
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
@@ -16,7 +16,21 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     }
     println!("textual-inversion {}", info.version);
     println!("libtorch          {} ({})", info.libtorch_version, info.libtorch_path.as_deref().unwrap_or("path unknown"));
-    println!("CUDA              {}", if info.cuda_available { format!("yes, {} device(s)", info.cuda_devices) } else { "no".into() });
+    let version = |v: &Option<i32>| v.map(cuda_version_name).unwrap_or_else(|| "?".into());
+    let driver = |v: &Option<i32>| match v {
+        Some(0) | None => "no driver".to_string(),
+        Some(d) => format!("driver supports {}", cuda_version_name(*d)),
+    };
+    let cuda = match &info.cuda {
+        CudaStatus::NoCudaLibtorch => "no (this libtorch has no CUDA part)".to_string(),
+        CudaStatus::NoDevice { library, runtime_version, driver_version } => {
+            format!("no device: CUDA {} libtorch loaded ({library}), {}", version(runtime_version), driver(driver_version))
+        }
+        CudaStatus::Devices { count, runtime_version, driver_version, .. } => {
+            format!("yes, {count} device(s), CUDA {}, {}", version(runtime_version), driver(driver_version))
+        }
+    };
+    println!("CUDA              {cuda}");
     println!("cuDNN             {}", if info.cudnn_available { "yes" } else { "no" });
     println!("MPS               {}", if info.mps_available { "yes" } else { "no" });
     println!("threads           {}", info.threads);

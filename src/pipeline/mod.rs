@@ -151,8 +151,9 @@ impl Models {
         for (i, &t) in timesteps.iter().enumerate() {
             let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
             let input = scheduler.scale_model_input(&input, t)?;
-            let t_tensor = Tensor::from_slice(&[t]).to_kind(Kind::Float).to_device(self.device);
-            let noise = self.unet.forward(&input, &t_tensor.squeeze(), &context);
+            // Made on the device (no host-to-device copy, which would wait for the GPU).
+            let t_tensor = Tensor::full([], t, (Kind::Float, self.device));
+            let noise = self.unet.forward(&input, &t_tensor, &context);
             let noise = if cfg {
                 let parts = noise.chunk(2, 0);
                 &parts[0] + (&parts[1] - &parts[0]) * options.guidance_scale

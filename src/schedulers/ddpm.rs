@@ -13,6 +13,9 @@ pub struct DdpmScheduler {
     prediction_type: PredictionType,
     betas: Tensor,
     alphas_cumprod: Tensor,
+    /// alphas_cumprod copied to each device it was used on (as diffusers keeps it on the
+    /// device after the first call): one host-to-device copy, not one per step.
+    on_device: std::sync::Mutex<Vec<(Device, Tensor)>>,
 }
 
 impl DdpmScheduler {
@@ -23,7 +26,13 @@ impl DdpmScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&DDPM)?;
         let schedule = TrainSchedule::new(&c, false)?;
-        Ok(DdpmScheduler { num_train_timesteps: c.num_train_timesteps, prediction_type: c.prediction_type, betas: schedule.betas, alphas_cumprod: schedule.alphas_cumprod })
+        Ok(DdpmScheduler {
+            num_train_timesteps: c.num_train_timesteps,
+            prediction_type: c.prediction_type,
+            betas: schedule.betas,
+            alphas_cumprod: schedule.alphas_cumprod,
+            on_device: Default::default(),
+        })
     }
 
     /// Draw training timesteps from `0..num_train_timesteps()`.
@@ -44,6 +53,19 @@ impl DdpmScheduler {
     /// `[num_train_timesteps]` f32 on the CPU.
     pub fn alphas_cumprod(&self) -> &Tensor {
         &self.alphas_cumprod
+    }
+
+    fn alphas_cumprod_on(&self, device: Device) -> Tensor {
+        if device == Device::Cpu {
+            return self.alphas_cumprod.shallow_clone();
+        }
+        let mut cached = self.on_device.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, t)) = cached.iter().find(|(d, _)| *d == device) {
+            return t.shallow_clone();
+        }
+        let t = self.alphas_cumprod.to_device(device);
+        cached.push((device, t.shallow_clone()));
+        t
     }
 
     /// sqrt(alphas_cumprod[t]) and sqrt(1 - alphas_cumprod[t]) per sample, in `like`'s dtype and
@@ -68,7 +90,7 @@ impl DdpmScheduler {
             }
         }
         let device = like.device();
-        let ac = self.alphas_cumprod.to_device(device).to_kind(like.kind());
+        let ac = self.alphas_cumprod_on(device).to_kind(like.kind());
         let picked = ac.index_select(0, &timesteps.to_device(device).to_kind(Kind::Int64).flatten(0, -1));
         let shape: Vec<i64> = std::iter::once(-1).chain(std::iter::repeat_n(1, like.dim().saturating_sub(1))).collect();
         let sqrt_alpha = picked.pow_tensor_scalar(0.5).reshape(&shape);

@@ -4,6 +4,7 @@
 use super::state::{self, Checkpoint};
 use super::trainer::Trainer;
 use crate::formats::embeddings::{self as emb_files, Embedding, Encoder, OutFormat, Part};
+use crate::libtorch_extras::CpuRngState;
 use anyhow::Result;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -30,7 +31,7 @@ impl Trainer<'_> {
             self.save_checkpoint()?;
         }
         if self.validation_steps > 0 && gs % self.validation_steps == 0 {
-            self.validate();
+            self.validate()?;
         }
         Ok(())
     }
@@ -53,9 +54,12 @@ impl Trainer<'_> {
 
     /// A failed validation never ends the run: the embeddings are what the user waits for
     /// (libtorch failures arrive as panics: caught too).
-    fn validate(&mut self) {
-        let Some(v) = &self.cfg.validation else { return };
+    fn validate(&mut self) -> Result<()> {
+        let Some(v) = &self.cfg.validation else { return Ok(()) };
         let (gs, seed) = (self.position.global_step, self.position.seed);
+        // The script draws validation latents from a generator of its own; ours come from the
+        // global CPU generator (on a GPU, from the device's), so its state is put back after.
+        let training_stream = CpuRngState::save()?;
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             super::validation::validate(&self.models, v, &self.cfg.output.dir, seed, gs).and_then(|images| self.metrics.log_image_tensor(gs, &images))
         }));
@@ -64,8 +68,6 @@ impl Trainer<'_> {
             Ok(Err(e)) => tracing::warn!("validation at step {gs} failed, training goes on: {e:#}"),
             Err(_) => tracing::warn!("validation at step {gs} failed (see the error above), training goes on"),
         }
-        // Validation seeded the generator (the script uses its own): put the training stream
-        // back where it was.
-        self.stream = self.draws.replay(self.position.micro_step).0;
+        training_stream.restore()
     }
 }

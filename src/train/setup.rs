@@ -96,10 +96,11 @@ impl<'c> Trainer<'c> {
         let data = &cfg.data;
         let dataset = Dataset::load_ordered(&data.dir, data.resolution, data.center_crop, data.repeats, data.order)?;
         prepare_output(&cfg.output.dir)?;
-        if cfg.allow_tf32 {
-            std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1");
-        }
         crate::device::ensure_available(cfg.device)?;
+        // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
+        if cfg.allow_tf32 {
+            crate::libtorch_extras::set_allow_tf32(true)?;
+        }
         let kind = cfg.precision.kind();
         let seed = cfg.seed.unwrap_or_else(|| {
             let s = crate::seed::clock_seed();
