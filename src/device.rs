@@ -30,12 +30,16 @@ pub enum CudaStatus {
         runtime_version: Option<i32>,
         /// What the installed driver supports (`cudaDriverGetVersion`; 0: no driver).
         driver_version: Option<i32>,
+        /// Whether libtorch's CUDA backend took (its CUDA hooks are the real ones, not the
+        /// stand-in that fails every CUDA call): what [`init_cuda`] is for.
+        backend_registered: bool,
     },
     Devices {
         count: i64,
         library: String,
         runtime_version: Option<i32>,
         driver_version: Option<i32>,
+        backend_registered: bool,
     },
 }
 
@@ -115,10 +119,20 @@ pub fn cuda_status() -> CudaStatus {
     init_cuda();
     let Some(library) = loaded_library("libtorch_cuda.so") else { return CudaStatus::NoCudaLibtorch };
     let (runtime_version, driver_version) = (cudart_version("cudaRuntimeGetVersion"), cudart_version("cudaDriverGetVersion"));
+    // The stand-in hooks throw here; the real ones return the CUDA version libtorch was built
+    // for, with or without a GPU.
+    // SAFETY: a plain C call; the error it may leave is read and cleared at once.
+    let built_for = unsafe { torch_sys::at_context_version_cudart() };
+    let err = unsafe { torch_sys::get_and_reset_last_err() };
+    let backend_registered = err.is_null() && built_for > 0;
+    if !err.is_null() {
+        // SAFETY: torch-sys hands over a malloc'ed message, which tch frees the same way.
+        unsafe { libc::free(err.cast()) };
+    }
     if tch::Cuda::is_available() {
-        CudaStatus::Devices { count: tch::Cuda::device_count(), library, runtime_version, driver_version }
+        CudaStatus::Devices { count: tch::Cuda::device_count(), library, runtime_version, driver_version, backend_registered }
     } else {
-        CudaStatus::NoDevice { library, runtime_version, driver_version }
+        CudaStatus::NoDevice { library, runtime_version, driver_version, backend_registered }
     }
 }
 
@@ -171,7 +185,7 @@ pub fn ensure_available(d: tch::Device) -> anyhow::Result<()> {
         tch::Device::Mps if !tch::utils::has_mps() => bail!("--device mps: this libtorch has no MPS support"),
         tch::Device::Cuda(index) => {
             if !load_cuda() {
-                if let CudaStatus::NoDevice { library, runtime_version, driver_version } = cuda_status() {
+                if let CudaStatus::NoDevice { library, runtime_version, driver_version, .. } = cuda_status() {
                     let runtime = runtime_version.map(cuda_version_name).unwrap_or_else(|| "?".into());
                     let driver = match (driver_version, runtime_version) {
                         (Some(0) | None, _) => "no NVIDIA driver found".to_string(),

@@ -170,3 +170,34 @@ fn generate_in_bf16_and_with_another_scheduler_runs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("0000-1.png").exists() && dir.path().join("0001-1.png").exists());
 }
+
+/// A CPU-subset build run against a CUDA libtorch (`LD_LIBRARY_PATH`) loads its CUDA part before
+/// anything asks about CUDA, so the backend registers (libtorch's real CUDA hooks answer),
+/// which `info` shows even without a GPU. Needs the `full` libtorch route
+/// (`TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh`, or `TI_FULL_LIBTORCH=DIR`); skips
+/// where it is absent.
+#[test]
+fn cuda_backend_registers_with_a_cuda_libtorch() {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let cache = env("TI_LIBTORCH_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|c| c.join("textual-inversion")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/textual-inversion")));
+    let full = env("TI_FULL_LIBTORCH").or_else(|| cache.map(|c| c.join("libtorch-2.11.0-full")));
+    let Some(lib) = full.map(|f| f.join("lib")).filter(|l| l.join("libtorch_cuda.so").exists()) else {
+        eprintln!("skipped cuda_backend_registers_with_a_cuda_libtorch: no CUDA libtorch (TI_FULL_LIBTORCH, or TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh)");
+        return;
+    };
+    let out = bin().args(["info", "--json"]).env("LD_LIBRARY_PATH", &lib).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cuda = &json["cuda"];
+    assert!(cuda["library"].as_str().unwrap().ends_with("libtorch_cuda.so"), "{cuda}");
+    assert_eq!(cuda["runtime_version"].as_i64().unwrap() / 1000, 13, "{cuda}");
+    assert_eq!(cuda["backend_registered"], true, "{cuda}");
+    if cuda["state"] == "no_device" {
+        // And --device cuda says why, naming the CUDA version and the driver.
+        let out = bin().args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--device", "cuda"]).env("LD_LIBRARY_PATH", &lib).output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains("has CUDA 13.0") && e.contains("driver"), "{e}");
+    }
+}

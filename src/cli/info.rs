@@ -23,9 +23,12 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     };
     let cuda = match &info.cuda {
         CudaStatus::NoCudaLibtorch => "no (this libtorch has no CUDA part)".to_string(),
-        CudaStatus::NoDevice { library, runtime_version, driver_version } => {
-            format!("no device: CUDA {} libtorch loaded ({library}), {}", version(runtime_version), driver(driver_version))
-        }
+        CudaStatus::NoDevice { library, runtime_version, driver_version, backend_registered } => format!(
+            "no device: CUDA {} libtorch loaded ({library}{}), {}",
+            version(runtime_version),
+            if *backend_registered { "" } else { ", but its backend did not register" },
+            driver(driver_version)
+        ),
         CudaStatus::Devices { count, runtime_version, driver_version, .. } => {
             format!("yes, {count} device(s), CUDA {}, {}", version(runtime_version), driver(driver_version))
         }
