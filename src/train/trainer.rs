@@ -39,6 +39,14 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
     trainer.finish()
 }
 
+/// One micro-step's data: the items, whether it ends its epoch, its draws.
+pub(super) struct Batch {
+    items: Vec<Item>,
+    last: bool,
+    draws: Draws,
+    epoch: u64,
+}
+
 /// A run in progress.
 pub(super) struct Trainer<'c> {
     pub(super) cfg: &'c TrainConfig,
@@ -61,6 +69,7 @@ pub(super) struct Trainer<'c> {
     pub(super) caption_ids: Vec<Vec<i64>>,
     pub(super) draws: StepDraws,
     pub(super) stream: ScriptStream,
+    /// The epoch of the next batch fetched.
     pub(super) epoch: u64,
     pub(super) num_epochs: u64,
     /// Updates between validations (0: none).
@@ -75,33 +84,49 @@ impl Trainer<'_> {
         self.position.global_step >= self.cfg.optim.max_train_steps
     }
 
-    /// Epochs of batches until `max_train_steps` updates.
+    /// Epochs of batches until `max_train_steps` updates. The next batch and its random draws
+    /// (CPU work, in the script's order) are made while the device still computes this one,
+    /// before the loss is read back.
     fn run(&mut self) -> Result<()> {
         if self.done() {
             return Ok(());
         }
-        while self.epoch < self.num_epochs {
-            if !self.stream.in_epoch() {
-                self.stream.start_epoch();
+        let mut next = self.fetch();
+        while let Some(batch) = next.take() {
+            let loss = self.forward_backward(&batch)?;
+            let sync = (self.position.accumulation + 1) % self.cfg.optim.gradient_accumulation_steps == 0 || batch.last;
+            if self.position.global_step + u64::from(sync) < self.cfg.optim.max_train_steps {
+                next = self.fetch();
             }
-            while let Some((items, last_batch)) = self.stream.next_batch() {
-                self.micro_step(&items, last_batch)?;
-                if self.done() {
-                    return Ok(());
-                }
-            }
-            self.epoch += 1;
+            self.finish_micro_step(&batch, &loss)?;
         }
         Ok(())
     }
 
-    /// One batch: latents from the cache (or the VAE), the step's draws, loss and backward, and
-    /// an update when accelerate would sync.
-    fn micro_step(&mut self, items: &[Item], last_batch: bool) -> Result<()> {
+    /// The next batch of the script's stream and its draws (starting the next epoch when one
+    /// ends); None after the last epoch.
+    fn fetch(&mut self) -> Option<Batch> {
+        if !self.stream.in_epoch() {
+            if self.epoch >= self.num_epochs {
+                return None;
+            }
+            self.stream.start_epoch();
+        }
+        let (items, last) = self.stream.next_batch()?;
+        let draws = self.draws.draw(items.len() as i64);
+        let batch = Batch { items, last, draws, epoch: self.epoch };
+        if last {
+            self.epoch += 1;
+        }
+        Some(batch)
+    }
+
+    /// Latents from the cache (or the VAE), the loss and its backward, queued on the device.
+    fn forward_backward(&self, batch: &Batch) -> Result<Tensor> {
         let (device, kind) = (self.cfg.device, self.cfg.precision.kind());
-        let mut ids = Vec::with_capacity(items.len() * 77);
+        let mut ids = Vec::with_capacity(batch.items.len() * 77);
         let (mut means, mut stds, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
-        for item in items {
+        for item in &batch.items {
             let image = self.dataset.image_index(item.index);
             ids.extend_from_slice(&self.caption_ids[item.template]);
             match self.cache.get(image, item.flip) {
@@ -112,13 +137,13 @@ impl Trainer<'_> {
                 None => pixels.push(self.dataset.pixels(image, item.flip)),
             }
         }
-        let bsz = items.len() as i64;
-        let Draws { posterior, noise, timesteps } = self.draws.draw(bsz);
+        let bsz = batch.items.len() as i64;
+        let Draws { posterior, noise, timesteps } = &batch.draws;
         tracing::debug!(
             "micro-step {}: items {:?}, timesteps {:?}",
             self.position.micro_step,
-            items.iter().map(|i| (i.index, i.template, i.flip)).collect::<Vec<_>>(),
-            Vec::<i64>::try_from(&timesteps).unwrap_or_default()
+            batch.items.iter().map(|i| (i.index, i.template, i.flip)).collect::<Vec<_>>(),
+            Vec::<i64>::try_from(timesteps).unwrap_or_default()
         );
         let (posterior, noise, timesteps) = (posterior.to_device(device), noise.to_device(device), timesteps.to_device(device));
         let scaling = self.models.vae.config.scaling_factor;
@@ -134,24 +159,28 @@ impl Trainer<'_> {
         let input_ids = Tensor::from_slice(&ids).reshape([bsz, -1]).to_device(device);
         let x = StepInputs { input_ids, latents, noise, timesteps };
         let loss = step::loss(&self.models.text.encoder, &self.models.unet, &self.ddpm, &x, kind)?;
-        let accumulation = self.cfg.optim.gradient_accumulation_steps;
         let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
-        (&loss * (scale / accumulation as f64)).backward();
+        (&loss * (scale / self.cfg.optim.gradient_accumulation_steps as f64)).backward();
+        Ok(loss)
+    }
+
+    /// Reads the loss back, and updates when accelerate would sync (every
+    /// `gradient_accumulation_steps` batches and at an epoch's last batch).
+    fn finish_micro_step(&mut self, batch: &Batch, loss: &Tensor) -> Result<()> {
         let loss_value = loss.double_value(&[]);
         self.losses.push(loss_value);
         let p = &mut self.position;
         p.micro_step += 1;
         p.accumulation += 1;
-        // accelerate syncs every `accumulation` batches and at the epoch's last batch.
-        let sync = p.accumulation % accumulation == 0 || last_batch;
-        if last_batch {
+        let sync = p.accumulation % self.cfg.optim.gradient_accumulation_steps == 0 || batch.last;
+        if batch.last {
             p.accumulation = 0;
         }
         if sync {
             self.update()?;
         }
         let p = &self.position;
-        self.metrics.log(p.global_step, p.micro_step, self.epoch, loss_value, self.lr_sched.lr())?;
+        self.metrics.log(p.global_step, p.micro_step, batch.epoch, loss_value, self.lr_sched.lr())?;
         self.bar.set_message(format!("loss={loss_value:.4} lr={:.3e}", self.lr_sched.lr()));
         Ok(())
     }
