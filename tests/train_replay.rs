@@ -75,7 +75,7 @@ fn replay(run: &str) {
         // The posterior of the recorded pixels, through our VAE.
         let idx = rec["step_pixel_index"].get(s);
         let pixels = rec["pixels_u8"].index_select(0, &idx).to_kind(Kind::Double) / 127.5 - 1.0;
-        let post = tch::no_grad(|| vae.encode(&pixels.to_kind(Kind::Float)));
+        let post = tch::no_grad(|| vae.encode(&pixels.to_kind(Kind::Float))).unwrap();
         worst_post = worst_post.max(max_abs(&post.mean, &rec["step_posterior_mean"].get(s))).max(max_abs(&post.std, &rec["step_posterior_std"].get(s)));
         let latents = (&post.mean + &post.std * rec["step_posterior_eps"].get(s)) * scaling;
         assert!(max_abs(&latents, &rec["step_latents"].get(s)) < 1e-5, "step {s}: latents");

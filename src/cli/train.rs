@@ -69,7 +69,8 @@ pub struct TrainArgs {
     pub max_train_steps: u64,
     #[arg(long = "gradient_accumulation_steps", alias = "gradient-accumulation-steps", default_value_t = 1)]
     pub gradient_accumulation_steps: u64,
-    /// Accepted for compatibility; has no effect (see README).
+    /// Recompute the UNet block by block in the backward pass: much less memory, one more
+    /// forward pass of compute.
     #[arg(long = "gradient_checkpointing", alias = "gradient-checkpointing")]
     pub gradient_checkpointing: bool,
     #[arg(long = "learning_rate", alias = "learning-rate", default_value_t = 1e-4)]
@@ -170,9 +171,6 @@ impl TrainArgs {
         if self.push_to_hub {
             bail!("--push_to_hub is not available: this tool does not upload. Train, then upload output_dir with `hf upload` (huggingface_hub's CLI)");
         }
-        if self.gradient_checkpointing {
-            tracing::warn!("--gradient_checkpointing has no effect here: only the placeholder rows train, so activations are the UNet's forward/backward, which fits at 512 px");
-        }
         if self.enable_xformers_memory_efficient_attention {
             tracing::info!("--enable_xformers_memory_efficient_attention: attention already runs through scaled_dot_product_attention");
         }
@@ -218,6 +216,7 @@ impl TrainArgs {
             allow_tf32: self.allow_tf32,
             seed: self.seed,
             cache_latents: !self.no_cache_latents,
+            gradient_checkpointing: self.gradient_checkpointing,
             output: OutputConfig {
                 dir: self.output_dir.clone(),
                 logging_dir: self.logging_dir.clone(),

@@ -9,6 +9,9 @@ use super::weights::Weights;
 use anyhow::{bail, Result};
 use tch::Tensor;
 
+mod checkpointing;
+pub use checkpointing::Recomputable;
+
 #[derive(Debug)]
 pub struct UNet2DConditionModel {
     time_embedding: TimestepEmbedding,
@@ -89,6 +92,26 @@ impl UNet2DConditionModel {
     /// per sample), conditioned on `context` `[batch, tokens, cross_attention_dim]`.
     pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
         let _span = tracing::trace_span!("unet").entered();
+        let (temb, mut xs, forward_upsample_size) = self.prepare(sample, timesteps);
+        let mut skips = vec![xs.shallow_clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(&xs, &temb, context);
+            xs = out;
+            skips.extend(states);
+        }
+        xs = self.mid_block.forward(&xs, &temb, context);
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let mut mine: Vec<Tensor> = skips.split_off(skips.len() - block.layers());
+            mine.reverse();
+            let upsample_size = self.upsample_size(i, forward_upsample_size, skips.last());
+            xs = block.forward(&xs, &mine, &temb, context, upsample_size);
+        }
+        self.out(&xs)
+    }
+
+    /// The time embedding, the input convolution, and whether the up blocks need explicit
+    /// output sizes (latents not divisible by the UNet's total downsampling).
+    fn prepare(&self, sample: &Tensor, timesteps: &Tensor) -> (Tensor, Tensor, bool) {
         let size = sample.size();
         let (batch, h, w) = (size[0], size[2], size[3]);
         let up_factor = 1i64 << (self.up_blocks.len() - 1);
@@ -98,25 +121,16 @@ impl UNet2DConditionModel {
         let t = timestep_features(&timesteps.to_device(sample.device()), self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
             .to_kind(sample.kind());
         let temb = self.time_embedding.forward(&t);
+        (temb, self.conv_in.forward(&sample), forward_upsample_size)
+    }
 
-        let mut xs = self.conv_in.forward(&sample);
-        let mut skips = vec![xs.shallow_clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&xs, &temb, context);
-            xs = out;
-            skips.extend(states);
-        }
-        xs = self.mid_block.forward(&xs, &temb, context);
-        for (i, block) in self.up_blocks.iter().enumerate() {
-            let n = block.layers();
-            let mut mine: Vec<Tensor> = skips.split_off(skips.len() - n);
-            mine.reverse();
-            let upsample_size = (forward_upsample_size && i + 1 < self.up_blocks.len()).then(|| {
-                let s = skips[skips.len() - 1].size();
-                (s[2], s[3])
-            });
-            xs = block.forward(&xs, &mine, &temb, context, upsample_size);
-        }
-        self.conv_out.forward(&self.conv_norm_out.forward(&xs).silu())
+    /// Up block `i`'s explicit output size: that of the next skip connection, when needed.
+    fn upsample_size(&self, i: usize, forward_upsample_size: bool, next_skip: Option<&Tensor>) -> Option<(i64, i64)> {
+        (forward_upsample_size && i + 1 < self.up_blocks.len()).then(|| next_skip.map(|s| (s.size()[2], s.size()[3]))).flatten()
+    }
+
+    /// The output head: norm, SiLU, convolution.
+    fn out(&self, xs: &Tensor) -> Tensor {
+        self.conv_out.forward(&self.conv_norm_out.forward(xs).silu())
     }
 }

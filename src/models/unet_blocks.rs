@@ -22,6 +22,11 @@ impl DownBlock {
         }
     }
 
+    /// Whether the block reads the text conditioning (has cross-attention).
+    pub fn uses_context(&self) -> bool {
+        !self.attentions.is_empty()
+    }
+
     /// Returns the output and every intermediate state the up blocks skip-connect to.
     pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> (Tensor, Vec<Tensor>) {
         let mut xs = xs.shallow_clone();
@@ -97,6 +102,11 @@ impl UpBlock {
 
     pub fn layers(&self) -> usize {
         self.resnets.len()
+    }
+
+    /// Whether the block reads the text conditioning (has cross-attention).
+    pub fn uses_context(&self) -> bool {
+        !self.attentions.is_empty()
     }
 
     /// `skips` are this block's skip connections, last one first.

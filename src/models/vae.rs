@@ -5,7 +5,7 @@ use super::config::VaeConfig;
 use super::nn::{Conv2d, GroupNorm};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use super::weights::{VarPath, Weights};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tch::Tensor;
 
 /// `UNetMidBlock2D` without timestep: resnet, attention, resnet.
@@ -157,13 +157,12 @@ impl Posterior {
 
 #[derive(Debug)]
 pub struct AutoencoderKL {
-    encoder: Encoder,
-    decoder: Decoder,
-    quant_conv: Option<Conv2d>,
-    post_quant_conv: Option<Conv2d>,
+    /// None once released ([`AutoencoderKL::release_encoder`]).
+    encoder: Option<(Encoder, Option<Conv2d>)>,
+    decoder: Option<(Decoder, Option<Conv2d>)>,
     pub config: VaeConfig,
-    /// The mapped weight files some tensors point into.
-    _backing: super::weights::Backing,
+    /// The mapped weight files some tensors point into; unmapped when both halves are gone.
+    backing: Option<super::weights::Backing>,
 }
 
 impl AutoencoderKL {
@@ -171,38 +170,59 @@ impl AutoencoderKL {
         let p = w.root();
         let resnet = ResnetConfig { groups: config.norm_num_groups, eps: 1e-6, temb_channels: None, output_scale_factor: 1.0 };
         let l = config.latent_channels;
+        let quant_conv = config.use_quant_conv.then(|| Conv2d::load(&p.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0));
+        let post_quant_conv = config.use_post_quant_conv.then(|| Conv2d::load(&p.pp("post_quant_conv"), l, l, 1, 1, 0));
         let vae = AutoencoderKL {
-            encoder: Encoder::load(&p.pp("encoder"), config, resnet),
-            decoder: Decoder::load(&p.pp("decoder"), config, resnet),
-            quant_conv: config.use_quant_conv.then(|| Conv2d::load(&p.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)),
-            post_quant_conv: config.use_post_quant_conv.then(|| Conv2d::load(&p.pp("post_quant_conv"), l, l, 1, 1, 0)),
+            encoder: Some((Encoder::load(&p.pp("encoder"), config, resnet), quant_conv)),
+            decoder: Some((Decoder::load(&p.pp("decoder"), config, resnet), post_quant_conv)),
             config: config.clone(),
-            _backing: w.backing(),
+            backing: Some(w.backing()),
         };
         w.finish(&[])?;
         Ok(vae)
     }
 
     /// Pixels in [-1, 1] `[batch, 3, H, W]` → posterior over `[batch, latent, H/8, W/8]`.
-    pub fn encode(&self, pixels: &Tensor) -> Posterior {
+    pub fn encode(&self, pixels: &Tensor) -> Result<Posterior> {
         let _span = tracing::trace_span!("vae_encode").entered();
-        let mut moments = self.encoder.forward(pixels);
-        if let Some(q) = &self.quant_conv {
+        let Some((encoder, quant_conv)) = &self.encoder else { bail!("the VAE's encoder was released (training cached every latent)") };
+        let mut moments = encoder.forward(pixels);
+        if let Some(q) = quant_conv {
             moments = q.forward(&moments);
         }
         let parts = moments.chunk(2, 1);
         let logvar = parts[1].clamp(-30.0, 20.0);
         let std = (&logvar * 0.5).exp();
-        Posterior { mean: parts[0].shallow_clone(), logvar, std }
+        Ok(Posterior { mean: parts[0].shallow_clone(), logvar, std })
     }
 
     /// Latents (unscaled: divide by `scaling_factor` first) → pixels in about [-1, 1].
-    pub fn decode(&self, latents: &Tensor) -> Tensor {
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("vae_decode").entered();
-        let z = match &self.post_quant_conv {
+        let Some((decoder, post_quant_conv)) = &self.decoder else { bail!("the VAE's decoder was released (training without validation)") };
+        let z = match post_quant_conv {
             Some(q) => q.forward(latents),
             None => latents.shallow_clone(),
         };
-        self.decoder.forward(&z)
+        Ok(decoder.forward(&z))
+    }
+
+    /// Frees the encoder's weights (device memory; on the CPU, the mapped file once the decoder
+    /// is released too): training with cached latents never encodes again.
+    pub fn release_encoder(&mut self) {
+        self.encoder = None;
+        self.unmap_if_empty();
+    }
+
+    /// Frees the decoder's weights: training without validation never decodes.
+    pub fn release_decoder(&mut self) {
+        self.decoder = None;
+        self.unmap_if_empty();
+    }
+
+    fn unmap_if_empty(&mut self) {
+        if self.encoder.is_none() && self.decoder.is_none() {
+            self.backing = None;
+        }
     }
 }

@@ -163,7 +163,7 @@ impl Models {
             latents = scheduler.step(&noise, t, &latents)?;
             on_step(i + 1, timesteps.len());
         }
-        let decoded = self.vae.decode(&(&latents / self.vae.config.scaling_factor));
+        let decoded = self.vae.decode(&(&latents / self.vae.config.scaling_factor))?;
         Ok(Generated { latents, decoded })
     }
 }

@@ -35,6 +35,9 @@ pub struct TrainConfig {
     /// Encode each (image, flip) once and draw from its posterior every step (ours; the script
     /// encodes every step).
     pub cache_latents: bool,
+    /// Recompute the UNet block by block in the backward pass instead of keeping its
+    /// activations (`--gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
     pub output: OutputConfig,
     pub validation: Option<ValidationConfig>,
 }

@@ -4,6 +4,7 @@
 use super::dataset::Dataset;
 use crate::models::vae::AutoencoderKL;
 use std::collections::HashMap;
+use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Default)]
@@ -13,16 +14,16 @@ pub struct LatentCache {
 
 impl LatentCache {
     /// Encodes every image, unflipped and flipped, in `kind` on `device`.
-    pub fn build(vae: &AutoencoderKL, dataset: &Dataset, device: Device, kind: Kind) -> Self {
+    pub fn build(vae: &AutoencoderKL, dataset: &Dataset, device: Device, kind: Kind) -> Result<Self> {
         let _g = tch::no_grad_guard();
         let mut posteriors = HashMap::new();
         for i in 0..dataset.num_images() {
             for flip in [false, true] {
-                let post = vae.encode(&dataset.pixels(i, flip).unsqueeze(0).to_device(device).to_kind(kind));
+                let post = vae.encode(&dataset.pixels(i, flip).unsqueeze(0).to_device(device).to_kind(kind))?;
                 posteriors.insert((i, flip), (post.mean, post.std));
             }
         }
-        LatentCache { posteriors }
+        Ok(LatentCache { posteriors })
     }
 
     /// `(mean, std)` of image `image` (flipped or not); None when not cached.

@@ -159,7 +159,15 @@ impl<'c> Trainer<'c> {
         }
         opt.set_lr(lr_sched.lr());
 
-        let cache = if cfg.cache_latents { LatentCache::build(&models.vae, &dataset, cfg.device, kind) } else { LatentCache::default() };
+        let cache = if cfg.cache_latents { LatentCache::build(&models.vae, &dataset, cfg.device, kind)? } else { LatentCache::default() };
+        // What training no longer needs goes (the VAE is a tenth of SD 1.5's weights): the
+        // encoder once every latent is cached, the decoder when nothing is validated.
+        if cfg.cache_latents {
+            models.vae.release_encoder();
+        }
+        if cfg.validation.is_none() {
+            models.vae.release_decoder();
+        }
         let templates = cfg.data.property.templates();
         let placeholder = placeholder_string(&tokens);
         // Captions are template x placeholder: tokenize each once.

@@ -151,17 +151,16 @@ impl Trainer<'_> {
             let (mean, std) = if pixels.is_empty() {
                 (Tensor::cat(&means, 0), Tensor::cat(&stds, 0))
             } else {
-                let post = self.models.vae.encode(&Tensor::stack(&pixels, 0).to_device(device).to_kind(kind));
+                let post = self.models.vae.encode(&Tensor::stack(&pixels, 0).to_device(device).to_kind(kind))?;
                 (post.mean, post.std)
             };
-            (mean.to_kind(Kind::Float) + std.to_kind(Kind::Float) * posterior.to_kind(Kind::Float)) * scaling
-        });
+            Ok::<_, anyhow::Error>((mean.to_kind(Kind::Float) + std.to_kind(Kind::Float) * posterior.to_kind(Kind::Float)) * scaling)
+        })?;
         let input_ids = Tensor::from_slice(&ids).reshape([bsz, -1]).to_device(device);
         let x = StepInputs { input_ids, latents, noise, timesteps };
-        let loss = step::loss(&self.models.text.encoder, &self.models.unet, &self.ddpm, &x, kind)?;
-        let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
-        (&loss * (scale / self.cfg.optim.gradient_accumulation_steps as f64)).backward();
-        Ok(loss)
+        let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale) / self.cfg.optim.gradient_accumulation_steps as f64;
+        let recompute = self.cfg.gradient_checkpointing;
+        step::loss_and_backward(&self.models.text.encoder, &self.models.unet, &self.ddpm, &x, kind, scale, recompute)
     }
 
     /// Reads the loss back, and updates when accelerate would sync (every
