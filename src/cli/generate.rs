@@ -55,6 +55,9 @@ pub struct GenerateArgs {
     /// cpu, cuda, cuda:N, mps.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: tch::Device,
+    /// Write the run's timings and peak device memory as JSON to this file.
+    #[arg(long = "stats_json", alias = "stats-json")]
+    pub stats_json: Option<PathBuf>,
     /// Precision of the UNet and VAE (the text encoder stays fp32).
     #[arg(long, value_enum, ignore_case = true, default_value = "fp32")]
     pub dtype: Precision,
@@ -86,6 +89,7 @@ impl GenerateArgs {
             },
             scheduler: self.scheduler,
             output_dir: self.output_dir.clone(),
+            stats_json: self.stats_json.clone(),
         }
     }
 }

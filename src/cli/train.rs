@@ -150,6 +150,9 @@ pub struct TrainArgs {
     /// Encode every image with the VAE at each step, as the script does, instead of once.
     #[arg(long = "no_cache_latents", alias = "no-cache-latents")]
     pub no_cache_latents: bool,
+    /// Write the run's timings and peak device memory as JSON to this file.
+    #[arg(long = "stats_json", alias = "stats-json")]
+    pub stats_json: Option<PathBuf>,
     /// Take the images sorted by file name instead of in the folder's directory order (the
     /// script's os.listdir order, which depends on the file system): the same on every machine.
     #[arg(long = "sort_images", alias = "sort-images")]
@@ -227,6 +230,7 @@ impl TrainArgs {
                 checkpoints_total_limit: self.checkpoints_total_limit,
                 resume_from_checkpoint: self.resume_from_checkpoint.clone(),
                 save_as_full_pipeline: self.save_as_full_pipeline,
+                stats_json: self.stats_json.clone(),
             },
             validation,
         };

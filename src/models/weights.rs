@@ -54,11 +54,11 @@ impl Entry {
 
 /// Keeps memory-mapped weight files alive for as long as a model's tensors point into them.
 #[derive(Clone)]
-pub struct Backing(#[allow(dead_code)] Arc<Vec<Source>>);
+pub struct Backing(#[allow(dead_code)] Option<Arc<Vec<Source>>>);
 
 impl std::fmt::Debug for Backing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Backing({} file(s))", self.0.len())
+        write!(f, "Backing({} file(s))", self.0.as_ref().map_or(0, |s| s.len()))
     }
 }
 
@@ -71,6 +71,8 @@ pub struct Weights {
     used: RefCell<BTreeSet<String>>,
     /// Problems found while building the model, reported together by `finish`.
     problems: RefCell<Vec<String>>,
+    /// Whether a tensor handed out points into a mapped file (see [`Weights::backing`]).
+    borrowed: std::cell::Cell<bool>,
 }
 
 impl Weights {
@@ -84,6 +86,7 @@ impl Weights {
             placement,
             used: RefCell::new(BTreeSet::new()),
             problems: RefCell::new(Vec::new()),
+            borrowed: std::cell::Cell::new(false),
         };
         let mut sources = Vec::new();
         for path in files {
@@ -93,10 +96,12 @@ impl Weights {
         Ok(w)
     }
 
-    /// What a model built from these weights must hold on to (tensors may point into the
-    /// mapped files instead of copying them).
+    /// What a model built from these weights must hold on to: the mapped files, where its
+    /// tensors point into them (same dtype on the CPU); nothing when every tensor was
+    /// converted, so the files are unmapped once loading is done (fp16 on a GPU keeps no host
+    /// copy of the fp32 file).
     pub fn backing(&self) -> Backing {
-        Backing(self.sources.clone())
+        Backing(self.borrowed.get().then(|| self.sources.clone()))
     }
 
     fn add_file(&mut self, path: &Path, sources: &mut Vec<Source>) -> Result<()> {
@@ -207,7 +212,13 @@ impl Weights {
             }
         };
         let t = if reshape { t.f_reshape(shape)? } else { t };
-        Ok(t.f_to_kind(kind)?.f_to_device(self.placement.device)?)
+        let stored_at = t.data_ptr() as usize;
+        let t = t.f_to_kind(kind)?.f_to_device(self.placement.device)?;
+        // Converted (another dtype or device) means copied: the mapping is not needed for it.
+        if self.placement.device == Device::Cpu && t.data_ptr() as usize == stored_at && t.numel() > 0 {
+            self.borrowed.set(true);
+        }
+        Ok(t)
     }
 
     /// Records a problem found by a module (e.g. an unsupported layout) for `finish`.

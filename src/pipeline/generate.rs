@@ -22,6 +22,8 @@ pub struct GenerateConfig {
     pub scheduler: Option<SchedulerKind>,
     /// Where `NNNN-SEED.png` files go.
     pub output_dir: PathBuf,
+    /// Where to write the run's timings and peak device memory as JSON (`--stats_json`).
+    pub stats_json: Option<PathBuf>,
 }
 
 /// Loads the model and embeddings, generates, writes the images with their settings in PNG text
@@ -50,6 +52,22 @@ pub fn run(cfg: &GenerateConfig) -> Result<Vec<PathBuf>> {
     let text = metadata(cfg, scheduler.kind().cli_name(), &models);
     for (i, path) in paths.iter().enumerate() {
         save_png(path, &pixels.get(i as i64), &text).with_context(|| format!("saving image {i}"))?;
+    }
+    if let Some(stats) = &cfg.stats_json {
+        let json = serde_json::json!({
+            "command": "generate",
+            "device": crate::device::device_name(cfg.load.device),
+            "precision": format!("{:?}", cfg.load.precision).to_lowercase(),
+            "steps": options.steps,
+            "images": n,
+            "height": options.height.unwrap_or(models.default_size()),
+            "width": options.width.unwrap_or(models.default_size()),
+            "load_s": (generating - started).as_secs_f64(),
+            "generate_s": secs,
+            "s_per_image": secs / n as f64,
+            "cuda_memory": crate::progress::cuda_memory(cfg.load.device),
+        });
+        crate::formats::atomic::write(stats, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(paths)
 }

@@ -120,6 +120,8 @@ pub struct OutputConfig {
     pub resume_from_checkpoint: Option<String>,
     /// Also make `dir` a diffusers model folder with the new tokens.
     pub save_as_full_pipeline: bool,
+    /// Where to write the run's timings and peak device memory as JSON (`--stats_json`).
+    pub stats_json: Option<PathBuf>,
 }
 
 /// `--validation_prompt` and how often.

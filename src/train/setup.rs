@@ -91,6 +91,7 @@ fn split_optimizer_state(checkpoint: &Checkpoint, scaler: bool) -> Vec<(String, 
 impl<'c> Trainer<'c> {
     /// Loads and prepares everything; nothing is trained yet.
     pub(super) fn start(cfg: &'c TrainConfig) -> Result<Self> {
+        let started = std::time::Instant::now();
         cfg.check()?;
         // Everything the user controls is checked before any model loads.
         let data = &cfg.data;
@@ -142,6 +143,7 @@ impl<'c> Trainer<'c> {
         let rows = rows.to_device(cfg.device).set_requires_grad(true);
         models.text.encoder.set_new_rows(rows.shallow_clone())?;
         let trainable = models.text.encoder.new_rows().context("placeholder rows")?.shallow_clone();
+        let initial_rows = trainable.detach().copy();
         let adam_cfg = AdamWConfig { lr, beta1: optim.adam_beta1, beta2: optim.adam_beta2, eps: optim.adam_epsilon, weight_decay: optim.adam_weight_decay };
         let mut opt = AdamW::new(vec![trainable.shallow_clone()], adam_cfg)?;
         let schedule = LrSchedule::new(
@@ -225,6 +227,9 @@ impl<'c> Trainer<'c> {
             metrics,
             bar,
             losses: Vec::new(),
+            started,
+            step_times: Vec::new(),
+            initial_rows,
         })
     }
 }

@@ -77,6 +77,11 @@ pub(super) struct Trainer<'c> {
     pub(super) metrics: Metrics,
     pub(super) bar: indicatif::ProgressBar,
     pub(super) losses: Vec<f64>,
+    /// When the run started, and when each micro-step's loss was read (for `--stats_json`).
+    pub(super) started: std::time::Instant,
+    pub(super) step_times: Vec<std::time::Instant>,
+    /// The rows this run started from (for `--stats_json`: how far training moved them).
+    pub(super) initial_rows: Tensor,
 }
 
 impl Trainer<'_> {
@@ -119,6 +124,30 @@ impl Trainer<'_> {
             self.epoch += 1;
         }
         Some(batch)
+    }
+
+    /// `--stats_json`: start-up, seconds per micro-step (the median, the first excluded: it
+    /// includes warm-up), peak device memory, and the losses.
+    fn write_stats(&self, path: &std::path::Path) -> Result<()> {
+        let gaps: Vec<f64> = self.step_times.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        let stats = serde_json::json!({
+            "command": "train",
+            "device": crate::device::device_name(self.cfg.device),
+            "precision": format!("{:?}", self.cfg.precision).to_lowercase(),
+            "gradient_checkpointing": self.cfg.gradient_checkpointing,
+            "batch_size": self.cfg.optim.batch_size,
+            "resolution": self.cfg.data.resolution,
+            "startup_s": self.step_times.first().map(|t| (*t - self.started).as_secs_f64()),
+            "total_s": self.started.elapsed().as_secs_f64(),
+            "micro_steps": self.step_times.len(),
+            "s_per_micro_step": crate::progress::median(&gaps),
+            "losses": self.losses,
+            "rows_moved_l2": (&self.trainable.detach() - &self.initial_rows).norm().double_value(&[]),
+            "rows_l2": self.initial_rows.norm().double_value(&[]),
+            "cuda_memory": crate::progress::cuda_memory(self.cfg.device),
+        });
+        crate::formats::atomic::write(path, serde_json::to_string_pretty(&stats)?.as_bytes())?;
+        Ok(())
     }
 
     /// Latents from the cache (or the VAE), the loss and its backward, queued on the device.
@@ -167,6 +196,7 @@ impl Trainer<'_> {
     /// `gradient_accumulation_steps` batches and at an epoch's last batch).
     fn finish_micro_step(&mut self, batch: &Batch, loss: &Tensor) -> Result<()> {
         let loss_value = loss.double_value(&[]);
+        self.step_times.push(std::time::Instant::now());
         self.losses.push(loss_value);
         let p = &mut self.position;
         p.micro_step += 1;
@@ -212,6 +242,9 @@ impl Trainer<'_> {
         }
         let final_path = out.dir.join(format!("learned_embeds.{}", out.embedding_format.extension()));
         super::on_update::save_embeddings(&final_path, &self.cfg.placeholder_token, &self.trainable)?;
+        if let Some(path) = &out.stats_json {
+            self.write_stats(path)?;
+        }
         Ok(TrainOutcome { embeddings_file: final_path, global_step: self.position.global_step, losses: std::mem::take(&mut self.losses) })
     }
 }
