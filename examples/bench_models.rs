@@ -41,7 +41,7 @@ fn main() -> anyhow::Result<()> {
     let mut out = None;
     for _ in 0..2 {
         let t = Instant::now();
-        let o = unet.forward(&sample, &Tensor::from_slice(&[500i64]), &context);
+        let o = unet.forward(&sample, &Tensor::from_slice(&[500i64]), &context, None).expect("UNet forward");
         let _ = o.sum(Kind::Float).double_value(&[]);
         times.push(t.elapsed().as_secs_f64());
         out = Some(o);

@@ -90,9 +90,9 @@ fn unet_output_matches_diffusers() {
     for file in ["diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"] {
         let m = unet("tiny-sd/unet", file);
         let _guard = tch::no_grad_guard();
-        let out = m.forward(&r["sample"], &r["timesteps"], &r["context"]);
+        let out = m.forward(&r["sample"], &r["timesteps"], &r["context"], None).unwrap();
         assert_close(&format!("{file} unet"), &out, &r["out"], 1e-4);
-        let odd = m.forward(&r["odd_sample"], &r["odd_timestep"], &r["context"].narrow(0, 0, 1));
+        let odd = m.forward(&r["odd_sample"], &r["odd_timestep"], &r["context"].narrow(0, 0, 1), None).unwrap();
         assert_close(&format!("{file} unet 9x7"), &odd, &r["odd_out"], 1e-4);
     }
 }
@@ -102,7 +102,7 @@ fn sd2_style_unet_matches_diffusers() {
     let r = refs("unet_sd2.safetensors");
     let m = unet("tiny-sd2-unet", "diffusion_pytorch_model.safetensors");
     let _guard = tch::no_grad_guard();
-    let out = m.forward(&r["sample"], &r["timesteps"], &r["context"]);
+    let out = m.forward(&r["sample"], &r["timesteps"], &r["context"], None).unwrap();
     assert_close("sd2 unet", &out, &r["out"], 1e-4);
 }
 
@@ -132,7 +132,7 @@ fn gradient_reaches_only_the_new_rows_and_matches_pytorch() {
     assert_eq!(r["new_ids"].int64_value(&[0]), te.base_vocab(), "new tokens follow the vocabulary");
     te.set_new_rows(r["rows"].copy().set_requires_grad(true)).unwrap();
     let hidden = te.encode(&r["input_ids"], None).unwrap();
-    let pred = u.forward(&r["noisy"], &r["timesteps"], &hidden);
+    let pred = u.forward(&r["noisy"], &r["timesteps"], &hidden, None).unwrap();
     let loss = pred.to_kind(Kind::Float).mse_loss(&r["target"], tch::Reduction::Mean);
     loss.backward();
     let got = te.new_rows().unwrap().grad();
@@ -148,12 +148,12 @@ fn gradient_reaches_only_the_new_rows_and_matches_pytorch() {
 /// backpropagation and by block-wise recomputation (`--gradient_checkpointing`).
 fn context_grads(m: &UNet2DConditionModel, sample: &Tensor, t: &Tensor, context: &Tensor) -> (Tensor, Tensor) {
     let c = context.detach().set_requires_grad(true);
-    let out = m.forward(sample, t, &c);
+    let out = m.forward(sample, t, &c, None).unwrap();
     let plain = Tensor::run_backward(&[(&out * &out).sum(Kind::Float) * 0.5], &[&c], false, false).remove(0);
-    let pass = m.forward_recomputable(sample, t, context);
+    let pass = m.forward_recomputable(sample, t, context, None).unwrap();
     assert!(pass.output().equal(&out.detach()), "the recomputable forward gives the same output");
     let grad_out = pass.output().shallow_clone();
-    let recomputed = pass.context_grad(&grad_out).unwrap();
+    let recomputed = pass.backward(&grad_out).unwrap().context;
     (plain, recomputed)
 }
 
@@ -168,11 +168,11 @@ fn recomputed_backward_equals_plain_backward() {
     let u = unet("tiny-sd/unet", "diffusion_pytorch_model.safetensors");
     te.set_new_rows(r["rows"].copy().set_requires_grad(true)).unwrap();
     let hidden = te.encode(&r["input_ids"], None).unwrap();
-    let pass = u.forward_recomputable(&r["noisy"], &r["timesteps"], &hidden);
+    let pass = u.forward_recomputable(&r["noisy"], &r["timesteps"], &hidden, None).unwrap();
     let pred = pass.output().detach().set_requires_grad(true);
     let loss = pred.to_kind(Kind::Float).mse_loss(&r["target"], tch::Reduction::Mean);
     let g = Tensor::run_backward(&[&loss], &[&pred], false, false).remove(0);
-    let gh = pass.context_grad(&g).unwrap();
+    let gh = pass.backward(&g).unwrap().context;
     (&hidden * gh).sum(Kind::Float).backward();
     let got = te.new_rows().unwrap().grad();
     let rel = (&got - &r["grad"]).norm().double_value(&[]) / r["grad"].norm().double_value(&[]);

@@ -68,7 +68,7 @@ fn hub_cache_offline_with_fp16_variant_loads_into_f32() {
         assert!(files[0].ends_with("diffusion_pytorch_model.fp16.safetensors"));
         let unet = unet_from(&files, &repo.require("unet/config.json").unwrap(), Placement::cpu_f32()).unwrap();
         let (s, t, c, want) = unet_ref();
-        let out = tch::no_grad(|| unet.forward(&s, &t, &c));
+        let out = tch::no_grad(|| unet.forward(&s, &t, &c, None).unwrap());
         assert_eq!(out.kind(), Kind::Float);
         let err = (&out - &want).abs().max().double_value(&[]);
         // fp16 weights: about 3 decimal digits.
@@ -99,7 +99,7 @@ fn sharded_checkpoints_load_all_shards() {
     let unet = unet_from(&files, &repo.require("unet/config.json").unwrap(), Placement::cpu_f32()).unwrap();
     let (s, t, c, want) = unet_ref();
     // Tolerance 1e-4 as tests/models.rs (the reference was computed on another machine).
-    let err = (tch::no_grad(|| unet.forward(&s, &t, &c)) - want).abs().max().double_value(&[]);
+    let err = (tch::no_grad(|| unet.forward(&s, &t, &c, None).unwrap()) - want).abs().max().double_value(&[]);
     assert!(err < 1e-4, "sharded UNet: max abs error {err:e}");
 }
 
@@ -109,7 +109,7 @@ fn loads_into_bf16_whatever_the_file_holds() {
     let p = Placement { device: tch::Device::Cpu, kind: Kind::BFloat16 };
     let unet = unet_from(&files, &fixtures().join("tiny-sd/unet/config.json"), p).unwrap();
     let (s, t, c, want) = unet_ref();
-    let out = tch::no_grad(|| unet.forward(&s.to_kind(Kind::BFloat16), &t, &c.to_kind(Kind::BFloat16)));
+    let out = tch::no_grad(|| unet.forward(&s.to_kind(Kind::BFloat16), &t, &c.to_kind(Kind::BFloat16), None).unwrap());
     assert_eq!(out.kind(), Kind::BFloat16);
     let rel = (out.to_kind(Kind::Float) - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
     assert!(rel < 5e-2, "bf16 relative error {rel}");
@@ -132,12 +132,21 @@ fn weights_that_do_not_fit_the_config_are_named() {
     std::fs::write(&path, cfg.to_string()).unwrap();
     let e = format!("{:#}", unet_from(&files, &path, Placement::cpu_f32()).unwrap_err());
     assert!(e.contains("unexpected tensor down_blocks.0.attentions.1.") && e.contains("up_blocks.1.resnets.1.conv1.weight has shape"), "{e}");
-    // SDXL-only conditioning is refused by name, not ignored.
+    // SDXL's conditioning needs its sizes, then its weights; other kinds are refused by name.
     cfg["layers_per_block"] = 2.into();
     cfg["addition_embed_type"] = "text_time".into();
     std::fs::write(&path, cfg.to_string()).unwrap();
     let e = format!("{:#}", unet_from(&files, &path, Placement::cpu_f32()).unwrap_err());
-    assert!(e.contains("addition_embed_type") && e.contains("not supported"), "{e}");
+    assert!(e.contains("addition_embed_type") && e.contains("needs addition_time_embed_dim"), "{e}");
+    cfg["addition_time_embed_dim"] = 8.into();
+    cfg["projection_class_embeddings_input_dim"] = 80.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let e = format!("{:#}", unet_from(&files, &path, Placement::cpu_f32()).unwrap_err());
+    assert!(e.contains("missing tensor add_embedding.linear_1.weight (expected shape [64, 80])"), "{e}");
+    cfg["addition_embed_type"] = "image".into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let e = format!("{:#}", unet_from(&files, &path, Placement::cpu_f32()).unwrap_err());
+    assert!(e.contains("addition_embed_type \"image\"") && e.contains("not supported"), "{e}");
 }
 
 /// A copy of the tiny model in `dir` whose UNet also has an fp16 variant file and whose other

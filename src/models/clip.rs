@@ -82,6 +82,9 @@ pub struct ClipTextModel {
     position_embedding: Tensor,
     layers: Vec<ClipLayer>,
     final_layer_norm: LayerNorm,
+    /// `CLIPTextModelWithProjection`'s `text_projection` (SDXL's second encoder): the pooled
+    /// output's projection.
+    text_projection: Option<Linear>,
     pub config: ClipTextConfig,
     /// The mapped weight files some tensors point into.
     _backing: super::weights::Backing,
@@ -96,17 +99,23 @@ impl ClipTextModel {
         let act = config.activation()?;
         let d = config.hidden_size;
         let e = p.pp("embeddings");
+        // The projection sits beside `text_model`, at the root, in every layout.
+        let text_projection = w.contains("text_projection.weight").then(|| {
+            let out = w.shape_of("text_projection.weight").and_then(|s| s.first().copied()).unwrap_or(d);
+            Linear::load(&w.root().pp("text_projection"), d, out, false)
+        });
         let model = ClipTextModel {
             token_embedding: e.pp("token_embedding").get("weight", &[config.vocab_size, d]),
             new_rows: None,
             position_embedding: e.pp("position_embedding").get("weight", &[config.max_position_embeddings, d]),
             layers: (0..config.num_hidden_layers).map(|i| ClipLayer::load(&p.pp("encoder").pp("layers").pp(i), config, act)).collect(),
             final_layer_norm: LayerNorm::load(&p.pp("final_layer_norm"), d, config.layer_norm_eps),
+            text_projection,
             config: config.clone(),
             _backing: w.backing(),
         };
-        // position_ids is a buffer; the projection belongs to CLIPTextModelWithProjection.
-        w.finish(&["position_ids", "text_projection"])?;
+        // position_ids is a buffer.
+        w.finish(&["position_ids"])?;
         Ok(model)
     }
 
@@ -194,6 +203,32 @@ impl ClipTextModel {
 
     pub fn final_layer_norm(&self, xs: &Tensor) -> Tensor {
         self.final_layer_norm.forward(xs)
+    }
+
+    /// Whether this is a `CLIPTextModelWithProjection` (has `text_projection`).
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
+    /// The pooled output of `[batch, tokens]` `ids` from their `last_hidden_state`, projected
+    /// when the model has a projection (transformers' `text_embeds`). The position pooled is
+    /// transformers' rule: with the legacy `eos_token_id == 2` (both SDXL encoders) the argmax
+    /// of the ids, so a placeholder token (ids above the vocabulary) wins over the end token —
+    /// a quirk diffusers' SDXL pipeline and training script inherit, reproduced here; else the
+    /// first end token.
+    pub fn pooled(&self, last_hidden_state: &Tensor, ids: &Tensor) -> Tensor {
+        let ids = ids.to_device(last_hidden_state.device());
+        let position = if self.config.eos_token_id == 2 {
+            ids.to_kind(Kind::Int).argmax(-1, false)
+        } else {
+            ids.eq(self.config.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+        };
+        let batch = Tensor::arange(ids.size()[0], (Kind::Int64, last_hidden_state.device()));
+        let pooled = last_hidden_state.index(&[Some(batch), Some(position)]);
+        match &self.text_projection {
+            Some(p) => p.forward(&pooled),
+            None => pooled,
+        }
     }
 }
 

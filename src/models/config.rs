@@ -89,11 +89,20 @@ pub struct UNetConfig {
     #[serde(default)]
     pub use_linear_projection: bool,
     pub class_embed_type: Option<String>,
+    /// `text_time` (SDXL): the pooled text embedding and the size/crop "time ids" are added to
+    /// the timestep embedding.
     pub addition_embed_type: Option<String>,
+    /// Width of each time id's sinusoidal features (SDXL: 256).
+    pub addition_time_embed_dim: Option<i64>,
+    /// Input width of `add_embedding`: pooled width + 6 x addition_time_embed_dim (SDXL: 2816).
+    pub projection_class_embeddings_input_dim: Option<i64>,
+    /// Read by diffusers only for `text_image` conditioning.
+    pub addition_embed_type_num_heads: Option<i64>,
     pub num_class_embeds: Option<i64>,
-    /// Has no effect with scaled-dot-product attention (diffusers' default processor) either.
+    /// Has no effect with scaled-dot-product attention (diffusers' default processor) either;
+    /// SDXL's config has `null`.
     #[serde(default)]
-    pub upcast_attention: bool,
+    pub upcast_attention: Option<bool>,
     #[serde(default = "default_str")]
     pub resnet_time_scale_shift: String,
     #[serde(default)]
@@ -176,6 +185,14 @@ impl UNetConfig {
         PerBlock::One(1280)
     }
 
+    /// SDXL's added conditioning: (time id feature width, add_embedding input width).
+    pub fn text_time(&self) -> Option<(i64, i64)> {
+        match self.addition_embed_type.as_deref() {
+            Some("text_time") => Some((self.addition_time_embed_dim?, self.projection_class_embeddings_input_dim?)),
+            _ => None,
+        }
+    }
+
     /// Heads of each down block's attention. diffusers names this `attention_head_dim` in SD
     /// configs but uses it as the number of heads (its `num_attention_heads` fallback).
     pub fn heads(&self, block: usize) -> Option<i64> {
@@ -225,9 +242,17 @@ impl UNetConfig {
         if self.norm_num_groups.is_none() {
             fail("norm_num_groups null".into())?;
         }
+        match self.addition_embed_type.as_deref() {
+            None => {}
+            Some("text_time") => {
+                if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() {
+                    bail!("{}: addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim", file.display());
+                }
+            }
+            Some(other) => fail(format!("addition_embed_type {other:?} (only SDXL's \"text_time\")"))?,
+        }
         for (name, v) in [
             ("class_embed_type", &self.class_embed_type),
-            ("addition_embed_type (SDXL's text_time conditioning)", &self.addition_embed_type),
             ("time_embedding_act_fn", &self.time_embedding_act_fn),
             ("timestep_post_act", &self.timestep_post_act),
             ("cross_attention_norm", &self.cross_attention_norm),

@@ -1,4 +1,4 @@
-//! diffusers' `UNet2DConditionModel` (SD 1.x and 2.x), built from its `config.json`.
+//! diffusers' `UNet2DConditionModel` (SD 1.x, 2.x and SDXL), built from its `config.json`.
 use super::attention::TransformerConfig;
 use super::config::UNetConfig;
 use super::timestep_embedding::{timestep_features, TimestepEmbedding};
@@ -10,11 +10,31 @@ use anyhow::{bail, Result};
 use tch::Tensor;
 
 mod checkpointing;
-pub use checkpointing::Recomputable;
+pub use checkpointing::{ConditioningGrads, Recomputable};
+
+/// What enters the first block: the timestep's embedding, SDXL's added embedding (summed
+/// with it), the input convolution's output.
+struct Prepared {
+    temb: Tensor,
+    added: Option<Tensor>,
+    conv_in: Tensor,
+    forward_upsample_size: bool,
+}
+
+/// SDXL's added conditioning (`added_cond_kwargs`): the pooled text embedding and, per
+/// sample, the six "time ids" `[original h, w, crop top, left, target h, w]`.
+pub struct AddedConditioning {
+    /// `[batch, pooled width]`.
+    pub text_embeds: Tensor,
+    /// `[batch, 6]`.
+    pub time_ids: Tensor,
+}
 
 #[derive(Debug)]
 pub struct UNet2DConditionModel {
     time_embedding: TimestepEmbedding,
+    /// `text_time`: the time ids' feature width and the MLP from `[text_embeds, features]`.
+    add_embedding: Option<(i64, TimestepEmbedding)>,
     conv_in: Conv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
@@ -73,8 +93,10 @@ impl UNet2DConditionModel {
             let channels = UpChannels { prev_out, out, down_in };
             up_blocks.push(UpBlock::load(&p.pp("up_blocks").pp(i), channels, layers[r] + 1, resnet, attn, i + 1 < n));
         }
+        let add_embedding = c.text_time().map(|(dim, input)| (dim, TimestepEmbedding::load(&p.pp("add_embedding"), input, temb_dim)));
         let unet = UNet2DConditionModel {
             time_embedding: TimestepEmbedding::load(&p.pp("time_embedding"), ch[0], temb_dim),
+            add_embedding,
             conv_in: Conv2d::load(&p.pp("conv_in"), c.in_channels, ch[0], c.conv_in_kernel, 1, (c.conv_in_kernel - 1) / 2),
             down_blocks,
             mid_block,
@@ -89,10 +111,11 @@ impl UNet2DConditionModel {
     }
 
     /// Predicts noise (or v) for `sample` `[batch, C, h, w]` at `timesteps` (a scalar or one
-    /// per sample), conditioned on `context` `[batch, tokens, cross_attention_dim]`.
-    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
+    /// per sample), conditioned on `context` `[batch, tokens, cross_attention_dim]` and, for
+    /// SDXL, `added` (required exactly when the config has `addition_embed_type`).
+    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, added: Option<&AddedConditioning>) -> Result<Tensor> {
         let _span = tracing::trace_span!("unet").entered();
-        let (temb, mut xs, forward_upsample_size) = self.prepare(sample, timesteps);
+        let (temb, mut xs, forward_upsample_size) = self.prepare(sample, timesteps, added)?;
         let mut skips = vec![xs.shallow_clone()];
         for block in &self.down_blocks {
             let (out, states) = block.forward(&xs, &temb, context);
@@ -106,12 +129,27 @@ impl UNet2DConditionModel {
             let upsample_size = self.upsample_size(i, forward_upsample_size, skips.last());
             xs = block.forward(&xs, &mine, &temb, context, upsample_size);
         }
-        self.out(&xs)
+        Ok(self.out(&xs))
     }
 
-    /// The time embedding, the input convolution, and whether the up blocks need explicit
-    /// output sizes (latents not divisible by the UNet's total downsampling).
-    fn prepare(&self, sample: &Tensor, timesteps: &Tensor) -> (Tensor, Tensor, bool) {
+    /// Whether the model takes SDXL's added conditioning.
+    pub fn takes_added_conditioning(&self) -> bool {
+        self.add_embedding.is_some()
+    }
+
+    /// The time embedding (plus SDXL's added one), the input convolution, and whether the up
+    /// blocks need explicit output sizes (latents not divisible by the UNet's total
+    /// downsampling).
+    fn prepare(&self, sample: &Tensor, timesteps: &Tensor, added: Option<&AddedConditioning>) -> Result<(Tensor, Tensor, bool)> {
+        let p = self.prepare_parts(sample, timesteps, added)?;
+        let temb = match p.added {
+            Some(a) => p.temb + a,
+            None => p.temb,
+        };
+        Ok((temb, p.conv_in, p.forward_upsample_size))
+    }
+
+    fn prepare_parts(&self, sample: &Tensor, timesteps: &Tensor, added: Option<&AddedConditioning>) -> Result<Prepared> {
         let size = sample.size();
         let (batch, h, w) = (size[0], size[2], size[3]);
         let up_factor = 1i64 << (self.up_blocks.len() - 1);
@@ -121,7 +159,33 @@ impl UNet2DConditionModel {
         let t = timestep_features(&timesteps.to_device(sample.device()), self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
             .to_kind(sample.kind());
         let temb = self.time_embedding.forward(&t);
-        (temb, self.conv_in.forward(&sample), forward_upsample_size)
+        let added = match (&self.add_embedding, added) {
+            (None, None) => None,
+            (Some(_), Some(a)) => Some(self.added_embedding(a, batch, temb.kind())?),
+            (Some(_), None) => bail!("this UNet (addition_embed_type text_time, SDXL) needs the pooled text embedding and time ids"),
+            (None, Some(_)) => bail!("this UNet takes no added conditioning (text embeds, time ids): it is not an SDXL UNet"),
+        };
+        Ok(Prepared { temb, added, conv_in: self.conv_in.forward(&sample), forward_upsample_size })
+    }
+
+    /// diffusers' `text_time` embedding: sinusoidal features of each time id (in f32),
+    /// concatenated after the pooled text embedding, through `add_embedding`.
+    fn added_embedding(&self, a: &AddedConditioning, batch: i64, kind: tch::Kind) -> Result<Tensor> {
+        let Some((dim, add_embedding)) = &self.add_embedding else { bail!("this UNet takes no added conditioning") };
+        let dim = *dim;
+        if a.text_embeds.size().first() != Some(&batch) || a.time_ids.numel() as i64 != batch * 6 {
+            bail!(
+                "added conditioning for a batch of {batch}: text_embeds {:?} and time_ids {:?} (expected [{batch}, pooled] and [{batch}, 6])",
+                a.text_embeds.size(),
+                a.time_ids.size()
+            );
+        }
+        let device = a.text_embeds.device();
+        let features = timestep_features(&a.time_ids.flatten(0, -1).to_device(device), dim, self.config.flip_sin_to_cos, self.config.freq_shift)
+            .reshape([batch, -1]);
+        // concat promotes to f32 (the features), then the MLP runs in the UNet's dtype.
+        let input = Tensor::cat(&[a.text_embeds.to_kind(tch::Kind::Float), features], -1).to_kind(kind);
+        Ok(add_embedding.forward(&input))
     }
 
     /// Up block `i`'s explicit output size: that of the next skip connection, when needed.

@@ -153,7 +153,7 @@ impl Models {
             let input = scheduler.scale_model_input(&input, t)?;
             // Made on the device (no host-to-device copy, which would wait for the GPU).
             let t_tensor = Tensor::full([], t, (Kind::Float, self.device));
-            let noise = self.unet.forward(&input, &t_tensor, &context);
+            let noise = self.unet.forward(&input, &t_tensor, &context, None)?;
             let noise = if cfg {
                 let parts = noise.chunk(2, 0);
                 &parts[0] + (&parts[1] - &parts[0]) * options.guidance_scale

@@ -28,7 +28,7 @@ pub fn loss(text_encoder: &ClipTextModel, unet: &UNet2DConditionModel, ddpm: &Dd
     let _span = tracing::trace_span!("train_step").entered();
     let (noisy, target) = noisy_and_target(ddpm, x, kind)?;
     let hidden = text_encoder.forward(&x.input_ids).last_hidden_state.to_kind(kind);
-    let pred = unet.forward(&noisy, &x.timesteps, &hidden);
+    let pred = unet.forward(&noisy, &x.timesteps, &hidden, None)?;
     Ok(mse(&pred, &target))
 }
 
@@ -53,13 +53,13 @@ pub fn loss_and_backward(
     let _span = tracing::trace_span!("train_step_recomputed").entered();
     let (noisy, target) = noisy_and_target(ddpm, x, kind)?;
     let hidden = text_encoder.forward(&x.input_ids).last_hidden_state.to_kind(kind);
-    let unet_pass = unet.forward_recomputable(&noisy, &x.timesteps, &hidden);
+    let unet_pass = unet.forward_recomputable(&noisy, &x.timesteps, &hidden, None)?;
     // The gradient of the scaled loss at the UNet's output, then through the UNet block by
     // block to the conditioning, then through the text encoder to the rows.
     let pred = unet_pass.output().detach().set_requires_grad(true);
     let loss = mse(&pred, &target);
     let grad_pred = Tensor::f_run_backward(&[&loss * scale], &[&pred], false, false)?.remove(0);
-    let grad_hidden = unet_pass.context_grad(&grad_pred)?;
+    let grad_hidden = unet_pass.backward(&grad_pred)?.context;
     (&hidden * grad_hidden).sum(hidden.kind()).backward();
     Ok(loss.detach())
 }
