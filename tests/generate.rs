@@ -28,7 +28,10 @@ fn models(embeddings: &[String]) -> Models {
     let specs: Vec<EmbeddingSpec> = embeddings.iter().map(|e| format!("{}/{e}", fixtures().display()).parse().unwrap()).collect();
     let tokens = ti::load(&specs, &mut tokenizer, &mut text_encoder).unwrap();
     Models {
+        family: sd::Family::StableDiffusion,
         text: TextStack { tokenizer, encoder: text_encoder, tokens },
+        text_2: None,
+        vae_kind: Kind::Float,
         unet: sd::load_unet(&repo, &w, p).unwrap(),
         vae: sd::load_vae(&repo, &w, p).unwrap(),
         scheduler_config: sd::load_scheduler_config(&repo).unwrap(),
@@ -66,7 +69,7 @@ fn every_case_matches_diffusers() {
             prompt: c["prompt"].as_str().unwrap().to_string(),
             negative_prompt: c["negative_prompt"].as_str().map(String::from),
             steps: c["steps"].as_u64().unwrap() as usize,
-            guidance_scale: c["guidance_scale"].as_f64().unwrap(),
+            guidance_scale: c["guidance_scale"].as_f64(),
             num_images_per_prompt: c.get("num_images_per_prompt").and_then(|n| n.as_u64()).unwrap_or(1) as usize,
             seed: c["seed"].as_u64().unwrap(),
             ..GenerateOptions::default()

@@ -24,6 +24,21 @@ pub struct GenerateArgs {
     pub prompt: String,
     #[arg(long = "negative_prompt", alias = "negative-prompt")]
     pub negative_prompt: Option<String>,
+    /// SDXL: the second text encoder's prompt (default --prompt).
+    #[arg(long = "prompt_2", alias = "prompt-2")]
+    pub prompt_2: Option<String>,
+    /// SDXL: the second text encoder's negative prompt (default --negative_prompt).
+    #[arg(long = "negative_prompt_2", alias = "negative-prompt-2")]
+    pub negative_prompt_2: Option<String>,
+    /// SDXL size conditioning HEIGHT,WIDTH (default: the image size).
+    #[arg(long = "original_size", alias = "original-size", value_parser = parse_pair)]
+    pub original_size: Option<(i64, i64)>,
+    /// SDXL crop conditioning TOP,LEFT (default 0,0).
+    #[arg(long = "crops_coords_top_left", alias = "crops-coords-top-left", value_parser = parse_pair, default_value = "0,0")]
+    pub crops_coords_top_left: (i64, i64),
+    /// SDXL target-size conditioning HEIGHT,WIDTH (default: the image size).
+    #[arg(long = "target_size", alias = "target-size", value_parser = parse_pair)]
+    pub target_size: Option<(i64, i64)>,
     /// Where images go, as NNNN-SEED.png.
     #[arg(long = "output_dir", alias = "output-dir", default_value = ".")]
     pub output_dir: PathBuf,
@@ -31,8 +46,9 @@ pub struct GenerateArgs {
     /// Repeatable.
     #[arg(long = "embedding")]
     pub embeddings: Vec<EmbeddingSpec>,
-    #[arg(long = "guidance_scale", alias = "guidance-scale", default_value_t = 7.5)]
-    pub guidance_scale: f64,
+    /// Classifier-free guidance; default 7.5 (SDXL: 5.0, as its pipeline).
+    #[arg(long = "guidance_scale", alias = "guidance-scale")]
+    pub guidance_scale: Option<f64>,
     #[arg(long = "num_inference_steps", alias = "num-inference-steps", default_value_t = 50)]
     pub steps: usize,
     #[arg(long = "num_images_per_prompt", alias = "num-images-per-prompt", default_value_t = 1)]
@@ -78,7 +94,12 @@ impl GenerateArgs {
             embeddings: self.embeddings.clone(),
             options: GenerateOptions {
                 prompt: self.prompt.clone(),
+                prompt_2: self.prompt_2.clone(),
                 negative_prompt: self.negative_prompt.clone(),
+                negative_prompt_2: self.negative_prompt_2.clone(),
+                original_size: self.original_size,
+                crops_coords_top_left: self.crops_coords_top_left,
+                target_size: self.target_size,
                 height: self.height,
                 width: self.width,
                 steps: self.steps,
@@ -91,6 +112,18 @@ impl GenerateArgs {
             output_dir: self.output_dir.clone(),
             stats_json: self.stats_json.clone(),
         }
+    }
+}
+
+/// `H,W` (or `HxW`): two non-negative integers.
+fn parse_pair(s: &str) -> Result<(i64, i64)> {
+    let parts: Vec<&str> = s.split([',', 'x']).map(str::trim).collect();
+    match parts.as_slice() {
+        [a, b] => match (a.parse::<i64>(), b.parse::<i64>()) {
+            (Ok(a), Ok(b)) if a >= 0 && b >= 0 => Ok((a, b)),
+            _ => anyhow::bail!("expected two non-negative integers as H,W, got {s:?}"),
+        },
+        _ => anyhow::bail!("expected H,W (two numbers), got {s:?}"),
     }
 }
 

@@ -2,8 +2,8 @@
 //! subfolder, as `textual_inversion.py` does (`subfolder="unet"`, ...). [`load`] is what
 //! `generate` and `train` both call; the per-component loaders serve tests and tools.
 //!
-//! SDXL adds `tokenizer_2` and `text_encoder_2` to [`Components`] (loaded the same way, the
-//! second encoder with its projection); [`check_pipeline`] is where SDXL is refused until then.
+//! The family (SD 1.x/2.x, or SDXL with `tokenizer_2` and `text_encoder_2`, the second encoder
+//! with its projection) comes from `model_index.json` ([`family`]).
 use super::clip::ClipTextModel;
 use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
 use super::repo::ModelRepo;
@@ -39,10 +39,33 @@ pub struct LoadOptions {
     pub precision: Precision,
 }
 
+/// Which pipeline a model folder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `StableDiffusionPipeline`: one text encoder (SD 1.x, 2.x).
+    StableDiffusion,
+    /// `StableDiffusionXLPipeline`: two text encoders, pooled embedding and time ids.
+    Xl {
+        /// Negative prompts not given are zeros, not the encoded "" (SDXL base: true).
+        force_zeros_for_empty_prompt: bool,
+    },
+}
+
+impl Family {
+    pub fn is_xl(self) -> bool {
+        matches!(self, Family::Xl { .. })
+    }
+}
+
 /// The loaded parts of a model (nothing random: loading draws no random numbers).
 pub struct Components {
+    pub family: Family,
     pub tokenizer: super::tokenizer::ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and encoder (`CLIPTextModelWithProjection`).
+    pub second: Option<(super::tokenizer::ClipTokenizer, ClipTextModel)>,
+    /// The VAE's precision (fp32 where SDXL's force_upcast applies).
+    pub vae_kind: Kind,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     /// `scheduler/scheduler_config.json`, which every scheduler is built from.
@@ -52,20 +75,45 @@ pub struct Components {
 /// Loads every part of the model, as diffusers' pipeline would (variants by its rule), the
 /// UNet and VAE in `o.precision` on `o.device`, the text encoder in fp32.
 pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Components> {
-    check_pipeline(repo)?;
+    let family = family(repo)?;
     let weights = &options.weights;
-    check_variant(repo, weights, &["text_encoder", "unet", "vae"])?;
+    let components: &[&str] = if family.is_xl() { &["text_encoder", "text_encoder_2", "unet", "vae"] } else { &["text_encoder", "unet", "vae"] };
+    check_variant(repo, weights, components)?;
     let tokenizer = match &options.tokenizer_dir {
         Some(dir) => super::tokenizer::ClipTokenizer::from_folder(dir)?,
         None => load_tokenizer(repo)?,
     };
     let text_weights = if options.text_encoder_variant { weights.clone() } else { WeightOptions { variant: None, ..weights.clone() } };
-    let text_encoder = load_text_encoder(repo, &text_weights, Placement { device: options.device, kind: Kind::Float })?;
+    let text_placement = Placement { device: options.device, kind: Kind::Float };
+    let text_encoder = load_text_encoder_from(repo, "text_encoder", &text_weights, text_placement)?;
+    let second = match family {
+        Family::Xl { .. } => {
+            let tokenizer_2 = load_tokenizer_from(repo, "tokenizer_2")?;
+            let encoder_2 = load_text_encoder_from(repo, "text_encoder_2", &text_weights, text_placement)?;
+            if !encoder_2.has_projection() {
+                bail!("{}: text_encoder_2 has no text_projection (SDXL's second encoder is a CLIPTextModelWithProjection)", repo.describe());
+            }
+            Some((tokenizer_2, encoder_2))
+        }
+        Family::StableDiffusion => None,
+    };
     let placement = Placement { device: options.device, kind: options.precision.kind() };
     let unet = load_unet(repo, weights, placement)?;
-    let vae = load_vae(repo, weights, placement)?;
+    let vae_cfg: VaeConfig = config::read(&repo.require("vae/config.json")?)?;
+    // SDXL's pipeline decodes in fp32 when the VAE says force_upcast and runs in fp16 (SDXL's
+    // VAE overflows fp16); ours keeps that VAE in fp32 from the start.
+    let vae_placement = if family.is_xl() && options.precision == Precision::Fp16 && vae_cfg.force_upcast.unwrap_or(false) {
+        Placement { device: options.device, kind: Kind::Float }
+    } else {
+        placement
+    };
+    let vae = load_vae(repo, weights, vae_placement)?;
+    let vae_kind = vae_placement.kind;
+    if family.is_xl() != unet.takes_added_conditioning() {
+        bail!("{}: the pipeline is {family:?} but its UNet {} SDXL's added conditioning", repo.describe(), if unet.takes_added_conditioning() { "has" } else { "lacks" });
+    }
     let scheduler_config = load_scheduler_config(repo)?;
-    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler_config })
+    Ok(Components { family, tokenizer, text_encoder, second, unet, vae, vae_kind, scheduler_config })
 }
 
 /// `scheduler/scheduler_config.json`.
@@ -74,15 +122,19 @@ pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
     SchedulerConfig::read(&path)
 }
 
-/// Refuses pipelines whose parts this tool does not implement, naming them.
-pub fn check_pipeline(repo: &ModelRepo) -> Result<()> {
-    let Some(index) = repo.get("model_index.json")? else { return Ok(()) };
+/// The pipeline `model_index.json` describes (a folder without one is SD 1.x/2.x); refuses
+/// those this tool does not implement, naming them.
+pub fn family(repo: &ModelRepo) -> Result<Family> {
+    let Some(index) = repo.get("model_index.json")? else { return Ok(Family::StableDiffusion) };
     let v: serde_json::Value = config::read(&index)?;
     let class = v.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
-    if class.contains("XL") || v.get("text_encoder_2").is_some() {
-        bail!("{}: {class} (SDXL) is not supported yet; SD 1.x and 2.x pipelines are", repo.describe());
+    let has = |k: &str| v.get(k).and_then(|c| c.as_array()).is_some_and(|a| a.iter().any(|x| !x.is_null()));
+    match (has("text_encoder"), has("text_encoder_2")) {
+        (true, true) => Ok(Family::Xl { force_zeros_for_empty_prompt: v.get("force_zeros_for_empty_prompt").and_then(|f| f.as_bool()).unwrap_or(true) }),
+        (false, true) => bail!("{}: {class} has only text_encoder_2 (an SDXL refiner): not supported; SD 1.x, 2.x and SDXL base pipelines are", repo.describe()),
+        _ if class.contains("XL") => bail!("{}: {class} lists no text encoders", repo.describe()),
+        _ => Ok(Family::StableDiffusion),
     }
-    Ok(())
 }
 
 /// diffusers' rule for `variant=` on a pipeline: a component without variant files loads its
@@ -132,20 +184,30 @@ pub fn load_vae(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) ->
 }
 
 pub fn load_text_encoder(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
-    let cfg_path = repo.require("text_encoder/config.json")?;
+    load_text_encoder_from(repo, "text_encoder", opts, placement)
+}
+
+/// A CLIP text encoder from `folder` (`text_encoder`, or SDXL's `text_encoder_2`).
+pub fn load_text_encoder_from(repo: &ModelRepo, folder: &str, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
+    let cfg_path = repo.require(&format!("{folder}/config.json"))?;
     let cfg: ClipTextConfig = config::read(&cfg_path)?;
     cfg.validate(&cfg_path)?;
-    ClipTextModel::load(&load_weights(repo, "text_encoder", opts, placement)?, &cfg).context("loading the text encoder")
+    ClipTextModel::load(&load_weights(repo, folder, opts, placement)?, &cfg).with_context(|| format!("loading {folder}"))
 }
 
 pub fn load_tokenizer(repo: &ModelRepo) -> Result<super::tokenizer::ClipTokenizer> {
+    load_tokenizer_from(repo, "tokenizer")
+}
+
+/// A CLIP tokenizer from `folder` (`tokenizer`, or SDXL's `tokenizer_2`).
+pub fn load_tokenizer_from(repo: &ModelRepo, folder: &str) -> Result<super::tokenizer::ClipTokenizer> {
     // The folder must be local: fetch every tokenizer file the model has, then read the folder.
     let mut dir = None;
     for f in ["tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.json", "added_tokens.json"] {
-        if let Some(p) = repo.get(&format!("tokenizer/{f}"))? {
+        if let Some(p) = repo.get(&format!("{folder}/{f}"))? {
             dir = p.parent().map(Path::to_path_buf);
         }
     }
-    let dir = dir.with_context(|| format!("{} has no tokenizer/ folder", repo.describe()))?;
-    super::tokenizer::ClipTokenizer::from_folder(&dir).context("loading the tokenizer")
+    let dir = dir.with_context(|| format!("{} has no {folder}/ folder", repo.describe()))?;
+    super::tokenizer::ClipTokenizer::from_folder(&dir).with_context(|| format!("loading {folder}"))
 }

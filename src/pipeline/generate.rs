@@ -33,7 +33,7 @@ pub fn run(cfg: &GenerateConfig) -> Result<Vec<PathBuf>> {
     let started = std::time::Instant::now();
     let repo = cfg.model.resolve()?;
     let mut models = Models::load(&repo, &cfg.load)?;
-    models.text.load_embeddings(&cfg.embeddings)?;
+    models.load_embeddings(&cfg.embeddings)?;
     let mut scheduler = schedulers::load(&models.scheduler_config, cfg.scheduler).context("building the scheduler from scheduler/scheduler_config.json")?;
     tracing::info!("loaded {} in {:.2} s", repo.describe(), started.elapsed().as_secs_f64());
     let options = &cfg.options;
@@ -80,14 +80,24 @@ fn metadata(cfg: &GenerateConfig, scheduler: &str, models: &Models) -> Vec<(Stri
         ("negative_prompt".to_string(), o.negative_prompt.clone().unwrap_or_default()),
         ("seed".to_string(), o.seed.to_string()),
         ("steps".to_string(), o.steps.to_string()),
-        ("guidance_scale".to_string(), o.guidance_scale.to_string()),
+        ("guidance_scale".to_string(), models.guidance_scale(o).to_string()),
         ("scheduler".to_string(), scheduler.to_string()),
         ("model".to_string(), cfg.model.name_or_path.clone()),
         ("software".to_string(), format!("textual-inversion {}", env!("CARGO_PKG_VERSION"))),
     ];
-    if !models.text.tokens.is_empty() {
-        let e: Vec<String> = models.text.tokens.iter().map(|l| format!("{} ({} vectors) from {}", l.token, l.vectors, l.file.display())).collect();
-        text.push(("embeddings".to_string(), e.join("; ")));
+    let tokens: Vec<String> = models
+        .stacks()
+        .iter()
+        .flat_map(|s| s.tokens.iter())
+        .map(|l| format!("{} ({} vectors) from {}", l.token, l.vectors, l.file.display()))
+        .collect();
+    if !tokens.is_empty() {
+        text.push(("embeddings".to_string(), tokens.join("; ")));
+    }
+    for (k, v) in [("prompt_2", &o.prompt_2), ("negative_prompt_2", &o.negative_prompt_2)] {
+        if let Some(v) = v {
+            text.push((k.to_string(), v.clone()));
+        }
     }
     if let Some(c) = o.clip_skip {
         text.push(("clip_skip".to_string(), c.to_string()));

@@ -1,16 +1,13 @@
-//! Text to image, as diffusers' `StableDiffusionPipeline.__call__`: prompt and negative prompt
-//! through the text encoder (multi-vector tokens expanded), classifier-free guidance, seeded
-//! initial latents, the scheduler loop, VAE decode. [`generate`] is the command around it
-//! (configuration, images to files).
-//!
-//! Where a second model family slots in (SDXL): [`Models`] gains the second [`TextStack`];
-//! the conditioning built in [`Models::generate_from`] (`context` today) becomes the two
-//! encoders' hidden states plus the pooled embedding and the time ids, which the UNet's added
-//! conditioning reads; the loop, guidance and decoding stay as they are.
+//! Text to image, as diffusers' `StableDiffusionPipeline.__call__` and
+//! `StableDiffusionXLPipeline.__call__`: the prompt's conditioning ([`conditioning`]: one text
+//! encoder, or SDXL's two with the pooled embedding and time ids), classifier-free guidance,
+//! seeded initial latents, the scheduler loop, VAE decode. [`generate`] is the command around
+//! it (configuration, images to files).
+pub mod conditioning;
 pub mod generate;
 
 use crate::models::repo::ModelRepo;
-use crate::models::stable_diffusion::{self as sd, LoadOptions};
+use crate::models::stable_diffusion::{self as sd, Family, LoadOptions};
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::vae::AutoencoderKL;
 use crate::schedulers::{Scheduler, SchedulerConfig};
@@ -20,42 +17,62 @@ use tch::{Device, Kind, Tensor};
 
 /// The loaded parts of a model, placed where they run.
 pub struct Models {
+    pub family: Family,
     pub text: TextStack,
+    /// SDXL's second tokenizer and text encoder (with projection).
+    pub text_2: Option<TextStack>,
     pub unet: UNet2DConditionModel,
     pub vae: AutoencoderKL,
     /// The model's `scheduler_config.json`, which every scheduler is built from.
     pub scheduler_config: SchedulerConfig,
     /// Device of the UNet and VAE (the text encoder's may differ).
     pub device: Device,
-    /// Precision of the UNet and VAE.
+    /// Precision of the UNet (and the VAE, unless `vae_kind` says otherwise).
     pub kind: Kind,
+    /// The VAE's precision: fp32 for SDXL's `force_upcast` VAEs when the UNet runs in fp16.
+    pub vae_kind: Kind,
 }
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub prompt: String,
+    /// SDXL: the second encoder's prompt (default: `prompt`).
+    pub prompt_2: Option<String>,
     pub negative_prompt: Option<String>,
+    /// SDXL: the second encoder's negative prompt (default: `negative_prompt`).
+    pub negative_prompt_2: Option<String>,
     pub height: Option<i64>,
     pub width: Option<i64>,
     pub steps: usize,
-    pub guidance_scale: f64,
+    /// None: the pipeline's default (7.5; SDXL 5.0).
+    pub guidance_scale: Option<f64>,
     pub num_images_per_prompt: usize,
     pub seed: u64,
     pub clip_skip: Option<usize>,
+    /// SDXL's size conditioning, `(height, width)`: default the image's size.
+    pub original_size: Option<(i64, i64)>,
+    /// SDXL: `(top, left)`, default `(0, 0)`.
+    pub crops_coords_top_left: (i64, i64),
+    pub target_size: Option<(i64, i64)>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             prompt: String::new(),
+            prompt_2: None,
             negative_prompt: None,
+            negative_prompt_2: None,
             height: None,
             width: None,
             steps: 50,
-            guidance_scale: 7.5,
+            guidance_scale: None,
             num_images_per_prompt: 1,
             seed: 0,
             clip_skip: None,
+            original_size: None,
+            crops_coords_top_left: (0, 0),
+            target_size: None,
         }
     }
 }
@@ -81,18 +98,36 @@ impl Models {
     pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Self> {
         let parts = sd::load(repo, options)?;
         Ok(Models {
+            family: parts.family,
             text: TextStack::new(parts.tokenizer, parts.text_encoder),
+            text_2: parts.second.map(|(t, e)| TextStack::new(t, e)),
             unet: parts.unet,
             vae: parts.vae,
             scheduler_config: parts.scheduler_config,
             device: options.device,
             kind: options.precision.kind(),
+            vae_kind: parts.vae_kind,
         })
     }
 
-    /// The prompt's conditioning (see [`TextStack::encode_prompt`]).
-    pub fn encode_prompt(&self, prompt: &str, clip_skip: Option<usize>) -> Result<Tensor> {
-        self.text.encode_prompt(prompt, clip_skip)
+    /// The text stacks, the first encoder's first.
+    pub fn stacks(&self) -> Vec<&TextStack> {
+        std::iter::once(&self.text).chain(self.text_2.as_ref()).collect()
+    }
+
+    /// The same, to load embeddings into.
+    pub fn stacks_mut(&mut self) -> Vec<&mut TextStack> {
+        std::iter::once(&mut self.text).chain(self.text_2.as_mut()).collect()
+    }
+
+    /// Loads embedding files (`--embedding`) into the text stacks (see `learned_tokens`).
+    pub fn load_embeddings(&mut self, specs: &[crate::text::learned_tokens::EmbeddingSpec]) -> Result<()> {
+        crate::text::learned_tokens::load_into(specs, &mut self.stacks_mut())
+    }
+
+    /// The guidance scale asked for, or the pipeline's default (SDXL's is 5.0).
+    pub fn guidance_scale(&self, options: &GenerateOptions) -> f64 {
+        options.guidance_scale.unwrap_or(if self.family.is_xl() { 5.0 } else { 7.5 })
     }
 
     /// Runs the pipeline. `on_step(i, total)` is called after each denoising step.
@@ -119,16 +154,9 @@ impl Models {
             bail!("num_images_per_prompt and num_inference_steps must be at least 1");
         }
         let n = options.num_images_per_prompt as i64;
-        let cfg = options.guidance_scale > 1.0;
-        let positive = self.encode_prompt(&options.prompt, options.clip_skip)?;
-        let mut context = positive.repeat([n, 1, 1]);
-        if cfg {
-            // diffusers applies clip_skip to the prompt only, never to the negative prompt.
-            let negative = self.encode_prompt(options.negative_prompt.as_deref().unwrap_or(""), None)?.repeat([n, 1, 1]);
-            context = Tensor::cat(&[negative, context], 0);
-        }
-        let context = context.to_device(self.device).to_kind(self.kind);
-
+        let guidance = self.guidance_scale(options);
+        let cfg = guidance > 1.0;
+        let cond = self.conditioning(options, (height, width), cfg)?;
         scheduler.set_timesteps(options.steps)?;
         let shape = [n, self.unet.config.in_channels, height / scale, width / scale];
         let latents = match latents {
@@ -153,17 +181,19 @@ impl Models {
             let input = scheduler.scale_model_input(&input, t)?;
             // Made on the device (no host-to-device copy, which would wait for the GPU).
             let t_tensor = Tensor::full([], t, (Kind::Float, self.device));
-            let noise = self.unet.forward(&input, &t_tensor, &context, None)?;
+            let noise = self.unet.forward(&input, &t_tensor, &cond.context, cond.added.as_ref())?;
             let noise = if cfg {
                 let parts = noise.chunk(2, 0);
-                &parts[0] + (&parts[1] - &parts[0]) * options.guidance_scale
+                &parts[0] + (&parts[1] - &parts[0]) * guidance
             } else {
                 noise
             };
             latents = scheduler.step(&noise, t, &latents)?;
             on_step(i + 1, timesteps.len());
         }
-        let decoded = self.vae.decode(&(&latents / self.vae.config.scaling_factor))?;
+        // SDXL's force_upcast: the latents go to the VAE's fp32 before the division, as diffusers.
+        let z = if self.vae_kind != self.kind { latents.to_kind(self.vae_kind) } else { latents.shallow_clone() };
+        let decoded = self.vae.decode(&(z / self.vae.config.scaling_factor))?;
         Ok(Generated { latents, decoded })
     }
 }

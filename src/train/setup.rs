@@ -118,6 +118,9 @@ impl<'c> Trainer<'c> {
             precision: cfg.precision,
         };
         let mut models = Models::load(&repo, &load)?;
+        if models.family.is_xl() {
+            bail!("{}: training SDXL models is not available yet (generate works)", repo.describe());
+        }
         let (tokens, token_ids, init_row) = add_placeholder_tokens(cfg, &mut models)?;
         let ddpm = DdpmScheduler::new(&models.scheduler_config)?;
 

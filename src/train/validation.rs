@@ -16,7 +16,8 @@ pub fn validate(models: &Models, v: &ValidationConfig, output_dir: &Path, seed: 
     std::fs::create_dir_all(&dir)?;
     let size = models.default_size();
     let scale = models.vae_scale_factor();
-    let o = GenerateOptions { prompt: v.prompt.clone(), steps: 25, guidance_scale: 7.5, seed, ..GenerateOptions::default() };
+    // The pipeline's default guidance (7.5; SDXL 5.0), as the script's `pipeline(prompt, ...)`.
+    let o = GenerateOptions { prompt: v.prompt.clone(), steps: 25, seed, ..GenerateOptions::default() };
     // One generator seeded with the run's seed for all images, on the device, as the script's
     // `torch.Generator(device=accelerator.device).manual_seed(seed)`.
     let shape = [1, models.unet.config.in_channels, size / scale, size / scale];
