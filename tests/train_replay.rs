@@ -79,8 +79,8 @@ fn replay(run: &str) {
         worst_post = worst_post.max(max_abs(&post.mean, &rec["step_posterior_mean"].get(s))).max(max_abs(&post.std, &rec["step_posterior_std"].get(s)));
         let latents = (&post.mean + &post.std * rec["step_posterior_eps"].get(s)) * scaling;
         assert!(max_abs(&latents, &rec["step_latents"].get(s)) < 1e-5, "step {s}: latents");
-        let x = StepInputs { input_ids: rec["step_input_ids"].get(s), latents, noise: rec["step_noise"].get(s), timesteps: rec["step_timesteps"].get(s) };
-        let l = loss(&te, &unet, &ddpm, &x, Kind::Float).unwrap();
+        let x = StepInputs::sd(rec["step_input_ids"].get(s), latents, rec["step_noise"].get(s), rec["step_timesteps"].get(s));
+        let l = loss(&[&te], &unet, &ddpm, &x, Kind::Float).unwrap();
         let want = rec["step_loss"].double_value(&[s]);
         worst_loss = worst_loss.max((l.double_value(&[]) - want).abs() / want.abs());
         (l / g).backward();

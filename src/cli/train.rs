@@ -139,6 +139,10 @@ pub struct TrainArgs {
     /// Accepted for compatibility: attention already uses scaled_dot_product_attention.
     #[arg(long = "enable_xformers_memory_efficient_attention", alias = "enable-xformers-memory-efficient-attention")]
     pub enable_xformers_memory_efficient_attention: bool,
+    /// textual_inversion_sdxl.py's bitsandbytes AdamW8bit: accepted, no effect (the optimizer
+    /// state here is only the new rows', a few kilobytes).
+    #[arg(long = "use_8bit_adam", alias = "use-8bit-adam")]
+    pub use_8bit_adam: bool,
     /// Write .bin (torch.save) instead of .safetensors embeddings.
     #[arg(long = "no_safe_serialization", alias = "no-safe-serialization")]
     pub no_safe_serialization: bool,
@@ -173,6 +177,9 @@ impl TrainArgs {
         }
         if self.push_to_hub {
             bail!("--push_to_hub is not available: this tool does not upload. Train, then upload output_dir with `hf upload` (huggingface_hub's CLI)");
+        }
+        if self.use_8bit_adam {
+            tracing::info!("--use_8bit_adam has no effect: AdamW keeps state for the placeholder rows only (kilobytes), in fp32");
         }
         if self.enable_xformers_memory_efficient_attention {
             tracing::info!("--enable_xformers_memory_efficient_attention: attention already runs through scaled_dot_product_attention");

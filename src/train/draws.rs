@@ -13,9 +13,8 @@ pub struct StepDraws {
     pub latent_size: i64,
     pub num_train_timesteps: i64,
     pub seed: u64,
-    /// `[V + n, D]` after `resize_token_embeddings` (its draws come first).
-    pub vocab_after: i64,
-    pub width: i64,
+    /// `[V + n, D]` of each text encoder after `resize_token_embeddings` (its draws come first).
+    pub resized: Vec<(i64, i64)>,
     pub num_vectors: i64,
     pub dataset_len: usize,
     pub batch_size: usize,
@@ -54,8 +53,7 @@ impl StepDraws {
     pub fn replay(&self, micro_steps: u64) -> (ScriptStream, u64) {
         ScriptStream::replay(
             self.seed,
-            self.vocab_after,
-            self.width,
+            &self.resized,
             self.num_vectors,
             self.dataset_len,
             self.batch_size,

@@ -1,6 +1,6 @@
-//! `--save_as_full_pipeline`: output_dir becomes a diffusers model folder whose tokenizer and
-//! text encoder already hold the new tokens, as the script's `StableDiffusionPipeline.
-//! save_pretrained` leaves it. The UNet, VAE and scheduler are the base model's files (linked
+//! `--save_as_full_pipeline`: output_dir becomes a diffusers model folder whose tokenizer(s) and
+//! text encoder(s) already hold the new tokens, as the script's `save_pretrained` leaves it
+//! (SDXL: both tokenizers and both encoders). The UNet, VAE and scheduler are the base model's files (linked
 //! when the file system allows, else copied; the script re-saves them in the training dtype).
 use crate::formats::safetensors_io;
 use crate::formats::torch_file::TorchFile;
@@ -43,9 +43,10 @@ fn read_tensors(path: &Path) -> Result<Vec<(String, RawTensor)>> {
     Ok(safetensors_io::read_all(&path.display().to_string(), &bytes)?)
 }
 
-/// Writes the pipeline into `out`. `tokens`/`ids` are the placeholder tokens and their ids,
-/// `rows` their `[n, D]` vectors.
-pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[String], ids: &[i64], rows: &Tensor) -> Result<()> {
+/// Writes the pipeline into `out`. `tokens` are the placeholder tokens; each entry of
+/// `encoders` is one text encoder's (tokenizer folder, encoder folder, the tokens' ids there,
+/// their `[n, D]` rows).
+pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[String], encoders: &[(&str, &str, &[i64], &Tensor)]) -> Result<()> {
     if let Some(p) = repo.get("model_index.json")? {
         link_or_copy(&p, &out.join("model_index.json"))?;
     }
@@ -63,38 +64,50 @@ pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[Strin
         }
     }
 
-    // Text encoder: the vocabulary matrix grows by the new rows.
+    for (tokenizer, encoder, ids, rows) in encoders {
+        save_encoder(repo, out, encoder, ids, rows)?;
+        save_tokenizer(repo, out, tokenizer, tokens, ids)?;
+    }
+    tracing::info!("saved the full pipeline to {}", out.display());
+    Ok(())
+}
+
+/// A text encoder whose vocabulary matrix grows by the new rows.
+fn save_encoder(repo: &ModelRepo, out: &Path, folder: &str, ids: &[i64], rows: &Tensor) -> Result<()> {
     let n = rows.size()[0];
-    let mut config = read_json(&repo.require("text_encoder/config.json")?)?;
+    let mut config = read_json(&repo.require(&format!("{folder}/config.json"))?)?;
     let vocab = config["vocab_size"].as_i64().unwrap_or(49408);
     if ids.first() != Some(&vocab) {
         bail!("placeholder ids {ids:?} do not follow the text encoder's {vocab} rows");
     }
     config["vocab_size"] = json!(vocab + n);
     let mut tensors = Vec::new();
-    for f in repo.weight_files("text_encoder", None, None)? {
+    for f in repo.weight_files(folder, None, None)? {
         tensors.extend(read_tensors(&f)?);
     }
     let key = tensors
         .iter()
         .position(|(k, _)| k.ends_with("embeddings.token_embedding.weight"))
-        .context("the text encoder has no embeddings.token_embedding.weight")?;
+        .with_context(|| format!("{folder} has no embeddings.token_embedding.weight"))?;
     let old = &tensors[key].1;
     let extra = crate::tensors::from_tch(&rows.detach().to_device(tch::Device::Cpu).to_kind(crate::tensors::kind(old.dtype)))?;
     let mut data = old.data.clone();
     data.extend_from_slice(&extra.data);
     let shape = vec![old.shape[0] + n as usize, old.shape[1]];
     tensors[key].1 = RawTensor::new(old.dtype, shape, data)?;
-    std::fs::create_dir_all(out.join("text_encoder"))?;
-    write_json(&out.join("text_encoder/config.json"), &config)?;
+    std::fs::create_dir_all(out.join(folder))?;
+    write_json(&out.join(folder).join("config.json"), &config)?;
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    safetensors_io::save(&out.join("text_encoder/model.safetensors"), &tensors, Some(&meta))?;
+    safetensors_io::save(&out.join(folder).join("model.safetensors"), &tensors, Some(&meta))?;
+    Ok(())
+}
 
-    // Tokenizer: the base files plus the added tokens where transformers looks for them.
-    let tok_dir = out.join("tokenizer");
+/// A tokenizer folder: the base files plus the added tokens where transformers looks for them.
+fn save_tokenizer(repo: &ModelRepo, out: &Path, folder: &str, tokens: &[String], ids: &[i64]) -> Result<()> {
+    let tok_dir = out.join(folder);
     for f in ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "added_tokens.json"] {
-        if let Some(p) = repo.get(&format!("tokenizer/{f}"))? {
+        if let Some(p) = repo.get(&format!("{folder}/{f}"))? {
             link_or_copy(&p, &tok_dir.join(f))?;
         }
     }
@@ -127,6 +140,5 @@ pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[Strin
         let _ = std::fs::remove_file(tok_dir.join("tokenizer.json"));
         write_json(&tok_dir.join("tokenizer.json"), &tj)?;
     }
-    tracing::info!("saved the full pipeline to {}", out.display());
     Ok(())
 }

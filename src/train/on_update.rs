@@ -1,11 +1,12 @@
 //! What an update triggers, in the script's order: `learned_embeds-steps-N` every
-//! `--save_steps`, `checkpoint-N` (pruned to `--checkpoints_total_limit`) every
-//! `--checkpointing_steps`, validation images every `--validation_steps`.
+//! `--save_steps` (SDXL: also `learned_embeds_2-steps-N`), `checkpoint-N` (pruned to
+//! `--checkpoints_total_limit`) every `--checkpointing_steps`, validation images every
+//! `--validation_steps`. Also where the embedding files are written.
 use super::state::{self, Checkpoint};
 use super::trainer::Trainer;
 use crate::formats::embeddings::{self as emb_files, Embedding, Encoder, OutFormat, Part};
 use crate::libtorch_extras::CpuRngState;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -19,13 +20,49 @@ pub fn save_embeddings(path: &Path, token: &str, rows: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// SDXL's one-file layout, `{clip_l: [n, 768], clip_g: [n, 1280]}`, which the A1111 web UI,
+/// kohya and ComfyUI load (ours, beside the script's pair of files).
+fn save_sdxl_pair(path: &Path, rows: &[Tensor]) -> Result<()> {
+    let parts = [Encoder::ClipL, Encoder::ClipG]
+        .into_iter()
+        .zip(rows)
+        .map(|(encoder, r)| Ok(Part { encoder, tensor: crate::tensors::from_tch(&r.detach().to_kind(Kind::Float).to_device(Device::Cpu))? }))
+        .collect::<Result<Vec<_>>>()?;
+    let e = Embedding { stored_token: None, parts };
+    let stem = crate::formats::embeddings::file_stem(path);
+    emb_files::write(path, OutFormat::Sdxl, &stem, &e, None, None)?;
+    tracing::info!("Saving the {{clip_l, clip_g}} embedding to {}", path.display());
+    Ok(())
+}
+
 impl Trainer<'_> {
+    /// The script's files for update `step` (`learned_embeds-steps-N.*`; the final
+    /// `learned_embeds.*` for None): one per text encoder, SDXL's second `learned_embeds_2`.
+    /// Returns the first one's path.
+    pub(super) fn save_embeddings(&self, step: Option<u64>) -> Result<std::path::PathBuf> {
+        let out = &self.cfg.output;
+        let suffix = step.map(|s| format!("-steps-{s}")).unwrap_or_default();
+        let mut first = None;
+        for (i, rows) in self.trainable.iter().enumerate() {
+            let name = if i == 0 { "learned_embeds" } else { "learned_embeds_2" };
+            let path = out.dir.join(format!("{name}{suffix}.{}", out.embedding_format.extension()));
+            save_embeddings(&path, &self.cfg.placeholder_token, rows)?;
+            first.get_or_insert(path);
+        }
+        if step.is_none() && self.trainable.len() == 2 {
+            // Named after the trigger word: the placeholder without its brackets.
+            let trigger: String = self.cfg.placeholder_token.trim_matches(|c| c == '<' || c == '>').chars().map(|c| if c == '/' || c == '\\' { '_' } else { c }).collect();
+            let trigger = if trigger.is_empty() { "embedding".to_string() } else { trigger };
+            save_sdxl_pair(&out.dir.join(format!("{trigger}.safetensors")), &self.trainable)?;
+        }
+        first.context("no text encoder rows to save")
+    }
+
     pub(super) fn on_update(&mut self) -> Result<()> {
         let gs = self.position.global_step;
         let out = &self.cfg.output;
         if gs % out.save_steps == 0 {
-            let path = out.dir.join(format!("learned_embeds-steps-{gs}.{}", out.embedding_format.extension()));
-            save_embeddings(&path, &self.cfg.placeholder_token, &self.trainable)?;
+            self.save_embeddings(Some(gs))?;
         }
         if gs % out.checkpointing_steps == 0 {
             self.save_checkpoint()?;
@@ -46,7 +83,8 @@ impl Trainer<'_> {
         if let Some(s) = &self.scaler {
             optimizer.extend(s.state().into_iter().map(|(k, t)| (format!("scaler.{k}"), t)));
         }
-        let checkpoint = Checkpoint { position: self.position.clone(), rows: self.trainable.detach(), optimizer, scheduler: self.lr_sched.state() };
+        let rows = self.trainable.iter().map(Tensor::detach).collect();
+        let checkpoint = Checkpoint { position: self.position.clone(), rows, optimizer, scheduler: self.lr_sched.state() };
         state::save(&dir, &checkpoint)?;
         tracing::info!("Saved state to {}", dir.display());
         Ok(())
@@ -55,8 +93,17 @@ impl Trainer<'_> {
     /// A failed validation never ends the run: the embeddings are what the user waits for
     /// (libtorch failures arrive as panics: caught too).
     fn validate(&mut self) -> Result<()> {
+        self.validate_at(self.position.global_step)
+    }
+
+    /// textual_inversion_sdxl.py's last validation, after training.
+    pub(super) fn validate_final(&mut self) -> Result<()> {
+        self.validate_at(self.position.global_step)
+    }
+
+    fn validate_at(&mut self, gs: u64) -> Result<()> {
         let Some(v) = &self.cfg.validation else { return Ok(()) };
-        let (gs, seed) = (self.position.global_step, self.position.seed);
+        let seed = self.position.seed;
         // The script draws validation latents from a generator of its own; ours come from the
         // global CPU generator (on a GPU, from the device's), so its state is put back after.
         let training_stream = CpuRngState::save()?;

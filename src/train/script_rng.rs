@@ -4,7 +4,8 @@
 //!
 //! The script's order (single process, `--dataloader_num_workers 0`), after `set_seed(S)`:
 //! 1. `resize_token_embeddings` draws a `[V+n, D]` normal init and (transformers' mean
-//!    resizing) an `[n, D]` normal sample, both overwritten afterwards;
+//!    resizing) an `[n, D]` normal sample, both overwritten afterwards (SDXL's script resizes
+//!    both encoders, the first then the second);
 //! 2. each epoch, the DataLoader iterator draws an int64 base seed, the RandomSampler another,
 //!    which seeds a private generator for `randperm(len)`;
 //! 3. each item loaded: Python's `random.choice(templates)`, then torchvision's flip
@@ -183,8 +184,7 @@ impl ScriptStream {
     #[allow(clippy::too_many_arguments)]
     pub fn replay(
         seed: u64,
-        vocab_after: i64,
-        width: i64,
+        resized: &[(i64, i64)],
         new: i64,
         len: usize,
         batch_size: usize,
@@ -193,7 +193,9 @@ impl ScriptStream {
         step_draws: &dyn Fn(i64),
     ) -> (ScriptStream, u64) {
         tch::manual_seed(seed as i64);
-        resize_token_embeddings_draws(vocab_after, width, new);
+        for &(vocab_after, width) in resized {
+            resize_token_embeddings_draws(vocab_after, width, new);
+        }
         let mut stream = ScriptStream::new(seed, len, batch_size, templates);
         let mut epoch = 0;
         let mut done = 0;

@@ -1,6 +1,7 @@
 //! Everything before the first step: the inputs checked before any model loads, the model, the
-//! placeholder tokens and their rows, a resumed checkpoint, AdamW and the LR schedule, the
-//! latent cache, and the random stream up to where the run is.
+//! placeholder tokens and their rows (in both text encoders for SDXL, as
+//! `textual_inversion_sdxl.py`), a resumed checkpoint, AdamW and the LR schedule, the latent
+//! cache, and the random stream up to where the run is.
 use super::config::TrainConfig;
 use super::dataset::{caption, placeholder_string, Dataset};
 use super::draws::StepDraws;
@@ -11,7 +12,7 @@ use super::metrics::Metrics;
 use super::optim::{AdamW, AdamWConfig};
 use super::state::{self, Checkpoint, Position};
 use super::trainer::Trainer;
-use crate::models::stable_diffusion::{LoadOptions, WeightOptions};
+use crate::models::stable_diffusion::{self as sd, LoadOptions, WeightOptions};
 use crate::pipeline::Models;
 use crate::schedulers::DdpmScheduler;
 use crate::text::learned_tokens::{vector_tokens, LoadedToken};
@@ -28,30 +29,42 @@ fn prepare_output(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The placeholder tokens `P, P_1, ...` added to the tokenizer (the script's checks and error
-/// texts), and the row every new vector starts from (the initializer token's).
-fn add_placeholder_tokens(cfg: &TrainConfig, models: &mut Models) -> Result<(Vec<String>, Vec<i64>, Tensor)> {
-    let text = &mut models.text;
+/// The placeholder tokens `P, P_1, ...` added to each tokenizer (the scripts' checks and error
+/// texts), their ids per tokenizer, and the row every new vector starts from in each encoder
+/// (the initializer token's).
+fn add_placeholder_tokens(cfg: &TrainConfig, models: &mut Models) -> Result<(Vec<String>, Vec<Vec<i64>>, Vec<Tensor>)> {
     let tokens = vector_tokens(&cfg.placeholder_token, cfg.num_vectors);
-    if tokens.iter().any(|t| text.tokenizer.token_id(t).is_some()) {
-        bail!(
-            "The tokenizer already contains the token {}. Please pass a different `placeholder_token` that is not already in the tokenizer.",
-            cfg.placeholder_token
-        );
+    let mut stacks = models.stacks_mut();
+    for (i, text) in stacks.iter().enumerate() {
+        if tokens.iter().any(|t| text.tokenizer.token_id(t).is_some()) {
+            bail!(
+                "The {}tokenizer already contains the token {}. Please pass a different `placeholder_token` that is not already in the tokenizer.",
+                if i == 0 { "" } else { "2nd " },
+                cfg.placeholder_token
+            );
+        }
     }
-    let init_ids = text.tokenizer.encode_unpadded(&cfg.initializer_token)?;
-    let init_ids = &init_ids[1..init_ids.len().saturating_sub(1)];
-    if init_ids.len() != 1 {
-        bail!("The initializer token must be a single token. ({:?} is {} tokens)", cfg.initializer_token, init_ids.len());
+    let mut init_ids = Vec::new();
+    for text in &stacks {
+        let ids = text.tokenizer.encode_unpadded(&cfg.initializer_token)?;
+        let ids = ids[1..ids.len().saturating_sub(1)].to_vec();
+        if ids.len() != 1 {
+            bail!("The initializer token must be a single token. ({:?} is {} tokens)", cfg.initializer_token, ids.len());
+        }
+        init_ids.push(ids[0]);
     }
-    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    let ids = text.tokenizer.add_tokens(&refs)?;
-    if ids.first() != Some(&text.encoder.base_vocab()) {
-        bail!("placeholder ids {ids:?} do not follow the text encoder's {} rows", text.encoder.base_vocab());
+    let (mut all_ids, mut init_rows) = (Vec::new(), Vec::new());
+    for (text, init) in stacks.iter_mut().zip(init_ids) {
+        let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        let ids = text.tokenizer.add_tokens(&refs)?;
+        if ids.first() != Some(&text.encoder.base_vocab()) {
+            bail!("placeholder ids {ids:?} do not follow the text encoder's {} rows", text.encoder.base_vocab());
+        }
+        init_rows.push(text.encoder.token_row(init)?);
+        text.tokens = vec![LoadedToken { token: cfg.placeholder_token.clone(), vectors: cfg.num_vectors, file: PathBuf::new() }];
+        all_ids.push(ids);
     }
-    let init_row = text.encoder.token_row(init_ids[0])?;
-    text.tokens = vec![LoadedToken { token: cfg.placeholder_token.clone(), vectors: cfg.num_vectors, file: PathBuf::new() }];
-    Ok((tokens, ids, init_row))
+    Ok((tokens, all_ids, init_rows))
 }
 
 /// `--resume_from_checkpoint`: the checkpoint to continue from, if it exists (the script
@@ -95,7 +108,13 @@ impl<'c> Trainer<'c> {
         cfg.check()?;
         // Everything the user controls is checked before any model loads.
         let data = &cfg.data;
-        let dataset = Dataset::load_ordered(&data.dir, data.resolution, data.center_crop, data.repeats, data.order)?;
+        let repo = cfg.model.resolve()?;
+        let xl = sd::family(&repo)?.is_xl();
+        // textual_inversion_sdxl.py resizes straight to the square (its crop is then a no-op).
+        if xl && data.center_crop {
+            tracing::warn!("--center_crop has no effect on SDXL: textual_inversion_sdxl.py resizes every image straight to the resolution");
+        }
+        let dataset = Dataset::load_ordered(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order)?;
         prepare_output(&cfg.output.dir)?;
         crate::device::ensure_available(cfg.device)?;
         // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
@@ -109,7 +128,6 @@ impl<'c> Trainer<'c> {
             s
         });
 
-        let repo = cfg.model.resolve()?;
         let load = LoadOptions {
             weights: WeightOptions { variant: cfg.variant.clone(), use_safetensors: None },
             text_encoder_variant: false,
@@ -118,10 +136,7 @@ impl<'c> Trainer<'c> {
             precision: cfg.precision,
         };
         let mut models = Models::load(&repo, &load)?;
-        if models.family.is_xl() {
-            bail!("{}: training SDXL models is not available yet (generate works)", repo.describe());
-        }
-        let (tokens, token_ids, init_row) = add_placeholder_tokens(cfg, &mut models)?;
+        let (tokens, token_ids, init_rows) = add_placeholder_tokens(cfg, &mut models)?;
         let ddpm = DdpmScheduler::new(&models.scheduler_config)?;
 
         // Steps and epochs, as the script's arithmetic (one process).
@@ -136,19 +151,27 @@ impl<'c> Trainer<'c> {
         let n = cfg.num_vectors;
         let resumed = find_checkpoint(cfg)?;
         let (rows, position) = match &resumed {
-            Some(checkpoint) => (checkpoint.rows.to_kind(Kind::Float), checkpoint.position.clone()),
+            Some(checkpoint) => {
+                if checkpoint.rows.len() != init_rows.len() {
+                    bail!("the checkpoint holds rows for {} text encoder(s); this model has {}", checkpoint.rows.len(), init_rows.len());
+                }
+                (checkpoint.rows.iter().map(|r| r.to_kind(Kind::Float)).collect::<Vec<_>>(), checkpoint.position.clone())
+            }
             None => (
-                init_row.detach().to_kind(Kind::Float).unsqueeze(0).repeat([n as i64, 1]),
+                init_rows.iter().map(|r| r.detach().to_kind(Kind::Float).unsqueeze(0).repeat([n as i64, 1])).collect(),
                 Position { global_step: 0, micro_step: 0, accumulation: 0, seed, placeholder_token: cfg.placeholder_token.clone(), num_vectors: n },
             ),
         };
         let seed = position.seed;
-        let rows = rows.to_device(cfg.device).set_requires_grad(true);
-        models.text.encoder.set_new_rows(rows.shallow_clone())?;
-        let trainable = models.text.encoder.new_rows().context("placeholder rows")?.shallow_clone();
-        let initial_rows = trainable.detach().copy();
+        let mut trainable = Vec::new();
+        for (text, rows) in models.stacks_mut().into_iter().zip(rows) {
+            text.encoder.set_new_rows(rows.to_device(cfg.device).set_requires_grad(true))?;
+            trainable.push(text.encoder.new_rows().context("placeholder rows")?.shallow_clone());
+        }
+        let initial_rows: Vec<Tensor> = trainable.iter().map(|t| t.detach().copy()).collect();
         let adam_cfg = AdamWConfig { lr, beta1: optim.adam_beta1, beta2: optim.adam_beta2, eps: optim.adam_epsilon, weight_decay: optim.adam_weight_decay };
-        let mut opt = AdamW::new(vec![trainable.shallow_clone()], adam_cfg)?;
+        // One AdamW over every encoder's rows, as the SDXL script's one optimizer over both.
+        let mut opt = AdamW::new(trainable.iter().map(Tensor::shallow_clone).collect(), adam_cfg)?;
         let schedule = LrSchedule::new(
             optim.lr_schedule,
             &ScheduleArgs { num_warmup_steps: optim.lr_warmup_steps, num_training_steps: optim.max_train_steps as i64, num_cycles: optim.lr_num_cycles, learning_rate: lr },
@@ -175,8 +198,12 @@ impl<'c> Trainer<'c> {
         }
         let templates = cfg.data.property.templates();
         let placeholder = placeholder_string(&tokens);
-        // Captions are template x placeholder: tokenize each once.
-        let caption_ids: Vec<Vec<i64>> = templates.iter().map(|t| models.text.tokenizer.encode(&caption(t, &placeholder))).collect::<Result<_>>()?;
+        // Captions are template x placeholder: tokenize each once, with each tokenizer.
+        let caption_ids: Vec<Vec<Vec<i64>>> = models
+            .stacks()
+            .iter()
+            .map(|text| templates.iter().map(|t| text.tokenizer.encode(&caption(t, &placeholder))).collect::<Result<_>>())
+            .collect::<Result<_>>()?;
         tracing::info!("***** Running training *****");
         tracing::info!("  Num examples = {}", dataset.len());
         tracing::info!("  Num Epochs = {num_epochs}");
@@ -199,8 +226,7 @@ impl<'c> Trainer<'c> {
             latent_size: data.resolution as i64 / models.vae_scale_factor(),
             num_train_timesteps: ddpm.num_train_timesteps(),
             seed,
-            vocab_after: models.text.encoder.base_vocab() + n as i64,
-            width: models.text.encoder.hidden_size(),
+            resized: models.stacks().iter().map(|t| (t.encoder.base_vocab() + n as i64, t.encoder.hidden_size())).collect(),
             num_vectors: n as i64,
             dataset_len: dataset.len(),
             batch_size: optim.batch_size,

@@ -3,7 +3,8 @@
 //! the seed and the micro-steps done; the data order and every random draw are replayed from
 //! those (see `script_rng`), so no generator state has to be stored.
 //!
-//! Files: `learned_embeds.safetensors` (the rows, loadable like any embedding file),
+//! Files: `learned_embeds.safetensors` (the rows, loadable like any embedding file; SDXL's
+//! second encoder's in `learned_embeds_2.safetensors`),
 //! `training_state.safetensors` (optimizer and schedule tensors), `state.json` (position). A
 //! folder is written under a temporary name and renamed, so a killed run never leaves half a
 //! checkpoint, and the last complete one always loads.
@@ -27,8 +28,8 @@ pub struct Position {
 
 pub struct Checkpoint {
     pub position: Position,
-    /// `[n, D]` float32.
-    pub rows: Tensor,
+    /// `[n, D]` float32, one per text encoder (SDXL: two).
+    pub rows: Vec<Tensor>,
     pub optimizer: Vec<(String, Tensor)>,
     pub scheduler: Vec<(String, Tensor)>,
 }
@@ -79,6 +80,15 @@ pub fn prune(output_dir: &Path, limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// The file of text encoder `i`'s rows in a checkpoint (as the training script names them).
+fn rows_file(i: usize) -> &'static str {
+    if i == 0 {
+        "learned_embeds.safetensors"
+    } else {
+        "learned_embeds_2.safetensors"
+    }
+}
+
 pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
     let parent = dir.parent().context("checkpoint folder has no parent")?;
     let name = dir.file_name().context("checkpoint folder has no name")?.to_string_lossy().to_string();
@@ -95,10 +105,12 @@ pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
 /// Writes the checkpoint into `tmp`, then renames it to `dir`.
 fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
     std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let rows = crate::tensors::from_tch(&c.rows)?;
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    crate::formats::safetensors_io::save(&tmp.join("learned_embeds.safetensors"), &[(c.position.placeholder_token.clone(), rows)], Some(&meta))?;
+    for (i, rows) in c.rows.iter().enumerate() {
+        let rows = crate::tensors::from_tch(rows)?;
+        crate::formats::safetensors_io::save(&tmp.join(rows_file(i)), &[(c.position.placeholder_token.clone(), rows)], Some(&meta))?;
+    }
     let mut tensors = Vec::new();
     for (prefix, items) in [("optimizer.", &c.optimizer), ("scheduler.", &c.scheduler)] {
         for (k, t) in items.iter() {
@@ -117,14 +129,21 @@ fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
 pub fn load(dir: &Path) -> Result<Checkpoint> {
     let state = std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("reading {}/state.json", dir.display()))?;
     let position: Position = serde_json::from_str(&state).with_context(|| format!("{}/state.json is not a checkpoint state", dir.display()))?;
-    let emb = crate::formats::embeddings::read(&dir.join("learned_embeds.safetensors"))?;
-    let part = emb
-        .embeddings
-        .first()
-        .and_then(|e| e.parts.first())
-        .with_context(|| format!("{}: no rows in learned_embeds.safetensors", dir.display()))?;
-    let rows = crate::tensors::to_tch(&part.tensor)?.to_kind(tch::Kind::Float);
-    let rows = rows.reshape([part.vectors() as i64, part.width() as i64]);
+    let mut rows = Vec::new();
+    for i in 0..2 {
+        let file = dir.join(rows_file(i));
+        if i > 0 && !file.is_file() {
+            break;
+        }
+        let emb = crate::formats::embeddings::read(&file)?;
+        let part = emb
+            .embeddings
+            .first()
+            .and_then(|e| e.parts.first())
+            .with_context(|| format!("{}: no rows in {}", dir.display(), rows_file(i)))?;
+        let t = crate::tensors::to_tch(&part.tensor)?.to_kind(tch::Kind::Float);
+        rows.push(t.reshape([part.vectors() as i64, part.width() as i64]));
+    }
     let mut optimizer = Vec::new();
     let mut scheduler = Vec::new();
     let path = dir.join("training_state.safetensors");
@@ -146,7 +165,7 @@ mod tests {
 
     fn checkpoint(optimizer: Vec<(String, Tensor)>) -> Checkpoint {
         let position = Position { global_step: 3, micro_step: 3, accumulation: 0, seed: 1, placeholder_token: "<t>".into(), num_vectors: 1 };
-        Checkpoint { position, rows: Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu)), optimizer, scheduler: Vec::new() }
+        Checkpoint { position, rows: vec![Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu))], optimizer, scheduler: Vec::new() }
     }
 
     #[test]

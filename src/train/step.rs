@@ -1,19 +1,26 @@
-//! One training step of `textual_inversion.py`: where the loss comes from.
+//! One training step of `textual_inversion.py` (and `textual_inversion_sdxl.py`): where the
+//! loss comes from.
 //!
 //! latents (a posterior draw, scaled) + noise at one timestep per sample → the UNet predicts
 //! the noise (or v) conditioned on the caption, whose placeholder tokens read the trainable rows
-//! → MSE in fp32 against the target. Everything random is an input, so a test can replay the
-//! Python script's exact draws.
+//! → MSE in fp32 against the target. SDXL conditions on both encoders' `hidden_states[-2]`
+//! concatenated, plus the second encoder's pooled output and each image's time ids: the
+//! gradient reaches the second encoder's rows through both. Everything random is an input, so a
+//! test can replay the Python script's exact draws.
 use crate::models::clip::ClipTextModel;
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::{AddedConditioning, UNet2DConditionModel};
 use crate::schedulers::{DdpmScheduler, PredictionType};
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 /// The random and data inputs of one micro-step.
 pub struct StepInputs {
-    /// `[B, 77]` caption ids.
+    /// `[B, 77]` caption ids (the first tokenizer's).
     pub input_ids: Tensor,
+    /// SDXL: `[B, 77]` the second tokenizer's ids of the same captions.
+    pub input_ids_2: Option<Tensor>,
+    /// SDXL: `[B, 6]` `[original h, w, crop top, left, target h, w]` per image.
+    pub time_ids: Option<Tensor>,
     /// `[B, 4, h, w]` VAE latents already multiplied by `scaling_factor`.
     pub latents: Tensor,
     /// `[B, 4, h, w]` standard normal.
@@ -22,13 +29,44 @@ pub struct StepInputs {
     pub timesteps: Tensor,
 }
 
+impl StepInputs {
+    /// SD 1.x/2.x inputs (one tokenizer, no time ids).
+    pub fn sd(input_ids: Tensor, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Self {
+        StepInputs { input_ids, input_ids_2: None, time_ids: None, latents, noise, timesteps }
+    }
+}
+
+/// The UNet's conditioning, with the graph back to the trainable rows: per-token states, and
+/// SDXL's pooled embedding (with the time ids).
+struct TextConditioning {
+    hidden: Tensor,
+    added: Option<AddedConditioning>,
+}
+
+/// `encoders`: the one text encoder, or SDXL's two (the second with its projection).
+fn text_conditioning(encoders: &[&ClipTextModel], x: &StepInputs, kind: Kind) -> Result<TextConditioning> {
+    match (encoders, &x.input_ids_2, &x.time_ids) {
+        ([te], None, None) => Ok(TextConditioning { hidden: te.forward(&x.input_ids).last_hidden_state.to_kind(kind), added: None }),
+        ([te, te2], Some(ids_2), Some(time_ids)) => {
+            let penultimate = |out: &crate::models::clip::ClipOutput| out.hidden_states[out.hidden_states.len() - 2].shallow_clone();
+            let h1 = penultimate(&te.forward(&x.input_ids)).to_kind(kind);
+            let out2 = te2.forward(ids_2);
+            let h2 = penultimate(&out2).to_kind(kind);
+            let text_embeds = te2.pooled(&out2.last_hidden_state, ids_2);
+            let time_ids = time_ids.to_kind(kind);
+            Ok(TextConditioning { hidden: Tensor::cat(&[h1, h2], -1), added: Some(AddedConditioning { text_embeds, time_ids }) })
+        }
+        _ => bail!("a training step needs one text encoder (SD) or two with second ids and time ids (SDXL)"),
+    }
+}
+
 /// The fp32 mean-squared error of one micro-step (not yet divided for accumulation), with the
-/// graph back to the text encoder's trainable rows.
-pub fn loss(text_encoder: &ClipTextModel, unet: &UNet2DConditionModel, ddpm: &DdpmScheduler, x: &StepInputs, kind: Kind) -> Result<Tensor> {
+/// graph back to the text encoders' trainable rows.
+pub fn loss(encoders: &[&ClipTextModel], unet: &UNet2DConditionModel, ddpm: &DdpmScheduler, x: &StepInputs, kind: Kind) -> Result<Tensor> {
     let _span = tracing::trace_span!("train_step").entered();
     let (noisy, target) = noisy_and_target(ddpm, x, kind)?;
-    let hidden = text_encoder.forward(&x.input_ids).last_hidden_state.to_kind(kind);
-    let pred = unet.forward(&noisy, &x.timesteps, &hidden, None)?;
+    let cond = text_conditioning(encoders, x, kind)?;
+    let pred = unet.forward(&noisy, &x.timesteps, &cond.hidden, cond.added.as_ref())?;
     Ok(mse(&pred, &target))
 }
 
@@ -37,7 +75,7 @@ pub fn loss(text_encoder: &ClipTextModel, unet: &UNet2DConditionModel, ddpm: &Dd
 /// only its blocks' inputs and recomputes each block during the backward pass (see
 /// `models/unet/checkpointing.rs`): less memory, one more forward pass of compute.
 pub fn loss_and_backward(
-    text_encoder: &ClipTextModel,
+    encoders: &[&ClipTextModel],
     unet: &UNet2DConditionModel,
     ddpm: &DdpmScheduler,
     x: &StepInputs,
@@ -46,21 +84,25 @@ pub fn loss_and_backward(
     recompute: bool,
 ) -> Result<Tensor> {
     if !recompute {
-        let loss = loss(text_encoder, unet, ddpm, x, kind)?;
+        let loss = loss(encoders, unet, ddpm, x, kind)?;
         (&loss * scale).backward();
         return Ok(loss.detach());
     }
     let _span = tracing::trace_span!("train_step_recomputed").entered();
     let (noisy, target) = noisy_and_target(ddpm, x, kind)?;
-    let hidden = text_encoder.forward(&x.input_ids).last_hidden_state.to_kind(kind);
-    let unet_pass = unet.forward_recomputable(&noisy, &x.timesteps, &hidden, None)?;
+    let cond = text_conditioning(encoders, x, kind)?;
+    let unet_pass = unet.forward_recomputable(&noisy, &x.timesteps, &cond.hidden, cond.added.as_ref())?;
     // The gradient of the scaled loss at the UNet's output, then through the UNet block by
-    // block to the conditioning, then through the text encoder to the rows.
+    // block to the conditioning, then through the text encoders to the rows.
     let pred = unet_pass.output().detach().set_requires_grad(true);
     let loss = mse(&pred, &target);
     let grad_pred = Tensor::f_run_backward(&[&loss * scale], &[&pred], false, false)?.remove(0);
-    let grad_hidden = unet_pass.backward(&grad_pred)?.context;
-    (&hidden * grad_hidden).sum(hidden.kind()).backward();
+    let grads = unet_pass.backward(&grad_pred)?;
+    let mut total = (&cond.hidden * grads.context).sum(Kind::Float);
+    if let (Some(added), Some(g)) = (&cond.added, grads.text_embeds) {
+        total = total + (&added.text_embeds * g.to_kind(added.text_embeds.kind())).sum(Kind::Float);
+    }
+    total.backward();
     Ok(loss.detach())
 }
 

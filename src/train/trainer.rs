@@ -4,9 +4,9 @@
 //! triggers ([`super::on_update`]: `--save_steps` files, `checkpoint-N`, validation). What comes
 //! before the first step is [`super::setup`].
 //!
-//! Where a second model family slots in (SDXL): `micro_step` builds the step's conditioning
-//! inputs (caption ids per tokenizer, the time ids of each image) and the trainable rows become
-//! one tensor per text encoder, both in the one AdamW, as `textual_inversion_sdxl.py` does.
+//! SDXL (`textual_inversion_sdxl.py`): the step gets each tokenizer's caption ids and each
+//! image's time ids, and the trainable rows are one tensor per text encoder, both in the one
+//! AdamW.
 use super::config::TrainConfig;
 use super::draws::{Draws, StepDraws};
 use super::grad_scaler::GradScaler;
@@ -54,19 +54,19 @@ pub(super) struct Trainer<'c> {
     pub(super) dataset: super::dataset::Dataset,
     pub(super) models: Models,
     pub(super) ddpm: DdpmScheduler,
-    /// `P, P_1, ...` and their ids.
+    /// `P, P_1, ...` and their ids in each tokenizer.
     pub(super) tokens: Vec<String>,
-    pub(super) token_ids: Vec<i64>,
-    /// The `[n, D]` placeholder rows: the only tensor with gradient.
-    pub(super) trainable: Tensor,
+    pub(super) token_ids: Vec<Vec<i64>>,
+    /// The `[n, D]` placeholder rows of each text encoder: the only tensors with gradient.
+    pub(super) trainable: Vec<Tensor>,
     pub(super) opt: AdamW,
     pub(super) lr_sched: LrScheduler,
     /// fp16 loss scaling (None in fp32 and bf16, as accelerate).
     pub(super) scaler: Option<GradScaler>,
     pub(super) position: Position,
     pub(super) cache: LatentCache,
-    /// Each caption template's ids, with the placeholder filled in.
-    pub(super) caption_ids: Vec<Vec<i64>>,
+    /// Each caption template's ids, with the placeholder filled in, per tokenizer.
+    pub(super) caption_ids: Vec<Vec<Vec<i64>>>,
     pub(super) draws: StepDraws,
     pub(super) stream: ScriptStream,
     /// The epoch of the next batch fetched.
@@ -81,7 +81,7 @@ pub(super) struct Trainer<'c> {
     pub(super) started: std::time::Instant,
     pub(super) step_times: Vec<std::time::Instant>,
     /// The rows this run started from (for `--stats_json`: how far training moved them).
-    pub(super) initial_rows: Tensor,
+    pub(super) initial_rows: Vec<Tensor>,
 }
 
 impl Trainer<'_> {
@@ -142,8 +142,8 @@ impl Trainer<'_> {
             "micro_steps": self.step_times.len(),
             "s_per_micro_step": crate::progress::median(&gaps),
             "losses": self.losses,
-            "rows_moved_l2": (&self.trainable.detach() - &self.initial_rows).norm().double_value(&[]),
-            "rows_l2": self.initial_rows.norm().double_value(&[]),
+            "rows_moved_l2": self.trainable.iter().zip(&self.initial_rows).map(|(t, i)| (&t.detach() - i).norm().double_value(&[]).powi(2)).sum::<f64>().sqrt(),
+            "rows_l2": self.initial_rows.iter().map(|i| i.norm().double_value(&[]).powi(2)).sum::<f64>().sqrt(),
             "cuda_memory": crate::progress::cuda_memory(self.cfg.device),
         });
         crate::formats::atomic::write(path, serde_json::to_string_pretty(&stats)?.as_bytes())?;
@@ -153,11 +153,18 @@ impl Trainer<'_> {
     /// Latents from the cache (or the VAE), the loss and its backward, queued on the device.
     fn forward_backward(&self, batch: &Batch) -> Result<Tensor> {
         let (device, kind) = (self.cfg.device, self.cfg.precision.kind());
-        let mut ids = Vec::with_capacity(batch.items.len() * 77);
+        let mut ids: Vec<Vec<i64>> = vec![Vec::with_capacity(batch.items.len() * 77); self.caption_ids.len()];
+        let mut time_ids = Vec::new();
         let (mut means, mut stds, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
+        let res = self.cfg.data.resolution as i64;
         for item in &batch.items {
             let image = self.dataset.image_index(item.index);
-            ids.extend_from_slice(&self.caption_ids[item.template]);
+            for (ids, captions) in ids.iter_mut().zip(&self.caption_ids) {
+                ids.extend_from_slice(&captions[item.template]);
+            }
+            // SDXL's size conditioning: the image's size, crop (0, 0), the resolution.
+            let (oh, ow) = self.dataset.images()[image].original_size;
+            time_ids.extend_from_slice(&[oh as i64, ow as i64, 0, 0, res, res]);
             match self.cache.get(image, item.flip) {
                 Some((m, s)) => {
                     means.push(m.shallow_clone());
@@ -185,11 +192,15 @@ impl Trainer<'_> {
             };
             Ok::<_, anyhow::Error>((mean.to_kind(Kind::Float) + std.to_kind(Kind::Float) * posterior.to_kind(Kind::Float)) * scaling)
         })?;
-        let input_ids = Tensor::from_slice(&ids).reshape([bsz, -1]).to_device(device);
-        let x = StepInputs { input_ids, latents, noise, timesteps };
+        let mut ids = ids.into_iter().map(|ids| Tensor::from_slice(&ids).reshape([bsz, -1]).to_device(device));
+        let input_ids = ids.next().unwrap_or_else(|| Tensor::zeros([bsz, 77], (Kind::Int64, device)));
+        let xl = self.models.text_2.is_some();
+        let time_ids = xl.then(|| Tensor::from_slice(&time_ids).reshape([bsz, 6]).to_kind(Kind::Float).to_device(device));
+        let x = StepInputs { input_ids, input_ids_2: ids.next(), time_ids, latents, noise, timesteps };
         let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale) / self.cfg.optim.gradient_accumulation_steps as f64;
         let recompute = self.cfg.gradient_checkpointing;
-        step::loss_and_backward(&self.models.text.encoder, &self.models.unet, &self.ddpm, &x, kind, scale, recompute)
+        let encoders: Vec<&crate::models::clip::ClipTextModel> = self.models.stacks().into_iter().map(|t| &t.encoder).collect();
+        step::loss_and_backward(&encoders, &self.models.unet, &self.ddpm, &x, kind, scale, recompute)
     }
 
     /// Reads the loss back, and updates when accelerate would sync (every
@@ -217,7 +228,7 @@ impl Trainer<'_> {
     /// The optimizer and LR steps (skipped on an fp16 overflow), then what the update triggers.
     fn update(&mut self) -> Result<()> {
         let finite = match self.scaler.as_mut() {
-            Some(s) => s.unscale(std::slice::from_ref(&self.trainable))?,
+            Some(s) => s.unscale(&self.trainable)?,
             None => true,
         };
         if finite {
@@ -237,11 +248,17 @@ impl Trainer<'_> {
         self.bar.finish();
         self.metrics.finish()?;
         let out = &self.cfg.output;
-        if out.save_as_full_pipeline {
-            super::full_pipeline::save(&self.repo, &out.dir, self.cfg.variant.as_deref(), &self.tokens, &self.token_ids, &self.trainable)?;
+        if self.models.family.is_xl() && self.validation_steps > 0 {
+            // textual_inversion_sdxl.py validates once more at the end.
+            self.validate_final()?;
         }
-        let final_path = out.dir.join(format!("learned_embeds.{}", out.embedding_format.extension()));
-        super::on_update::save_embeddings(&final_path, &self.cfg.placeholder_token, &self.trainable)?;
+        if out.save_as_full_pipeline {
+            let folders = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")];
+            let encoders: Vec<(&str, &str, &[i64], &Tensor)> =
+                folders.iter().zip(self.token_ids.iter().zip(&self.trainable)).map(|(&(t, e), (ids, rows))| (t, e, ids.as_slice(), rows)).collect();
+            super::full_pipeline::save(&self.repo, &out.dir, self.cfg.variant.as_deref(), &self.tokens, &encoders)?;
+        }
+        let final_path = self.save_embeddings(None)?;
         if let Some(path) = &out.stats_json {
             self.write_stats(path)?;
         }
