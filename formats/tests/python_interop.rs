@@ -7,7 +7,7 @@ mod common;
 use common::repo;
 use serde_json::{json, Value as J};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use ti_formats::embeddings::{self, Embedding, Encoder, OutFormat, Part};
 use ti_formats::pickle::Value;
 use ti_formats::torch_file::TorchWriter;
@@ -112,6 +112,26 @@ fn pytorch_and_diffusers_load_our_files() {
         ["sd_checkpoint_name", {"value": null}],
     ]}}));
     embeds.push(embedding_entry(&a1111, &["my-style", "my-style_1"], &t, None));
+    // As training writes it (--save_format a1111): step and model name from the run.
+    let trained = d.join("trained.pt");
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert("step".to_string(), "500".to_string());
+    metadata.insert("sd_checkpoint_name".to_string(), "sd15".to_string());
+    let run = embeddings::EmbeddingFile { kind: embeddings::FileKind::TorchZip("trained".into()), layout: embeddings::Layout::A1111, metadata, embeddings: vec![] };
+    embeddings::write(&trained, OutFormat::A1111, "trained", &emb, Some(&run), None).unwrap();
+    files.push(json!({"path": trained, "expect": {"dict": [
+        ["string_to_token", {"dict": [["*", {"value": 265}]]}],
+        ["string_to_param", {"dict": [["*", describe_tensor(&t)]]}],
+        ["name", {"value": "trained"}],
+        ["step", {"value": 500}],
+        ["sd_checkpoint", {"value": null}],
+        ["sd_checkpoint_name", {"value": "sd15"}],
+    ]}}));
+    // kohya's layout (--save_format kohya, convert --format kohya).
+    let kohya = d.join("my-kohya.safetensors");
+    embeddings::write(&kohya, OutFormat::Kohya, "my-kohya", &emb, None, None).unwrap();
+    files.push(json!({"path": kohya, "expect": expect_dict("emb_params", &t)}));
+    embeds.push(embedding_entry(&kohya, &["my-kohya", "my-kohya_1"], &t, Some("my-kohya")));
     let single = Embedding { stored_token: None, parts: vec![Part { encoder: Encoder::TextEncoder, tensor: rows(1, 32, 2.0) }] };
     let p = d.join("one.safetensors");
     embeddings::write(&p, OutFormat::Diffusers, "<one>", &single, None, None).unwrap();

@@ -14,6 +14,8 @@ pub enum FormatArg {
     A1111,
     /// `clip_l` + `clip_g` safetensors for SDXL (A1111, kohya).
     Sdxl,
+    /// kohya-ss's `emb_params` safetensors (SD 1.x/2.x).
+    Kohya,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -49,8 +51,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         Some(FormatArg::DiffusersBin) => OutFormat::DiffusersBin,
         Some(FormatArg::A1111) => OutFormat::A1111,
         Some(FormatArg::Sdxl) => OutFormat::Sdxl,
+        Some(FormatArg::Kohya) => OutFormat::Kohya,
         None => OutFormat::from_extension(&args.output).context(format!(
-            "cannot tell the output format from {}: pass --format diffusers|diffusers-bin|a1111|sdxl",
+            "cannot tell the output format from {}: pass --format diffusers|diffusers-bin|a1111|sdxl|kohya",
             args.output.display()
         ))?,
     };

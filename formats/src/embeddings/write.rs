@@ -19,6 +19,8 @@ pub enum OutFormat {
     A1111,
     /// `{"clip_g": [n, 1280], "clip_l": [n, 768]}` safetensors, as A1111 and kohya read for SDXL.
     Sdxl,
+    /// kohya-ss's `{"emb_params": [n, D]}` safetensors (SD 1.x/2.x).
+    Kohya,
 }
 
 impl OutFormat {
@@ -28,6 +30,7 @@ impl OutFormat {
             "diffusers-bin" | "bin" => OutFormat::DiffusersBin,
             "a1111" | "pt" => OutFormat::A1111,
             "sdxl" => OutFormat::Sdxl,
+            "kohya" => OutFormat::Kohya,
             _ => return None,
         })
     }
@@ -38,6 +41,7 @@ impl OutFormat {
             OutFormat::DiffusersBin => "diffusers-bin",
             OutFormat::A1111 => "a1111",
             OutFormat::Sdxl => "sdxl",
+            OutFormat::Kohya => "kohya",
         }
     }
     /// The format a file name suggests when none is given.
@@ -107,6 +111,7 @@ pub fn write(path: &Path, format: OutFormat, token: &str, embedding: &Embedding,
             ]);
             w.save(path, &root)
         }
+        OutFormat::Kohya => safetensors_io::save(path, &[("emb_params".into(), single()?)], None),
         OutFormat::Sdxl => {
             let (Some(l), Some(g)) = (embedding.part(Encoder::ClipL), embedding.part(Encoder::ClipG)) else {
                 let widths: Vec<String> = embedding.parts.iter().map(|p| p.width().to_string()).collect();
