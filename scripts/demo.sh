@@ -25,6 +25,19 @@ run train --pretrained_model_name_or_path fixtures/tiny-sd --train_data_dir fixt
 run inspect "$out/cat-toy/learned_embeds.safetensors"
 run generate --pretrained_model_name_or_path fixtures/tiny-sd --embedding "$out/cat-toy" \
   --prompt 'a <cat-toy> on the beach' --num_inference_steps 20 --seed 42 --output_dir "$out/images"
+# kohya/A1111 options: captions beside the images (tags shuffled and dropped each step), several
+# starting words, min-SNR weighting, noise offset, clipping, and the web UI's .pt beside the
+# diffusers file.
+mkdir -p "$out/captioned"
+cp fixtures/dataset/images/* "$out/captioned/"
+captions=("a toy, [name], on a table, soft light" "[name], close-up, white background" "a small [name], wooden floor" "[name], outdoors, grass")
+i=0
+for f in "$out"/captioned/*; do echo "${captions[i % 4]}" > "${f%.*}.txt"; i=$((i + 1)); done
+run train --pretrained_model_name_or_path fixtures/tiny-sd --train_data_dir "$out/captioned" \
+  --placeholder_token '<my-toy>' --initializer_text 'red toy' --caption_extension .txt --shuffle_tags --tag_dropout 0.1 \
+  --snr_gamma 5 --noise_offset 0.05 --max_grad_norm 1 --save_format a1111 --resolution 64 --train_batch_size 2 \
+  --max_train_steps 30 --learning_rate 5e-3 --seed 0 --report_to none --output_dir "$out/my-toy"
+run inspect "$out/my-toy/my-toy.pt"
 # The embedding tools on files written by PyTorch, the A1111 web UI layout, kohya and SDXL.
 run inspect fixtures/embeddings/{diffusers.safetensors,diffusers_multi.bin,a1111.pt,kohya.safetensors,sdxl.safetensors,fp16.safetensors,legacy_format.bin,a1111_text.png,a1111_pixels.png}
 run convert "$out/cat-toy/learned_embeds.safetensors" "$out/cat-toy.pt"
@@ -34,4 +47,4 @@ echo
 echo "A file that would run code is refused, and nothing runs:"
 run inspect fixtures/embeddings/evil.pt || true
 echo
-echo "Outputs: $out/cat-toy (learned_embeds.safetensors, checkpoints, validation/, loss.png, logs/), $out/images"
+echo "Outputs: $out/cat-toy (learned_embeds.safetensors, checkpoints, validation/, loss.png, logs/), $out/my-toy (also my-toy.pt), $out/images"

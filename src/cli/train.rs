@@ -3,7 +3,9 @@
 //! The flags become one [`TrainConfig`]; the work is [`crate::train::trainer::train`].
 use crate::device::{parse_device, Precision};
 use crate::models::repo::ModelSource;
-use crate::train::config::{DataConfig, EmbeddingFormat, OptimConfig, OutputConfig, TrainConfig, ValidationConfig, ValidationEvery};
+use crate::train::config::{
+    CaptionConfig, DataConfig, EmbeddingFormat, InitFrom, LossConfig, OptimConfig, OutputConfig, TrainConfig, ValidationConfig, ValidationEvery,
+};
 use crate::train::dataset::{ImageOrder, LearnableProperty};
 use crate::train::lr_schedule::LrScheduleKind;
 use crate::train::metrics::ReportTo;
@@ -18,9 +20,10 @@ pub struct TrainArgs {
     /// Also save a full diffusers pipeline (extended tokenizer and text encoder) in output_dir.
     #[arg(long = "save_as_full_pipeline", alias = "save-as-full-pipeline")]
     pub save_as_full_pipeline: bool,
-    /// Vectors learned for the concept (tokens P, P_1, ..., P_{n-1}).
-    #[arg(long = "num_vectors", alias = "num-vectors", default_value_t = 1)]
-    pub num_vectors: i64,
+    /// Vectors learned for the concept (tokens P, P_1, ..., P_{n-1}); default 1, or the vector
+    /// count of --initial_embedding.
+    #[arg(long = "num_vectors", alias = "num-vectors")]
+    pub num_vectors: Option<i64>,
     /// Model folder or Hub id.
     #[arg(long = "pretrained_model_name_or_path", alias = "pretrained-model-name-or-path")]
     pub pretrained_model_name_or_path: String,
@@ -40,7 +43,7 @@ pub struct TrainArgs {
     pub placeholder_token: String,
     /// A word (one token) whose embedding starts every new vector.
     #[arg(long = "initializer_token", alias = "initializer-token")]
-    pub initializer_token: String,
+    pub initializer_token: Option<String>,
     /// object or style (which caption templates; anything but style means object, as in the
     /// script).
     #[arg(long = "learnable_property", alias = "learnable-property", default_value = "object", value_parser = learnable_property)]
@@ -154,6 +157,51 @@ pub struct TrainArgs {
     /// Encode every image with the VAE at each step, as the script does, instead of once.
     #[arg(long = "no_cache_latents", alias = "no-cache-latents")]
     pub no_cache_latents: bool,
+    /// Start the vectors from these words' embeddings, cycled over the vectors (kohya's rule)
+    /// instead of one --initializer_token.
+    #[arg(long = "initializer_text", alias = "initializer-text")]
+    pub initializer_text: Option<String>,
+    /// Start from the vectors of an embedding file (any format `inspect` reads); its vector
+    /// count sets --num_vectors (or must match it).
+    #[arg(long = "initial_embedding", alias = "initial-embedding")]
+    pub initial_embedding: Option<PathBuf>,
+    /// Each image's caption from NAME<EXT> beside it ({} or [name] marks the placeholder, else it
+    /// is prepended); images without one use the templates (listed in a warning).
+    #[arg(long = "caption_extension", alias = "caption-extension")]
+    pub caption_extension: Option<String>,
+    /// A1111-style template lines with [name] and [filewords], instead of the object/style lists.
+    #[arg(long = "template_file", alias = "template-file")]
+    pub template_file: Option<PathBuf>,
+    /// Shuffle each caption's comma-separated tags every time it is used.
+    #[arg(long = "shuffle_tags", alias = "shuffle-tags")]
+    pub shuffle_tags: bool,
+    /// Drop each caption tag with this probability.
+    #[arg(long = "tag_dropout", alias = "tag-dropout", default_value_t = 0.0)]
+    pub tag_dropout: f64,
+    /// Clip the new rows' gradient to this norm (all text encoders together).
+    #[arg(long = "max_grad_norm", alias = "max-grad-norm")]
+    pub max_grad_norm: Option<f64>,
+    /// l2 (the script's MSE), huber or smooth_l1 (kohya's).
+    #[arg(long = "loss_type", alias = "loss-type", value_enum, default_value = "l2")]
+    pub loss_type: crate::train::config::LossKind,
+    /// huber/smooth_l1's c.
+    #[arg(long = "huber_c", alias = "huber-c", default_value_t = 0.1)]
+    pub huber_c: f64,
+    /// How c varies with the timestep: constant, exponential, snr (kohya's default).
+    #[arg(long = "huber_schedule", alias = "huber-schedule", value_enum, default_value = "snr")]
+    pub huber_schedule: crate::train::config::HuberSchedule,
+    #[arg(long = "huber_scale", alias = "huber-scale", default_value_t = 1.0)]
+    pub huber_scale: f64,
+    /// Min-SNR loss weighting with this gamma (5.0 is the paper's), as diffusers' scripts.
+    #[arg(long = "snr_gamma", alias = "snr-gamma")]
+    pub snr_gamma: Option<f64>,
+    /// Add offset x randn(B, C, 1, 1) to the noise (darker/brighter images).
+    #[arg(long = "noise_offset", alias = "noise-offset", default_value_t = 0.0)]
+    pub noise_offset: f64,
+    /// Also write the embedding as the A1111 web UI's .pt or kohya's emb_params file, named after
+    /// the trigger word (repeatable).
+    #[arg(long = "save_format", alias = "save-format", value_enum)]
+    pub save_format: Vec<crate::train::config::SaveFormat>,
     /// Write the run's timings and peak device memory as JSON to this file.
     #[arg(long = "stats_json", alias = "stats-json")]
     pub stats_json: Option<PathBuf>,
@@ -172,9 +220,25 @@ impl TrainArgs {
     /// The run these flags ask for; flags this tool does not offer are errors (or a log line
     /// when they would change nothing).
     pub fn config(&self) -> Result<TrainConfig> {
-        if self.num_vectors < 1 {
-            bail!("--num_vectors has to be larger or equal to 1, but is {}", self.num_vectors);
+        if let Some(n) = self.num_vectors.filter(|&n| n < 1) {
+            bail!("--num_vectors has to be larger or equal to 1, but is {n}");
         }
+        let init = match (&self.initial_embedding, &self.initializer_text, &self.initializer_token) {
+            (Some(f), text, token) => {
+                if text.is_some() || token.is_some() {
+                    tracing::warn!("--initial_embedding given: --initializer_token/--initializer_text are not used");
+                }
+                InitFrom::Embedding(f.clone())
+            }
+            (None, Some(t), token) => {
+                if token.is_some() {
+                    tracing::warn!("--initializer_text given: --initializer_token is not used");
+                }
+                InitFrom::Text(t.clone())
+            }
+            (None, None, Some(t)) => InitFrom::Token(t.clone()),
+            (None, None, None) => bail!("the following arguments are required: --initializer_token (or --initializer_text, --initial_embedding)"),
+        };
         if self.push_to_hub {
             bail!("--push_to_hub is not available: this tool does not upload. Train, then upload output_dir with `hf upload` (huggingface_hub's CLI)");
         }
@@ -205,8 +269,9 @@ impl TrainArgs {
                 property: self.learnable_property,
             },
             placeholder_token: self.placeholder_token.clone(),
-            initializer_token: self.initializer_token.clone(),
-            num_vectors: self.num_vectors as usize,
+            init,
+            // 0: as many as --initial_embedding holds (setup decides), else 1.
+            num_vectors: self.num_vectors.map_or(0, |n| n as usize),
             optim: OptimConfig {
                 batch_size: self.train_batch_size,
                 gradient_accumulation_steps: self.gradient_accumulation_steps,
@@ -238,6 +303,22 @@ impl TrainArgs {
                 resume_from_checkpoint: self.resume_from_checkpoint.clone(),
                 save_as_full_pipeline: self.save_as_full_pipeline,
                 stats_json: self.stats_json.clone(),
+                extra_formats: self.save_format.clone(),
+            },
+            captions: CaptionConfig {
+                extension: self.caption_extension.clone(),
+                template_file: self.template_file.clone(),
+                shuffle_tags: self.shuffle_tags,
+                tag_dropout: self.tag_dropout,
+            },
+            loss: LossConfig {
+                kind: self.loss_type,
+                huber_c: self.huber_c,
+                huber_schedule: self.huber_schedule,
+                huber_scale: self.huber_scale,
+                snr_gamma: self.snr_gamma,
+                noise_offset: self.noise_offset,
+                max_grad_norm: self.max_grad_norm,
             },
             validation,
         };

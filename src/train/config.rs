@@ -21,8 +21,10 @@ pub struct TrainConfig {
     pub data: DataConfig,
     /// The new token (`P`; with `num_vectors > 1` also `P_1, ...`), the key in the saved files.
     pub placeholder_token: String,
-    /// One token whose embedding starts every new vector.
-    pub initializer_token: String,
+    /// Where the new vectors start (the script's one initializer token, or ours).
+    pub init: InitFrom,
+    /// Vectors per token; 0: as many as `init` gives (an embedding's count, the text's tokens),
+    /// else 1.
     pub num_vectors: usize,
     pub optim: OptimConfig,
     /// The UNet's and VAE's precision (`--mixed_precision`); the embeddings train in fp32.
@@ -40,6 +42,88 @@ pub struct TrainConfig {
     pub gradient_checkpointing: bool,
     pub output: OutputConfig,
     pub validation: Option<ValidationConfig>,
+    /// Captions from files beside the images, A1111-style template files, tag shuffling.
+    pub captions: CaptionConfig,
+    /// The loss and what shapes it (kohya's and diffusers' other scripts' controls).
+    pub loss: LossConfig,
+}
+
+/// Where the new vectors start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitFrom {
+    /// `--initializer_token`: one token's row copied into every vector (the script's rule).
+    Token(String),
+    /// `--initializer_text`: its tokens' rows, cycled over the vectors (kohya's rule: vector i
+    /// takes token i mod count; tokens beyond the vector count are dropped, with a warning).
+    Text(String),
+    /// `--initial_embedding`: the vectors of an embedding file (any format `inspect` reads).
+    Embedding(PathBuf),
+}
+
+/// Beyond the script's object/style templates.
+#[derive(Debug, Clone, Default)]
+pub struct CaptionConfig {
+    /// `--caption_extension .txt`: each image's caption from `NAME.txt` beside it; `{}` or
+    /// `[name]` marks where the placeholder goes, else it is prepended.
+    pub extension: Option<String>,
+    /// `--template_file F`: A1111-style lines with `[name]` (the placeholder) and `[filewords]`
+    /// (the image's caption, or words of its file name).
+    pub template_file: Option<PathBuf>,
+    /// Shuffle the caption's comma-separated tags for every item (A1111's `shuffle_tags`).
+    pub shuffle_tags: bool,
+    /// Drop each tag with this probability (A1111's `tag_drop_out`).
+    pub tag_dropout: f64,
+}
+
+impl CaptionConfig {
+    pub fn is_plain(&self) -> bool {
+        self.extension.is_none() && self.template_file.is_none()
+    }
+}
+
+/// kohya's loss types; `L2` with no weighting is the script's `F.mse_loss(..., "mean")`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LossKind {
+    #[default]
+    L2,
+    /// `2c (sqrt((p - t)² + c²) - c)`: quadratic near 0, linear beyond c.
+    Huber,
+    /// `2 (sqrt((p - t)² + c²) - c)`.
+    #[value(name = "smooth_l1", alias = "smooth-l1")]
+    SmoothL1,
+}
+
+/// How huber/smooth_l1's c depends on the timestep (kohya's `--huber_schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum HuberSchedule {
+    Constant,
+    /// `exp(-t ln(1/c) / T) x scale`.
+    Exponential,
+    /// `(1 - c) / (1 + sigma_t)² + c`, sigma_t = sqrt((1 - a_t) / a_t) (kohya's default).
+    #[default]
+    Snr,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LossConfig {
+    pub kind: LossKind,
+    pub huber_c: f64,
+    pub huber_schedule: HuberSchedule,
+    pub huber_scale: f64,
+    /// Min-SNR weighting (`--snr_gamma`), as diffusers' training scripts: per sample
+    /// `min(snr, gamma) / snr` (epsilon) or `/ (snr + 1)` (v_prediction).
+    pub snr_gamma: Option<f64>,
+    /// `--noise_offset`: `noise += offset * randn(B, C, 1, 1)`, drawn after the noise.
+    pub noise_offset: f64,
+    /// `--max_grad_norm`: clip the new rows' gradient norm (all encoders together).
+    pub max_grad_norm: Option<f64>,
+}
+
+impl LossConfig {
+    /// The script's loss, untouched.
+    pub fn is_plain_mse(&self) -> bool {
+        self.kind == LossKind::L2 && self.snr_gamma.is_none()
+    }
 }
 
 /// The images and the captions (`TextualInversionDataset`'s arguments).
@@ -122,6 +206,20 @@ pub struct OutputConfig {
     pub save_as_full_pipeline: bool,
     /// Where to write the run's timings and peak device memory as JSON (`--stats_json`).
     pub stats_json: Option<PathBuf>,
+    /// `--save_format`: also write the web UI's `.pt` / kohya's `emb_params` file, named after
+    /// the trigger word.
+    pub extra_formats: Vec<SaveFormat>,
+}
+
+/// `--save_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveFormat {
+    /// The script's files only.
+    Diffusers,
+    /// The A1111 web UI's `.pt` (`string_to_param`, `name`, `step`); SDXL: `{clip_l, clip_g}`.
+    A1111,
+    /// kohya-ss's `{"emb_params": [n, D]}` safetensors; SDXL: `{clip_l, clip_g}`.
+    Kohya,
 }
 
 /// `--validation_prompt` and how often.
@@ -157,9 +255,6 @@ impl ValidationEvery {
 impl TrainConfig {
     /// What the script (or its arithmetic) would refuse, before any file is read.
     pub fn check(&self) -> Result<()> {
-        if self.num_vectors < 1 {
-            bail!("--num_vectors has to be larger or equal to 1, but is {}", self.num_vectors);
-        }
         let optim = &self.optim;
         if optim.batch_size == 0 || optim.gradient_accumulation_steps == 0 || optim.max_train_steps == 0 {
             bail!("--train_batch_size, --gradient_accumulation_steps and --max_train_steps must be at least 1");
@@ -179,6 +274,28 @@ impl TrainConfig {
         let r = self.data.resolution;
         if r == 0 || r % 8 != 0 {
             bail!("--resolution must be a positive multiple of 8, got {r}");
+        }
+        let c = &self.captions;
+        if !(0.0..1.0).contains(&c.tag_dropout) {
+            bail!("--tag_dropout must be in [0, 1), got {}", c.tag_dropout);
+        }
+        if let Some(ext) = &c.extension {
+            if ext.is_empty() || ext.contains('/') {
+                bail!("--caption_extension must be a file extension such as .txt, got {ext:?}");
+            }
+        }
+        let l = &self.loss;
+        if l.kind != LossKind::L2 && !(l.huber_c > 0.0 && l.huber_c <= 1.0) {
+            bail!("--huber_c must be in (0, 1], got {}", l.huber_c);
+        }
+        if l.snr_gamma.is_some_and(|g| !(g > 0.0)) {
+            bail!("--snr_gamma must be positive");
+        }
+        if l.max_grad_norm.is_some_and(|n| !(n > 0.0)) {
+            bail!("--max_grad_norm must be positive");
+        }
+        if !l.noise_offset.is_finite() || l.noise_offset < 0.0 {
+            bail!("--noise_offset must be a non-negative number, got {}", l.noise_offset);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! script makes them, and the whole stream replayed without computing anything: to resume, and
 //! to put the generator back after validation re-seeded it. The data order and captions come
 //! from [`super::script_rng`].
-use super::script_rng::ScriptStream;
+use super::script_rng::{ScriptStream, StreamShape};
 use tch::{Device, Kind, Tensor};
 
 /// The shapes and counts the draws depend on.
@@ -16,9 +16,10 @@ pub struct StepDraws {
     /// `[V + n, D]` of each text encoder after `resize_token_embeddings` (its draws come first).
     pub resized: Vec<(i64, i64)>,
     pub num_vectors: i64,
-    pub dataset_len: usize,
-    pub batch_size: usize,
-    pub templates: usize,
+    /// The data order's and captions' draws.
+    pub shape: StreamShape,
+    /// `--noise_offset`: one more `randn(B, C, 1, 1)` after the noise.
+    pub noise_offset: bool,
 }
 
 /// One micro-step's draws, on the CPU.
@@ -27,6 +28,8 @@ pub struct Draws {
     pub posterior: Tensor,
     pub noise: Tensor,
     pub timesteps: Tensor,
+    /// `--noise_offset`'s `[B, 4, 1, 1]` f32 draw.
+    pub offset: Option<Tensor>,
 }
 
 impl StepDraws {
@@ -44,8 +47,10 @@ impl StepDraws {
         } else {
             Tensor::randn([bsz, 4, lat, lat], (self.kind, Device::Cpu))
         };
+        // diffusers' training scripts draw the offset in f32, right after the noise.
+        let offset = self.noise_offset.then(|| Tensor::randn([bsz, 4, 1, 1], (Kind::Float, Device::Cpu)));
         let timesteps = Tensor::randint(self.num_train_timesteps, [bsz], (Kind::Int64, Device::Cpu));
-        Draws { posterior, noise, timesteps }
+        Draws { posterior, noise, timesteps, offset }
     }
 
     /// The stream after `micro_steps` micro-steps from `set_seed`, every draw made again, and
@@ -55,9 +60,7 @@ impl StepDraws {
             self.seed,
             &self.resized,
             self.num_vectors,
-            self.dataset_len,
-            self.batch_size,
-            self.templates,
+            self.shape.clone(),
             micro_steps,
             &|b| {
                 let _ = self.draw(b);

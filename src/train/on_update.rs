@@ -20,6 +20,31 @@ pub fn save_embeddings(path: &Path, token: &str, rows: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The trigger word files are named after, as the web UIs name an embedding after its file:
+/// the placeholder without its brackets, path separators as `_`.
+pub fn trigger_name(placeholder: &str) -> String {
+    let trigger: String = placeholder.trim_matches(|c| c == '<' || c == '>').chars().map(|c| if c == '/' || c == '\\' { '_' } else { c }).collect();
+    if trigger.is_empty() || trigger.starts_with('.') || trigger.starts_with("learned_embeds") {
+        format!("embedding-{trigger}")
+    } else {
+        trigger
+    }
+}
+
+/// `--save_format a1111|kohya` for SD 1.x/2.x: the web UI's `.pt` (`string_to_param`, `name`,
+/// `step`, `sd_checkpoint_name`) or kohya's `{emb_params}` safetensors.
+fn save_extra(path: &Path, format: OutFormat, name: &str, rows: &Tensor, step: u64, model: &str) -> Result<()> {
+    let tensor = crate::tensors::from_tch(&rows.detach().to_kind(Kind::Float).to_device(Device::Cpu))?;
+    let e = Embedding { stored_token: Some(name.to_string()), parts: vec![Part { encoder: Encoder::TextEncoder, tensor }] };
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert("step".to_string(), step.to_string());
+    metadata.insert("sd_checkpoint_name".to_string(), model.to_string());
+    let source = emb_files::EmbeddingFile { kind: emb_files::FileKind::TorchZip("archive".into()), layout: emb_files::Layout::A1111, metadata, embeddings: Vec::new() };
+    emb_files::write(path, format, name, &e, Some(&source), None)?;
+    tracing::info!("Saving the {} embedding to {}", format.name(), path.display());
+    Ok(())
+}
+
 /// SDXL's one-file layout, `{clip_l: [n, 768], clip_g: [n, 1280]}`, which the A1111 web UI,
 /// kohya and ComfyUI load (ours, beside the script's pair of files).
 fn save_sdxl_pair(path: &Path, rows: &[Tensor]) -> Result<()> {
@@ -49,13 +74,41 @@ impl Trainer<'_> {
             save_embeddings(&path, &self.cfg.placeholder_token, rows)?;
             first.get_or_insert(path);
         }
-        if step.is_none() && self.trainable.len() == 2 {
-            // Named after the trigger word: the placeholder without its brackets.
-            let trigger: String = self.cfg.placeholder_token.trim_matches(|c| c == '<' || c == '>').chars().map(|c| if c == '/' || c == '\\' { '_' } else { c }).collect();
-            let trigger = if trigger.is_empty() { "embedding".to_string() } else { trigger };
-            save_sdxl_pair(&out.dir.join(format!("{trigger}.safetensors")), &self.trainable)?;
-        }
+        self.save_extra_formats(step)?;
         first.context("no text encoder rows to save")
+    }
+
+    /// The files named after the trigger word: SDXL's `{clip_l, clip_g}` file at the end (and
+    /// at each save step with `--save_format`), SD's `--save_format` files (`<trigger>.pt`,
+    /// `<trigger>-N.pt` as the web UI names them; kohya's `<trigger>.safetensors`,
+    /// `<trigger>-step0000000N.safetensors`).
+    fn save_extra_formats(&self, step: Option<u64>) -> Result<()> {
+        use super::config::SaveFormat;
+        let out = &self.cfg.output;
+        let trigger = trigger_name(&self.cfg.placeholder_token);
+        let extra: Vec<SaveFormat> = out.extra_formats.iter().copied().filter(|f| *f != SaveFormat::Diffusers).collect();
+        if self.trainable.len() == 2 {
+            if step.is_none() || !extra.is_empty() {
+                let suffix = step.map(|s| format!("-{s}")).unwrap_or_default();
+                save_sdxl_pair(&out.dir.join(format!("{trigger}{suffix}.safetensors")), &self.trainable)?;
+            }
+            return Ok(());
+        }
+        // A1111's sd_checkpoint_name: the model's name (its last path component).
+        let described = self.repo.describe();
+        let model = described.trim_end_matches('/').rsplit('/').next().unwrap_or(&described).to_string();
+        let step_n = step.unwrap_or(self.position.global_step);
+        for format in extra {
+            let (format, file) = match (format, step) {
+                (SaveFormat::A1111, None) => (OutFormat::A1111, format!("{trigger}.pt")),
+                (SaveFormat::A1111, Some(s)) => (OutFormat::A1111, format!("{trigger}-{s}.pt")),
+                (SaveFormat::Kohya, None) => (OutFormat::Kohya, format!("{trigger}.safetensors")),
+                (SaveFormat::Kohya, Some(s)) => (OutFormat::Kohya, format!("{trigger}-step{s:08}.safetensors")),
+                (SaveFormat::Diffusers, _) => continue,
+            };
+            save_extra(&out.dir.join(file), format, &trigger, &self.trainable[0], step_n, &model)?;
+        }
+        Ok(())
     }
 
     pub(super) fn on_update(&mut self) -> Result<()> {

@@ -318,3 +318,19 @@ fn update(param: &Tensor, grad: &Tensor, st: &mut ParamState, cfg: &AdamWConfig)
     let _ = param.f_addcdiv_(&st.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
     Ok(())
 }
+
+/// `torch.nn.utils.clip_grad_norm_` over `params`: the 2-norm of all their gradients together,
+/// scaled down to `max` when above it (`max / (norm + 1e-6)`).
+pub fn clip_grad_norm(params: &[Tensor], max: f64) {
+    let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+    if grads.is_empty() {
+        return;
+    }
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
+    let total = Tensor::stack(&norms, 0).norm();
+    let coef = ((total + 1e-6).reciprocal() * max).clamp_max(1.0);
+    for mut g in grads {
+        let _ = g.f_mul_(&coef.to_kind(g.kind()));
+    }
+    tracing::trace!("gradient clipped to {max}");
+}

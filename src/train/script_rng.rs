@@ -83,6 +83,21 @@ impl Mt19937 {
         y ^ (y >> 18)
     }
 
+    /// Python's `random.random()`: 53 bits from two words.
+    pub fn random(&mut self) -> f64 {
+        let a = f64::from(self.next_u32() >> 5);
+        let b = f64::from(self.next_u32() >> 6);
+        (a * 67108864.0 + b) * (1.0 / 9007199254740992.0)
+    }
+
+    /// Python's `random.shuffle(x)`: from the end, each slot swapped with one below it.
+    pub fn shuffle<T>(&mut self, x: &mut [T]) {
+        for i in (1..x.len()).rev() {
+            let j = self.below(i + 1);
+            x.swap(i, j);
+        }
+    }
+
     /// Python's `random.choice` index: `_randbelow(n)` by rejection on `getrandbits(k)`.
     pub fn below(&mut self, n: usize) -> usize {
         let k = usize::BITS - n.leading_zeros();
@@ -120,18 +135,57 @@ pub fn resize_token_embeddings_draws(vocab_after: i64, width: i64, new: i64) {
 }
 
 /// One dataset item as the script's `__getitem__` draws it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Item {
     pub index: usize,
     pub template: usize,
     pub flip: bool,
+    /// With tag draws: the caption's tags kept, in the drawn order (indices into its
+    /// comma-separated tags).
+    pub tags: Option<Vec<u16>>,
+}
+
+/// A1111's `create_text` draws after each item's template choice, on the same Python generator:
+/// `random() > dropout` per tag (when dropout is on), then `random.shuffle` of those kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagDraws {
+    /// Tags of each image's caption (0: the image has none, and draws nothing).
+    pub counts: Vec<usize>,
+    pub dropout: f64,
+    pub shuffle: bool,
+}
+
+impl TagDraws {
+    /// The draws of one item showing `image`: the kept tags in their new order.
+    pub fn draw(&self, python: &mut Mt19937, image: usize) -> Option<Vec<u16>> {
+        let n = *self.counts.get(image)?;
+        if n == 0 {
+            return None;
+        }
+        let mut kept: Vec<u16> = (0..n.min(usize::from(u16::MAX)) as u16).collect();
+        if self.dropout > 0.0 {
+            kept.retain(|_| python.random() > self.dropout);
+        }
+        if self.shuffle {
+            python.shuffle(&mut kept);
+        }
+        Some(kept)
+    }
+}
+
+/// What the stream's draws depend on besides the seed.
+#[derive(Debug, Clone)]
+pub struct StreamShape {
+    /// Dataset items (images x repeats).
+    pub len: usize,
+    pub batch_size: usize,
+    pub templates: usize,
+    pub tags: Option<TagDraws>,
 }
 
 /// The DataLoader (shuffled, `drop_last=False`) behind accelerate's one-batch lookahead.
 pub struct ScriptStream {
-    len: usize,
-    batch_size: usize,
-    templates: usize,
+    shape: StreamShape,
     python: Mt19937,
     order: Vec<usize>,
     next_item: usize,
@@ -140,20 +194,24 @@ pub struct ScriptStream {
 }
 
 impl ScriptStream {
-    pub fn new(seed: u64, len: usize, batch_size: usize, templates: usize) -> Self {
-        ScriptStream { len, batch_size, templates, python: Mt19937::python(seed), order: Vec::new(), next_item: 0, loaded: VecDeque::new(), in_epoch: false }
+    pub fn new(seed: u64, shape: StreamShape) -> Self {
+        ScriptStream { shape, python: Mt19937::python(seed), order: Vec::new(), next_item: 0, loaded: VecDeque::new(), in_epoch: false }
     }
 
     fn load_batch(&mut self) -> Option<Vec<Item>> {
-        if self.next_item >= self.len {
+        let s = &self.shape;
+        if self.next_item >= s.len {
             return None;
         }
-        let end = (self.next_item + self.batch_size).min(self.len);
+        let end = (self.next_item + s.batch_size).min(s.len);
         let mut batch = Vec::with_capacity(end - self.next_item);
         for k in self.next_item..end {
-            let template = self.python.below(self.templates);
+            let index = self.order[k];
+            let template = self.python.below(s.templates);
+            let images = s.tags.as_ref().map_or(1, |t| t.counts.len().max(1));
+            let tags = s.tags.as_ref().and_then(|t| t.draw(&mut self.python, index % images));
             let flip = f64::try_from(Tensor::rand([1], (Kind::Float, Device::Cpu))).unwrap_or(1.0) < 0.5;
-            batch.push(Item { index: self.order[k], template, flip });
+            batch.push(Item { index, template, flip, tags });
         }
         self.next_item = end;
         Some(batch)
@@ -164,7 +222,7 @@ impl ScriptStream {
     pub fn start_epoch(&mut self) {
         let _base_seed = torch_random_i64();
         let sampler_seed = torch_random_i64();
-        self.order = torch_randperm(self.len, sampler_seed);
+        self.order = torch_randperm(self.shape.len, sampler_seed);
         self.next_item = 0;
         self.loaded.clear();
         if let Some(b) = self.load_batch() {
@@ -181,22 +239,12 @@ impl ScriptStream {
     /// draw again without computing anything (`step_draws(batch_size)` makes a step's draws).
     /// Used to resume, and to give the global generator back after validation re-seeded it.
     /// Returns the stream and the epoch it is in.
-    #[allow(clippy::too_many_arguments)]
-    pub fn replay(
-        seed: u64,
-        resized: &[(i64, i64)],
-        new: i64,
-        len: usize,
-        batch_size: usize,
-        templates: usize,
-        micro_steps: u64,
-        step_draws: &dyn Fn(i64),
-    ) -> (ScriptStream, u64) {
+    pub fn replay(seed: u64, resized: &[(i64, i64)], new: i64, shape: StreamShape, micro_steps: u64, step_draws: &dyn Fn(i64)) -> (ScriptStream, u64) {
         tch::manual_seed(seed as i64);
         for &(vocab_after, width) in resized {
             resize_token_embeddings_draws(vocab_after, width, new);
         }
-        let mut stream = ScriptStream::new(seed, len, batch_size, templates);
+        let mut stream = ScriptStream::new(seed, shape);
         let mut epoch = 0;
         let mut done = 0;
         while done < micro_steps {

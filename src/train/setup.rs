@@ -2,9 +2,10 @@
 //! placeholder tokens and their rows (in both text encoders for SDXL, as
 //! `textual_inversion_sdxl.py`), a resumed checkpoint, AdamW and the LR schedule, the latent
 //! cache, and the random stream up to where the run is.
-use super::config::TrainConfig;
-use super::dataset::{caption, placeholder_string, Dataset};
+use super::config::{InitFrom, TrainConfig};
+use super::dataset::{captions, placeholder_string, Captions, Dataset};
 use super::draws::StepDraws;
+use super::script_rng::StreamShape;
 use super::grad_scaler::GradScaler;
 use super::latent_cache::LatentCache;
 use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
@@ -16,6 +17,7 @@ use crate::models::stable_diffusion::{self as sd, LoadOptions, WeightOptions};
 use crate::pipeline::Models;
 use crate::schedulers::DdpmScheduler;
 use crate::text::learned_tokens::{vector_tokens, LoadedToken};
+use crate::text::TextStack;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
@@ -29,11 +31,101 @@ fn prepare_output(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The placeholder tokens `P, P_1, ...` added to each tokenizer (the scripts' checks and error
-/// texts), their ids per tokenizer, and the row every new vector starts from in each encoder
-/// (the initializer token's).
-fn add_placeholder_tokens(cfg: &TrainConfig, models: &mut Models) -> Result<(Vec<String>, Vec<Vec<i64>>, Vec<Tensor>)> {
-    let tokens = vector_tokens(&cfg.placeholder_token, cfg.num_vectors);
+/// Ids of `text` in a tokenizer, without the start and end tokens.
+fn word_ids(text: &TextStack, words: &str) -> Result<Vec<i64>> {
+    let ids = text.tokenizer.encode_unpadded(words)?;
+    Ok(ids[1..ids.len().saturating_sub(1)].to_vec())
+}
+
+/// How many vectors, and each text encoder's `[n, D]` starting rows (see [`InitFrom`]).
+fn initial_vectors(cfg: &TrainConfig, models: &Models) -> Result<(usize, Vec<Tensor>)> {
+    let stacks = models.stacks();
+    let asked = cfg.num_vectors;
+    match &cfg.init {
+        InitFrom::Token(token) => {
+            let n = asked.max(1);
+            let mut rows = Vec::new();
+            for text in &stacks {
+                let ids = word_ids(text, token)?;
+                if ids.len() != 1 {
+                    bail!("The initializer token must be a single token. ({token:?} is {} tokens)", ids.len());
+                }
+                rows.push(text.encoder.token_row(ids[0])?.unsqueeze(0).repeat([n as i64, 1]));
+            }
+            Ok((n, rows))
+        }
+        InitFrom::Text(words) => {
+            let first = word_ids(stacks[0], words)?;
+            if first.is_empty() {
+                bail!("--initializer_text {words:?} has no tokens");
+            }
+            let n = if asked > 0 { asked } else { first.len() };
+            let mut rows = Vec::new();
+            for text in &stacks {
+                let ids = word_ids(text, words)?;
+                if ids.len() > n {
+                    tracing::warn!("--initializer_text {words:?} is {} tokens, more than the {n} vectors: the last {} are not used", ids.len(), ids.len() - n);
+                }
+                let picked: Vec<Tensor> = (0..n).map(|i| text.encoder.token_row(ids[i % ids.len()])).collect::<Result<_>>()?;
+                rows.push(Tensor::stack(&picked, 0));
+            }
+            Ok((n, rows))
+        }
+        InitFrom::Embedding(path) => {
+            let rows = embedding_rows(path, &stacks)?;
+            let n = rows[0].size()[0] as usize;
+            if asked > 0 && asked != n {
+                bail!("--num_vectors {asked} but --initial_embedding {} holds {n} vector(s)", path.display());
+            }
+            tracing::info!("starting the {n} vector(s) from {}", path.display());
+            Ok((n, rows))
+        }
+    }
+}
+
+/// The vectors of an embedding file for each text encoder: an SD file's one part (or an SDXL
+/// file's clip_l) for SD; clip_l/clip_g, or a training folder's learned_embeds(_2) pair, for
+/// SDXL.
+fn embedding_rows(path: &Path, stacks: &[&TextStack]) -> Result<Vec<Tensor>> {
+    use crate::formats::embeddings::{self, Encoder};
+    let files = crate::text::learned_tokens::resolve_files(path)?;
+    let mut parts: Vec<Option<embeddings::Part>> = vec![None; stacks.len()];
+    for (file, slot) in files {
+        let ef = embeddings::read(&file)?;
+        let e = ef.embeddings.first().with_context(|| format!("{}: no embedding", file.display()))?;
+        if ef.embeddings.len() > 1 {
+            bail!("{} holds {} embeddings; --initial_embedding takes one", file.display(), ef.embeddings.len());
+        }
+        for part in &e.parts {
+            let i = match (part.encoder, stacks.len(), slot) {
+                (Encoder::ClipG, 1, _) => continue,
+                (Encoder::ClipL, _, _) => 0,
+                (Encoder::ClipG, _, _) => 1,
+                (Encoder::TextEncoder, _, Some(i)) => i,
+                (Encoder::TextEncoder, _, None) => 0,
+            };
+            parts[i] = Some(part.clone());
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, (text, part)) in stacks.iter().zip(parts).enumerate() {
+        let part = part.with_context(|| format!("{}: no vectors for text encoder {} ({} wide)", path.display(), i + 1, text.encoder.hidden_size()))?;
+        if part.width() as i64 != text.encoder.hidden_size() {
+            bail!("{}: {}-wide vectors, but text encoder {} is {} wide", path.display(), part.width(), i + 1, text.encoder.hidden_size());
+        }
+        let t = crate::tensors::to_tch(&part.tensor)?.to_kind(Kind::Float).reshape([part.vectors() as i64, part.width() as i64]);
+        rows.push(t);
+    }
+    if rows.windows(2).any(|w| w[0].size()[0] != w[1].size()[0]) {
+        bail!("{}: the text encoders' parts have different vector counts", path.display());
+    }
+    Ok(rows)
+}
+
+/// The placeholder tokens `P, P_1, ...` (`n` of them) added to each tokenizer, with the
+/// scripts' checks and error texts, and their ids per tokenizer.
+fn add_placeholder_tokens(cfg: &TrainConfig, n: usize, models: &mut Models) -> Result<(Vec<String>, Vec<Vec<i64>>)> {
+    let tokens = vector_tokens(&cfg.placeholder_token, n);
     let mut stacks = models.stacks_mut();
     for (i, text) in stacks.iter().enumerate() {
         if tokens.iter().any(|t| text.tokenizer.token_id(t).is_some()) {
@@ -44,32 +136,22 @@ fn add_placeholder_tokens(cfg: &TrainConfig, models: &mut Models) -> Result<(Vec
             );
         }
     }
-    let mut init_ids = Vec::new();
-    for text in &stacks {
-        let ids = text.tokenizer.encode_unpadded(&cfg.initializer_token)?;
-        let ids = ids[1..ids.len().saturating_sub(1)].to_vec();
-        if ids.len() != 1 {
-            bail!("The initializer token must be a single token. ({:?} is {} tokens)", cfg.initializer_token, ids.len());
-        }
-        init_ids.push(ids[0]);
-    }
-    let (mut all_ids, mut init_rows) = (Vec::new(), Vec::new());
-    for (text, init) in stacks.iter_mut().zip(init_ids) {
+    let mut all_ids = Vec::new();
+    for text in stacks.iter_mut() {
         let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
         let ids = text.tokenizer.add_tokens(&refs)?;
         if ids.first() != Some(&text.encoder.base_vocab()) {
             bail!("placeholder ids {ids:?} do not follow the text encoder's {} rows", text.encoder.base_vocab());
         }
-        init_rows.push(text.encoder.token_row(init)?);
-        text.tokens = vec![LoadedToken { token: cfg.placeholder_token.clone(), vectors: cfg.num_vectors, file: PathBuf::new() }];
+        text.tokens = vec![LoadedToken { token: cfg.placeholder_token.clone(), vectors: n, file: PathBuf::new() }];
         all_ids.push(ids);
     }
-    Ok((tokens, all_ids, init_rows))
+    Ok((tokens, all_ids))
 }
 
 /// `--resume_from_checkpoint`: the checkpoint to continue from, if it exists (the script
 /// starts a new run when it does not).
-fn find_checkpoint(cfg: &TrainConfig) -> Result<Option<Checkpoint>> {
+fn find_checkpoint(cfg: &TrainConfig, n: usize) -> Result<Option<Checkpoint>> {
     let Some(which) = &cfg.output.resume_from_checkpoint else { return Ok(None) };
     let Some(dir) = state::resolve(&cfg.output.dir, which)? else {
         tracing::info!("Checkpoint '{which}' does not exist. Starting a new training run.");
@@ -78,8 +160,8 @@ fn find_checkpoint(cfg: &TrainConfig) -> Result<Option<Checkpoint>> {
     tracing::info!("Resuming from checkpoint {}", dir.display());
     let checkpoint = state::load(&dir)?;
     let p = &checkpoint.position;
-    if p.placeholder_token != cfg.placeholder_token || p.num_vectors != cfg.num_vectors {
-        bail!("the checkpoint trains {} with {} vectors, not {} with {}", p.placeholder_token, p.num_vectors, cfg.placeholder_token, cfg.num_vectors);
+    if p.placeholder_token != cfg.placeholder_token || p.num_vectors != n {
+        bail!("the checkpoint trains {} with {} vectors, not {} with {n}", p.placeholder_token, p.num_vectors, cfg.placeholder_token);
     }
     // The random stream is replayed from the run's own seed, whatever this run was given.
     if cfg.seed.is_some_and(|s| s != p.seed) {
@@ -114,7 +196,9 @@ impl<'c> Trainer<'c> {
         if xl && data.center_crop {
             tracing::warn!("--center_crop has no effect on SDXL: textual_inversion_sdxl.py resizes every image straight to the resolution");
         }
-        let dataset = Dataset::load_ordered(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order)?;
+        let caption_ext = captions::caption_extension(&cfg.captions);
+        let dataset = Dataset::load_with(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
+        let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
         prepare_output(&cfg.output.dir)?;
         crate::device::ensure_available(cfg.device)?;
         // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
@@ -136,7 +220,8 @@ impl<'c> Trainer<'c> {
             precision: cfg.precision,
         };
         let mut models = Models::load(&repo, &load)?;
-        let (tokens, token_ids, init_rows) = add_placeholder_tokens(cfg, &mut models)?;
+        let (n, init_rows) = initial_vectors(cfg, &models)?;
+        let (tokens, token_ids) = add_placeholder_tokens(cfg, n, &mut models)?;
         let ddpm = DdpmScheduler::new(&models.scheduler_config)?;
 
         // Steps and epochs, as the script's arithmetic (one process).
@@ -148,8 +233,7 @@ impl<'c> Trainer<'c> {
         let lr = optim.base_lr();
 
         // State: fresh or resumed.
-        let n = cfg.num_vectors;
-        let resumed = find_checkpoint(cfg)?;
+        let resumed = find_checkpoint(cfg, n)?;
         let (rows, position) = match &resumed {
             Some(checkpoint) => {
                 if checkpoint.rows.len() != init_rows.len() {
@@ -158,7 +242,7 @@ impl<'c> Trainer<'c> {
                 (checkpoint.rows.iter().map(|r| r.to_kind(Kind::Float)).collect::<Vec<_>>(), checkpoint.position.clone())
             }
             None => (
-                init_rows.iter().map(|r| r.detach().to_kind(Kind::Float).unsqueeze(0).repeat([n as i64, 1])).collect(),
+                init_rows.iter().map(|r| r.detach().to_kind(Kind::Float)).collect(),
                 Position { global_step: 0, micro_step: 0, accumulation: 0, seed, placeholder_token: cfg.placeholder_token.clone(), num_vectors: n },
             ),
         };
@@ -196,14 +280,7 @@ impl<'c> Trainer<'c> {
         if cfg.validation.is_none() {
             models.vae.release_decoder();
         }
-        let templates = cfg.data.property.templates();
         let placeholder = placeholder_string(&tokens);
-        // Captions are template x placeholder: tokenize each once, with each tokenizer.
-        let caption_ids: Vec<Vec<Vec<i64>>> = models
-            .stacks()
-            .iter()
-            .map(|text| templates.iter().map(|t| text.tokenizer.encode(&caption(t, &placeholder))).collect::<Result<_>>())
-            .collect::<Result<_>>()?;
         tracing::info!("***** Running training *****");
         tracing::info!("  Num examples = {}", dataset.len());
         tracing::info!("  Num Epochs = {num_epochs}");
@@ -228,9 +305,8 @@ impl<'c> Trainer<'c> {
             seed,
             resized: models.stacks().iter().map(|t| (t.encoder.base_vocab() + n as i64, t.encoder.hidden_size())).collect(),
             num_vectors: n as i64,
-            dataset_len: dataset.len(),
-            batch_size: optim.batch_size,
-            templates: templates.len(),
+            shape: StreamShape { len: dataset.len(), batch_size: optim.batch_size, templates: captions.num_templates(), tags: captions.tag_draws() },
+            noise_offset: cfg.loss.noise_offset > 0.0,
         };
         let (stream, epoch) = draws.replay(position.micro_step);
         Ok(Trainer {
@@ -247,7 +323,8 @@ impl<'c> Trainer<'c> {
             scaler,
             position,
             cache,
-            caption_ids,
+            captions,
+            placeholder,
             draws,
             stream,
             epoch,

@@ -7,6 +7,7 @@
 //! concatenated, plus the second encoder's pooled output and each image's time ids: the
 //! gradient reaches the second encoder's rows through both. Everything random is an input, so a
 //! test can replay the Python script's exact draws.
+use super::config::{HuberSchedule, LossConfig, LossKind};
 use crate::models::clip::ClipTextModel;
 use crate::models::unet::{AddedConditioning, UNet2DConditionModel};
 use crate::schedulers::{DdpmScheduler, PredictionType};
@@ -63,11 +64,16 @@ fn text_conditioning(encoders: &[&ClipTextModel], x: &StepInputs, kind: Kind) ->
 /// The fp32 mean-squared error of one micro-step (not yet divided for accumulation), with the
 /// graph back to the text encoders' trainable rows.
 pub fn loss(encoders: &[&ClipTextModel], unet: &UNet2DConditionModel, ddpm: &DdpmScheduler, x: &StepInputs, kind: Kind) -> Result<Tensor> {
+    loss_with(encoders, unet, ddpm, x, kind, &LossConfig::default())
+}
+
+/// [`loss`] with `--loss_type`, `--snr_gamma` and the huber settings of `objective`.
+pub fn loss_with(encoders: &[&ClipTextModel], unet: &UNet2DConditionModel, ddpm: &DdpmScheduler, x: &StepInputs, kind: Kind, objective: &LossConfig) -> Result<Tensor> {
     let _span = tracing::trace_span!("train_step").entered();
     let (noisy, target) = noisy_and_target(ddpm, x, kind)?;
     let cond = text_conditioning(encoders, x, kind)?;
     let pred = unet.forward(&noisy, &x.timesteps, &cond.hidden, cond.added.as_ref())?;
-    Ok(mse(&pred, &target))
+    loss_of(&pred, &target, &x.timesteps, ddpm, objective)
 }
 
 /// The loss, and its gradient times `scale` accumulated into the trainable rows' `.grad` (as
@@ -80,11 +86,12 @@ pub fn loss_and_backward(
     ddpm: &DdpmScheduler,
     x: &StepInputs,
     kind: Kind,
+    objective: &LossConfig,
     scale: f64,
     recompute: bool,
 ) -> Result<Tensor> {
     if !recompute {
-        let loss = loss(encoders, unet, ddpm, x, kind)?;
+        let loss = loss_with(encoders, unet, ddpm, x, kind, objective)?;
         (&loss * scale).backward();
         return Ok(loss.detach());
     }
@@ -95,7 +102,7 @@ pub fn loss_and_backward(
     // The gradient of the scaled loss at the UNet's output, then through the UNet block by
     // block to the conditioning, then through the text encoders to the rows.
     let pred = unet_pass.output().detach().set_requires_grad(true);
-    let loss = mse(&pred, &target);
+    let loss = loss_of(&pred, &target, &x.timesteps, ddpm, objective)?;
     let grad_pred = Tensor::f_run_backward(&[&loss * scale], &[&pred], false, false)?.remove(0);
     let grads = unet_pass.backward(&grad_pred)?;
     let mut total = (&cond.hidden * grads.context).sum(Kind::Float);
@@ -122,4 +129,73 @@ fn noisy_and_target(ddpm: &DdpmScheduler, x: &StepInputs, kind: Kind) -> Result<
 /// The script's `F.mse_loss(model_pred.float(), target.float(), reduction="mean")`.
 fn mse(pred: &Tensor, target: &Tensor) -> Tensor {
     pred.to_kind(Kind::Float).mse_loss(&target.to_kind(Kind::Float), tch::Reduction::Mean)
+}
+
+/// The loss to minimise: the script's MSE, or kohya's huber/smooth_l1 (per-sample c from the
+/// huber schedule), each optionally min-SNR weighted per sample as diffusers' scripts do
+/// (`loss.mean(dims 1..) * weights`, then the mean).
+pub fn loss_of(pred: &Tensor, target: &Tensor, timesteps: &Tensor, ddpm: &DdpmScheduler, objective: &LossConfig) -> Result<Tensor> {
+    if objective.is_plain_mse() {
+        return Ok(mse(pred, target));
+    }
+    let (p, t) = (pred.to_kind(Kind::Float), target.to_kind(Kind::Float));
+    let b = p.size()[0];
+    let per_element = match objective.kind {
+        LossKind::L2 => (&p - &t).square(),
+        LossKind::Huber | LossKind::SmoothL1 => {
+            let c = huber_c(timesteps, ddpm, objective)?.reshape([b, 1, 1, 1]).to_device(p.device());
+            let r = ((&p - &t).square() + c.square()).sqrt() - &c;
+            if objective.kind == LossKind::Huber { r * c * 2.0 } else { r * 2.0 }
+        }
+    };
+    let dims: Vec<i64> = (1..per_element.dim() as i64).collect();
+    let per_sample = per_element.mean_dim(dims.as_slice(), false, Kind::Float);
+    let per_sample = match objective.snr_gamma {
+        Some(gamma) => per_sample * snr_weights(timesteps, ddpm, gamma)?.to_device(p.device()),
+        None => per_sample,
+    };
+    Ok(per_sample.mean(Kind::Float))
+}
+
+/// `alphas_cumprod` at each timestep, in f32 on the CPU.
+fn alphas_at(timesteps: &Tensor, ddpm: &DdpmScheduler) -> Tensor {
+    ddpm.alphas_cumprod().index_select(0, &timesteps.to_device(tch::Device::Cpu).to_kind(Kind::Int64).flatten(0, -1))
+}
+
+/// diffusers' `compute_snr`: `(sqrt(a_t) / sqrt(1 - a_t))²` at each timestep, f32 on the CPU.
+pub fn snr(timesteps: &Tensor, ddpm: &DdpmScheduler) -> Tensor {
+    let a = ddpm.alphas_cumprod();
+    let (sqrt_a, sqrt_1ma) = (a.pow_tensor_scalar(0.5), (a.neg() + 1.0).pow_tensor_scalar(0.5));
+    let idx = timesteps.to_device(tch::Device::Cpu).to_kind(Kind::Int64).flatten(0, -1);
+    (sqrt_a.index_select(0, &idx) / sqrt_1ma.index_select(0, &idx)).pow_tensor_scalar(2.0)
+}
+
+/// Min-SNR weights from [`snr`], as diffusers' training scripts: `min(snr, gamma) / snr` for
+/// epsilon, `/ (snr + 1)` for v_prediction.
+pub fn snr_weights(timesteps: &Tensor, ddpm: &DdpmScheduler, gamma: f64) -> Result<Tensor> {
+    let snr = snr(timesteps, ddpm);
+    let min = snr.clamp_max(gamma);
+    Ok(match ddpm.prediction_type() {
+        PredictionType::Epsilon => min / &snr,
+        PredictionType::VPrediction => min / (&snr + 1.0),
+        other => bail!("--snr_gamma is defined for epsilon and v_prediction, not {other:?}"),
+    })
+}
+
+/// kohya's huber threshold per sample for `--huber_schedule`.
+pub fn huber_c(timesteps: &Tensor, ddpm: &DdpmScheduler, objective: &LossConfig) -> Result<Tensor> {
+    let (c, scale) = (objective.huber_c, objective.huber_scale);
+    let t = timesteps.to_device(tch::Device::Cpu).to_kind(Kind::Float).flatten(0, -1);
+    Ok(match objective.huber_schedule {
+        HuberSchedule::Constant => t.ones_like() * (c * scale),
+        HuberSchedule::Exponential => {
+            let alpha = -c.ln() / ddpm.num_train_timesteps() as f64;
+            (t * -alpha).exp() * scale
+        }
+        HuberSchedule::Snr => {
+            let a = alphas_at(timesteps, ddpm);
+            let sigmas = ((a.neg() + 1.0) / &a).pow_tensor_scalar(0.5);
+            (sigmas + 1.0).pow_tensor_scalar(2.0).reciprocal() * (1.0 - c) + c
+        }
+    })
 }

@@ -65,8 +65,10 @@ pub(super) struct Trainer<'c> {
     pub(super) scaler: Option<GradScaler>,
     pub(super) position: Position,
     pub(super) cache: LatentCache,
-    /// Each caption template's ids, with the placeholder filled in, per tokenizer.
-    pub(super) caption_ids: Vec<Vec<Vec<i64>>>,
+    /// Each item's caption (template, caption file, tags).
+    pub(super) captions: super::dataset::Captions,
+    /// All placeholder tokens, as captions write the concept.
+    pub(super) placeholder: String,
     pub(super) draws: StepDraws,
     pub(super) stream: ScriptStream,
     /// The epoch of the next batch fetched.
@@ -153,14 +155,17 @@ impl Trainer<'_> {
     /// Latents from the cache (or the VAE), the loss and its backward, queued on the device.
     fn forward_backward(&self, batch: &Batch) -> Result<Tensor> {
         let (device, kind) = (self.cfg.device, self.cfg.precision.kind());
-        let mut ids: Vec<Vec<i64>> = vec![Vec::with_capacity(batch.items.len() * 77); self.caption_ids.len()];
+        let stacks = self.models.stacks();
+        let mut ids: Vec<Vec<i64>> = vec![Vec::with_capacity(batch.items.len() * 77); stacks.len()];
         let mut time_ids = Vec::new();
         let (mut means, mut stds, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
         let res = self.cfg.data.resolution as i64;
         for item in &batch.items {
             let image = self.dataset.image_index(item.index);
-            for (ids, captions) in ids.iter_mut().zip(&self.caption_ids) {
-                ids.extend_from_slice(&captions[item.template]);
+            let text = self.captions.text(image, item.template, item.tags.as_deref(), &self.placeholder);
+            tracing::trace!("item {} caption {text:?}", item.index);
+            for (ids, stack) in ids.iter_mut().zip(&stacks) {
+                ids.extend_from_slice(&stack.tokenizer.encode(&text)?);
             }
             // SDXL's size conditioning: the image's size, crop (0, 0), the resolution.
             let (oh, ow) = self.dataset.images()[image].original_size;
@@ -174,7 +179,7 @@ impl Trainer<'_> {
             }
         }
         let bsz = batch.items.len() as i64;
-        let Draws { posterior, noise, timesteps } = &batch.draws;
+        let Draws { posterior, noise, timesteps, offset } = &batch.draws;
         tracing::debug!(
             "micro-step {}: items {:?}, timesteps {:?}",
             self.position.micro_step,
@@ -182,6 +187,11 @@ impl Trainer<'_> {
             Vec::<i64>::try_from(timesteps).unwrap_or_default()
         );
         let (posterior, noise, timesteps) = (posterior.to_device(device), noise.to_device(device), timesteps.to_device(device));
+        // `noise += noise_offset * randn(B, C, 1, 1)`, in the noise's dtype.
+        let noise = match offset {
+            Some(o) => (noise.to_kind(Kind::Float) + o.to_device(device) * self.cfg.loss.noise_offset).to_kind(noise.kind()),
+            None => noise,
+        };
         let scaling = self.models.vae.config.scaling_factor;
         let latents = tch::no_grad(|| {
             let (mean, std) = if pixels.is_empty() {
@@ -200,7 +210,7 @@ impl Trainer<'_> {
         let scale = self.scaler.as_ref().map_or(1.0, |s| s.scale) / self.cfg.optim.gradient_accumulation_steps as f64;
         let recompute = self.cfg.gradient_checkpointing;
         let encoders: Vec<&crate::models::clip::ClipTextModel> = self.models.stacks().into_iter().map(|t| &t.encoder).collect();
-        step::loss_and_backward(&encoders, &self.models.unet, &self.ddpm, &x, kind, scale, recompute)
+        step::loss_and_backward(&encoders, &self.models.unet, &self.ddpm, &x, kind, &self.cfg.loss, scale, recompute)
     }
 
     /// Reads the loss back, and updates when accelerate would sync (every
@@ -232,6 +242,9 @@ impl Trainer<'_> {
             None => true,
         };
         if finite {
+            if let Some(max) = self.cfg.loss.max_grad_norm {
+                super::optim::clip_grad_norm(&self.trainable, max);
+            }
             self.opt.step()?;
             self.opt.set_lr(self.lr_sched.step());
         } else {

@@ -15,10 +15,12 @@
 //! come in another order), so that `--seed` draws the same items; [`ImageOrder::Sorted`]
 //! (`--sort_images`) gives a fixed order on every machine instead. Resized pixels equal Pillow's
 //! `resize((s, s), BICUBIC)` bit for bit.
+pub mod captions;
 mod decode;
 mod resize;
 mod templates;
 
+pub use captions::Captions;
 pub use decode::{load_rgb, LoadedImage, MAX_FILE_BYTES, MAX_PIXELS};
 pub use resize::{center_crop, preprocess, resize_bicubic};
 pub use templates::{caption, placeholder_string, LearnableProperty, OBJECT_TEMPLATES, STYLE_TEMPLATES};
@@ -101,6 +103,19 @@ impl Dataset {
 
     /// [`Dataset::load`] with the images in `order`.
     pub fn load_ordered(dir: &Path, size: u32, center_crop: bool, repeats: usize, order: ImageOrder) -> Result<Self> {
+        Self::load_with(dir, size, center_crop, repeats, order, None)
+    }
+
+    /// [`Dataset::load_ordered`], files ending in `caption_extension` being captions (not
+    /// images, not skipped entries).
+    pub fn load_with(dir: &Path, size: u32, center_crop: bool, repeats: usize, order: ImageOrder, caption_extension: Option<&str>) -> Result<Self> {
+        let is_caption = |p: &Path| {
+            let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase());
+            match (caption_extension, ext) {
+                (Some(c), Some(e)) => c.trim_start_matches('.').eq_ignore_ascii_case(&e),
+                _ => false,
+            }
+        };
         if size == 0 {
             bail!("--resolution must be at least 1");
         }
@@ -114,9 +129,17 @@ impl Dataset {
             entries.sort_by_key(|e| e.file_name());
         }
         let (mut images, mut skipped) = (Vec::new(), Vec::new());
+        let mut captions = 0;
         for entry in &entries {
             let path = entry.path();
-            let reason = if entry.file_name().to_string_lossy().starts_with('.') {
+            if is_caption(&path) && path.is_file() {
+                captions += 1;
+                continue;
+            }
+            let looks_text = path.extension().is_some_and(|e| ["txt", "caption"].iter().any(|t| e.eq_ignore_ascii_case(t)));
+            let reason = if looks_text && caption_extension.is_none() {
+                "not an image (a text file: captions beside the images are read with --caption_extension)".to_string()
+            } else if entry.file_name().to_string_lossy().starts_with('.') {
                 "hidden entry (name starts with '.')".to_string()
             } else if path.is_dir() {
                 "a folder (sub-folders are not searched)".to_string()
@@ -146,7 +169,7 @@ impl Dataset {
                 "{}: skipped {} of {} entries:{}",
                 dir.display(),
                 skipped.len(),
-                entries.len(),
+                entries.len() - captions,
                 skipped_summary(&skipped)
             );
         }
