@@ -73,24 +73,35 @@ pub fn sniff(bytes: &[u8]) -> bool {
 impl TorchFile {
     /// Opens a file, memory-mapped: storages are read (and copied) only when asked for.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_mode(path, pickle::Mode::Tensors)
+    }
+
+    /// Opens a whole training checkpoint (an original Stable Diffusion `.ckpt`): the classes
+    /// Lightning and friends pickle beside the weights are kept as inert values
+    /// ([`pickle::Mode::Checkpoint`]), never called. [`TorchFile::state_dict`] finds the weights.
+    pub fn open_checkpoint(path: &Path) -> Result<Self> {
+        Self::open_mode(path, pickle::Mode::Checkpoint)
+    }
+
+    fn open_mode(path: &Path, mode: pickle::Mode) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: a private copy-on-write mapping (so tensors may point into it, and a write
         // would never reach the file); a concurrent writer could change the bytes under us,
         // which at worst yields wrong values, never unsoundness in this code (all reads are
         // bounds-checked slices).
         let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(path.display().to_string(), Bytes::Mapped(map))
+        Self::parse(path.display().to_string(), Bytes::Mapped(map), mode)
     }
 
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
-        Self::parse(name.to_string(), Bytes::Owned(bytes))
+        Self::parse(name.to_string(), Bytes::Owned(bytes), pickle::Mode::Tensors)
     }
 
-    fn parse(name: String, bytes: Bytes) -> Result<Self> {
+    fn parse(name: String, bytes: Bytes, mode: pickle::Mode) -> Result<Self> {
         if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-            Self::parse_zip(name, bytes)
+            Self::parse_zip(name, bytes, mode)
         } else if bytes.starts_with(&LEGACY_MAGIC) {
-            Self::parse_legacy(name, bytes)
+            Self::parse_legacy(name, bytes, mode)
         } else if bytes.starts_with(LFS_POINTER) {
             Err(Error::format(name, "this is a Git LFS pointer, not the file: fetch it with `git lfs pull`"))
         } else {
@@ -98,7 +109,7 @@ impl TorchFile {
         }
     }
 
-    fn parse_zip(name: String, bytes: Bytes) -> Result<Self> {
+    fn parse_zip(name: String, bytes: Bytes, mode: pickle::Mode) -> Result<Self> {
         let zerr = |e: zip::result::ZipError| Error::format(name.clone(), format!("broken zip archive: {e}"));
         let mut records: HashMap<String, Record> = HashMap::new();
         {
@@ -156,7 +167,7 @@ impl TorchFile {
         }
         let pkl_rec = records[&pkl];
         let data = read_record(&name, &bytes, pkl_rec, MAX_PICKLE_BYTES)?;
-        let (root, _) = pickle::load(&data, 0, &format!("{name}: {pkl}"))?;
+        let (root, _) = pickle::load_mode(&data, 0, &format!("{name}: {pkl}"), mode)?;
         let storages = records
             .iter()
             .filter_map(|(k, &r)| k.strip_prefix(&prefix).and_then(|k| k.strip_prefix("data/")).map(|key| (key.to_string(), r)))
@@ -164,7 +175,7 @@ impl TorchFile {
         Ok(TorchFile { name, bytes, storages, container: Container::Zip { prefix: prefix.trim_end_matches('/').to_string() }, root })
     }
 
-    fn parse_legacy(name: String, bytes: Bytes) -> Result<Self> {
+    fn parse_legacy(name: String, bytes: Bytes, mode: pickle::Mode) -> Result<Self> {
         let ctx = |what: &str| format!("{name}: {what}");
         let mut pos = LEGACY_MAGIC.len();
         let (proto, p) = pickle::load(&bytes, pos, &ctx("protocol version"))?;
@@ -175,7 +186,7 @@ impl TorchFile {
         if let Some(Value::Bool(false)) = sys_info.get("little_endian") {
             return Err(Error::format(name, "big-endian legacy files are not supported"));
         }
-        let (root, p) = pickle::load(&bytes, p, &ctx("object"))?;
+        let (root, p) = pickle::load_mode(&bytes, p, &ctx("object"), mode)?;
         let (keys, p) = pickle::load(&bytes, p, &ctx("storage keys"))?;
         pos = p;
         let Value::List(keys) = keys else {
@@ -274,6 +285,25 @@ impl TorchFile {
     pub fn tensor(&self, t: &TensorRef) -> Result<RawTensor> {
         let bytes = self.tensor_bytes(t)?.into_owned();
         RawTensor::new(t.storage.dtype, t.shape.clone(), bytes)
+    }
+
+    /// The weights of a checkpoint: the dict under `state_dict` (followed while it nests, as
+    /// diffusers' loader does), else the root when it is a dict.
+    pub fn state_dict(&self) -> Option<&Value> {
+        let mut v = &self.root;
+        while let Some(inner @ Value::Dict(_)) = v.get("state_dict") {
+            v = inner;
+        }
+        matches!(v, Value::Dict(_)).then_some(v)
+    }
+
+    /// The tensors of [`TorchFile::state_dict`] under their keys (nested dicts joined by dots).
+    pub fn state_dict_tensors(&self) -> Vec<(String, &TensorRef)> {
+        let mut out = Vec::new();
+        if let Some(sd) = self.state_dict() {
+            walk_tensors(sd, String::new(), &mut out);
+        }
+        out
     }
 
     /// Every tensor in a (possibly nested) dict, with dotted key paths, in file order.

@@ -101,6 +101,22 @@ impl Global {
     }
 }
 
+/// The modules whose classes and functions a training checkpoint (`.ckpt`) may name beside its
+/// weights, read as inert values in [`super::Mode::Checkpoint`]: PyTorch Lightning's callbacks
+/// and loop states, OmegaConf configs, numpy scalars and arrays' metadata, argparse
+/// namespaces, and the original LDM/SGM code's own classes. `os`, `subprocess`, `builtins` and
+/// the like stay refused: a file naming them is not a checkpoint anyone should load.
+pub const INERT_MODULES: &[&str] =
+    &["pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "numpy", "argparse", "ldm", "sgm", "collections", "pathlib", "typing", "enum"];
+
+/// Whether `module.name` may be kept inert in a checkpoint: [`INERT_MODULES`] and their
+/// submodules, and builtin value types passed as arguments (`defaultdict(list)`).
+pub(super) fn is_inert(module: &str, name: &str) -> bool {
+    let builtin_type = matches!(module, "builtins" | "__builtin__")
+        && matches!(name, "list" | "dict" | "tuple" | "int" | "float" | "str" | "bool" | "bytes" | "complex" | "slice" | "range");
+    builtin_type || INERT_MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|rest| rest.starts_with('.')))
+}
+
 /// The `torch.<name>` dtype objects, aliases included.
 fn dtype_object(name: &str) -> Option<DType> {
     Some(match name {

@@ -19,8 +19,8 @@ mod value;
 
 pub use allow_list::Global;
 pub use pickler::dump;
-pub use unpickler::{load, MAX_DEPTH};
-pub use value::{StorageRef, TensorRef, Value};
+pub use unpickler::{load, load_mode, MAX_DEPTH};
+pub use value::{Mode, StorageRef, TensorRef, Value};
 
 #[cfg(test)]
 mod tests {
@@ -56,6 +56,28 @@ mod tests {
         let p = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.";
         let e = load(p, 0, "evil.pkl").unwrap_err();
         assert!(e.to_string().contains("builtins.eval"), "{e}");
+    }
+
+    /// A Lightning checkpoint's extras (pickled by Python 3.11 with a stub ModelCheckpoint class):
+    /// a class as a dict key, an instance with `__dict__` state, a `defaultdict(list)`.
+    const LIGHTNING: &[u8] = b"\x80\x02}q\x00(X\x0b\x00\x00\x00global_stepq\x01K\x07X\t\x00\x00\x00callbacksq\x02}q\x03cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\nq\x04}q\x05X\x04\x00\x00\x00bestq\x06NssX\x04\x00\x00\x00loopq\x07h\x04)\x81q\x08}q\t(X\x07\x00\x00\x00dirpathq\nX\x04\x00\x00\x00logsq\x0bX\x07\x00\x00\x00monitorq\x0cNubX\x02\x00\x00\x00ddq\rccollections\ndefaultdict\nq\x0ec__builtin__\nlist\nq\x0f\x85q\x10Rq\x11X\x01\x00\x00\x00aq\x12]q\x13K\x01asX\n\x00\x00\x00state_dictq\x14}q\x15X\x01\x00\x00\x00wq\x16G?\xf8\x00\x00\x00\x00\x00\x00su.";
+
+    #[test]
+    fn checkpoint_mode_keeps_lightning_objects_inert() {
+        let e = load(LIGHTNING, 0, "last.ckpt").unwrap_err();
+        assert!(e.to_string().contains("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"), "{e}");
+        let (v, _) = load_mode(LIGHTNING, 0, "last.ckpt", Mode::Checkpoint).unwrap();
+        assert_eq!(v.get("global_step"), Some(&Value::Int(7)));
+        assert_eq!(v.get("state_dict").and_then(|d| d.get("w")), Some(&Value::Float(1.5)));
+        let inert = Value::Inert("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint".into());
+        assert_eq!(v.get("loop"), Some(&inert));
+        assert_eq!(v.get("dd"), Some(&Value::Inert("collections.defaultdict".into())));
+        let Some(Value::Dict(callbacks)) = v.get("callbacks") else { panic!("callbacks: {v:?}") };
+        assert_eq!(callbacks[0].0, inert);
+        // What could run code stays refused, checkpoint or not.
+        for p in [&b"cos\nsystem\n(S'echo hi'\ntR."[..], b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.", b"c__builtin__\ngetattr\n."] {
+            assert!(load_mode(p, 0, "evil.ckpt", Mode::Checkpoint).is_err());
+        }
     }
 
     #[test]

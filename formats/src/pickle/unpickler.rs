@@ -2,7 +2,7 @@
 //! values built and bytes read.
 use super::opcodes::OpCode;
 use super::value::as_usize;
-use super::{allow_list, Global, StorageRef, Value};
+use super::{allow_list, Global, Mode, StorageRef, Value};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 
@@ -12,7 +12,13 @@ pub const MAX_DEPTH: u32 = 512;
 /// Decodes one pickle starting at `data[start..]`. Returns the value and the position just
 /// after its `STOP`, so callers can read pickles written back to back (the legacy format).
 pub fn load(data: &[u8], start: usize, context: &str) -> Result<(Value, usize)> {
+    load_mode(data, start, context, Mode::Tensors)
+}
+
+/// [`load`] under `mode` (what globals besides the tensor allow-list become).
+pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result<(Value, usize)> {
     let mut u = Unpickler {
+        mode,
         data,
         pos: start,
         stack: Vec::new(),
@@ -26,6 +32,7 @@ pub fn load(data: &[u8], start: usize, context: &str) -> Result<(Value, usize)> 
 }
 
 struct Unpickler<'a> {
+    mode: Mode,
     data: &'a [u8],
     pos: usize,
     /// Values with their nesting depth.
@@ -151,6 +158,7 @@ impl<'a> Unpickler<'a> {
     fn global(&self, module: &str, name: &str) -> Result<Value> {
         match Global::lookup(module, name) {
             Some(g) => Ok(Value::Global(g)),
+            None if self.mode == Mode::Checkpoint && allow_list::is_inert(module, name) => Ok(Value::Inert(format!("{module}.{name}"))),
             None => Err(Error::RefusedGlobal {
                 context: self.context.to_string(),
                 module: module.to_string(),
@@ -354,20 +362,29 @@ impl<'a> Unpickler<'a> {
                     let Value::Tuple(args) = args else {
                         return Err(self.err(format!("REDUCE arguments must be a tuple, got {}", args.kind())));
                     };
-                    let v = allow_list::call(func, args).map_err(|m| self.err(m))?;
+                    let v = match inert_instance(&func, &args) {
+                        Some(v) => v,
+                        None => allow_list::call(func, args).map_err(|m| self.err(m))?,
+                    };
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::NewObj => {
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
-                    let v = allow_list::new_object(cls, args).map_err(|m| self.err(m))?;
+                    let v = match &cls {
+                        Value::Inert(name) => Value::Inert(name.clone()),
+                        _ => allow_list::new_object(cls, args).map_err(|m| self.err(m))?,
+                    };
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::NewObjEx => {
                     let (_kwargs, _) = self.pop()?;
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
-                    let v = allow_list::new_object(cls, args).map_err(|m| self.err(m))?;
+                    let v = match &cls {
+                        Value::Inert(name) => Value::Inert(name.clone()),
+                        _ => allow_list::new_object(cls, args).map_err(|m| self.err(m))?,
+                    };
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::Build => {
@@ -467,6 +484,8 @@ impl<'a> Unpickler<'a> {
         let top = self.top_mut()?;
         match &mut top.0 {
             Value::List(v) | Value::Set(v) => v.extend(items),
+            // An inert list subclass (say a Lightning container): its items are dropped.
+            Value::Inert(_) => {}
             _ => return Err(err),
         }
         top.1 = top.1.max(depth + 1);
@@ -482,6 +501,8 @@ impl<'a> Unpickler<'a> {
         let top = self.top_mut()?;
         match &mut top.0 {
             Value::Dict(v) => v.extend(pairs),
+            // An inert dict subclass (`collections.defaultdict`, an OmegaConf node): dropped.
+            Value::Inert(_) => {}
             _ => return Err(err),
         }
         top.1 = top.1.max(depth + 1);
@@ -496,7 +517,7 @@ impl<'a> Unpickler<'a> {
         let top = self.top_mut()?;
         match &mut top.0 {
             // `state_dict()` OrderedDicts carry `{'_metadata': ...}`; tensors may carry hooks.
-            Value::Dict(_) | Value::Tensor(_) => Ok(()),
+            Value::Dict(_) | Value::Tensor(_) | Value::Inert(_) => Ok(()),
             Value::Object { state: s, .. } => {
                 **s = state;
                 top.1 = top.1.max(depth + 1);
@@ -536,5 +557,16 @@ impl<'a> Unpickler<'a> {
             }
             _ => Err(self.err("persistent id is not a torch storage reference")),
         }
+    }
+}
+
+/// What calling an inert value builds: another inert value named after it (an instance, an
+/// enum member...), for `cls(...)` and `copyreg._reconstructor(cls, ...)` alike. The arguments
+/// are dropped; nothing is called.
+fn inert_instance(func: &Value, args: &[Value]) -> Option<Value> {
+    match (func, args.first()) {
+        (Value::Inert(name), _) => Some(Value::Inert(name.clone())),
+        (Value::Global(Global::Reconstructor), Some(Value::Inert(name))) => Some(Value::Inert(name.clone())),
+        _ => None,
     }
 }

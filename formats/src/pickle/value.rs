@@ -24,6 +24,21 @@ pub enum Value {
     Tensor(TensorRef),
     /// An instance of an allowed class (e.g. `torch.nn.ParameterDict`) with its `__dict__` state.
     Object { class: Global, state: Box<Value> },
+    /// A class, function or instance outside the allow-list that a training checkpoint may
+    /// carry beside its weights (PyTorch Lightning callbacks, OmegaConf configs, numpy scalars),
+    /// read only in [`Mode::Checkpoint`]: its dotted name, kept as a label and never called.
+    Inert(String),
+}
+
+/// What a pickle may name beyond the tensor allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Weights and embeddings: any other global is refused.
+    #[default]
+    Tensors,
+    /// A whole training checkpoint (`.ckpt`): globals of the libraries such files are known to
+    /// pickle ([`super::allow_list::INERT_MODULES`]) become [`Value::Inert`]; the rest is refused.
+    Checkpoint,
 }
 
 impl Value {
@@ -80,7 +95,7 @@ impl Value {
             Value::Global(_) => "class or function",
             Value::Storage(_) => "storage",
             Value::Tensor(_) => "tensor",
-            Value::Object { .. } => "object",
+            Value::Object { .. } | Value::Inert(_) => "object",
         }
     }
     /// Values in this tree (itself included): what a memo copy of it costs.
