@@ -38,6 +38,11 @@ run train --pretrained_model_name_or_path fixtures/tiny-sd --train_data_dir "$ou
   --snr_gamma 5 --noise_offset 0.05 --max_grad_norm 1 --save_format a1111 --resolution 64 --train_batch_size 2 \
   --max_train_steps 30 --learning_rate 5e-3 --seed 0 --report_to none --output_dir "$out/my-toy"
 run inspect "$out/my-toy/my-toy.pt"
+# A single-file checkpoint in the original layout (a Lightning .ckpt, read without running its
+# pickled objects): generate from it directly, and convert it to a diffusers folder.
+run generate --pretrained_model_name_or_path fixtures/single-file/sd1.ckpt --config fixtures/single-file/sd1 \
+  --prompt 'a photo of a cat' --height 32 --width 32 --num_inference_steps 4 --seed 42 --output_dir "$out/single-file"
+run convert-model fixtures/single-file/sdxl.safetensors "$out/sdxl-folder" --config fixtures/single-file/sdxl
 # The embedding tools on files written by PyTorch, the A1111 web UI layout, kohya and SDXL.
 run inspect fixtures/embeddings/{diffusers.safetensors,diffusers_multi.bin,a1111.pt,kohya.safetensors,sdxl.safetensors,fp16.safetensors,legacy_format.bin,a1111_text.png,a1111_pixels.png}
 run convert "$out/cat-toy/learned_embeds.safetensors" "$out/cat-toy.pt"
@@ -47,4 +52,4 @@ echo
 echo "A file that would run code is refused, and nothing runs:"
 run inspect fixtures/embeddings/evil.pt || true
 echo
-echo "Outputs: $out/cat-toy (learned_embeds.safetensors, checkpoints, validation/, loss.png, logs/), $out/my-toy (also my-toy.pt), $out/images"
+echo "Outputs: $out/cat-toy (learned_embeds.safetensors, checkpoints, validation/, loss.png, logs/), $out/my-toy (also my-toy.pt), $out/images, $out/single-file, $out/sdxl-folder"

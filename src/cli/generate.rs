@@ -1,7 +1,6 @@
 //! `textual-inversion generate`: text to image with any embeddings. The flags become one
 //! [`GenerateConfig`]; the work is [`crate::pipeline::generate::run`].
 use crate::device::{parse_device, Precision};
-use crate::models::repo::ModelSource;
 use crate::models::stable_diffusion::{LoadOptions, WeightOptions};
 use crate::pipeline::generate::GenerateConfig;
 use crate::pipeline::GenerateOptions;
@@ -12,11 +11,14 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// Model folder or Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5).
+    /// Model folder, Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or single-file
+    /// checkpoint (`.safetensors`/`.ckpt` in the original layout).
     #[arg(long = "pretrained_model_name_or_path", alias = "pretrained-model-name-or-path", alias = "model")]
     pub model: String,
     #[arg(long)]
     pub revision: Option<String>,
+    #[command(flatten)]
+    pub model_file: super::ModelFileArgs,
     /// Weight file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
     #[arg(long)]
     pub variant: Option<String>,
@@ -83,7 +85,7 @@ impl GenerateArgs {
     /// The run these flags ask for.
     pub fn config(&self) -> GenerateConfig {
         GenerateConfig {
-            model: ModelSource { name_or_path: self.model.clone(), revision: self.revision.clone() },
+            model: self.model_file.source(&self.model, self.revision.clone()),
             load: LoadOptions {
                 weights: WeightOptions { variant: self.variant.clone(), use_safetensors: None },
                 text_encoder_variant: true,

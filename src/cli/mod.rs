@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each with its clap arguments and `run`.
 pub mod convert;
+pub mod convert_model;
 pub mod generate;
 pub mod info;
 pub mod inspect;
@@ -31,6 +32,33 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Learn new tokens from a few images: diffusers' textual_inversion.py, same flags and files.
     Train(Box<train::TrainArgs>),
+    /// Write a single-file (original layout) checkpoint as a diffusers model folder.
+    ConvertModel(convert_model::ConvertModelArgs),
+}
+
+/// How a model given as one file (an original-layout `.safetensors`/`.ckpt`) is read; shared
+/// by `generate`, `train` and `convert-model`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelFileArgs {
+    /// For a single-file checkpoint: the diffusers folder or Hub id whose configs and tokenizers
+    /// it is read with (default: the bundled configs of the type its keys show: SD 1.5, SD 2.1
+    /// or SDXL base), as diffusers' `from_single_file(config=...)`.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// epsilon or v_prediction: overrides the scheduler config's (and what a single file says).
+    #[arg(long = "prediction_type", alias = "prediction-type", value_parser = ["epsilon", "v_prediction", "sample"])]
+    pub prediction_type: Option<String>,
+}
+
+impl ModelFileArgs {
+    pub fn source(&self, name_or_path: &str, revision: Option<String>) -> crate::models::repo::ModelSource {
+        crate::models::repo::ModelSource {
+            name_or_path: name_or_path.to_string(),
+            revision,
+            config: self.config.clone(),
+            prediction_type: self.prediction_type.clone(),
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,5 +68,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(*a),
+        Command::ConvertModel(a) => convert_model::run(a),
     }
 }

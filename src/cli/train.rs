@@ -2,7 +2,6 @@
 //! textual_inversion.py`, same names (kebab-case accepted too), same defaults, same meaning.
 //! The flags become one [`TrainConfig`]; the work is [`crate::train::trainer::train`].
 use crate::device::{parse_device, Precision};
-use crate::models::repo::ModelSource;
 use crate::train::config::{
     CaptionConfig, DataConfig, EmbeddingFormat, InitFrom, LossConfig, OptimConfig, OutputConfig, TrainConfig, ValidationConfig, ValidationEvery,
 };
@@ -24,11 +23,13 @@ pub struct TrainArgs {
     /// count of --initial_embedding.
     #[arg(long = "num_vectors", alias = "num-vectors")]
     pub num_vectors: Option<i64>,
-    /// Model folder or Hub id.
+    /// Model folder, Hub id or single-file checkpoint (`.safetensors`/`.ckpt`, original layout).
     #[arg(long = "pretrained_model_name_or_path", alias = "pretrained-model-name-or-path")]
     pub pretrained_model_name_or_path: String,
     #[arg(long)]
     pub revision: Option<String>,
+    #[command(flatten)]
+    pub model_file: super::ModelFileArgs,
     /// Weight-file variant of the UNet and VAE (e.g. fp16).
     #[arg(long)]
     pub variant: Option<String>,
@@ -257,7 +258,7 @@ impl TrainArgs {
             },
         });
         let cfg = TrainConfig {
-            model: ModelSource { name_or_path: self.pretrained_model_name_or_path.clone(), revision: self.revision.clone() },
+            model: self.model_file.source(&self.pretrained_model_name_or_path, self.revision.clone()),
             variant: self.variant.clone(),
             tokenizer_dir: self.tokenizer_name.clone(),
             data: DataConfig {

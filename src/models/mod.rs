@@ -13,6 +13,7 @@ pub mod config;
 pub mod nn;
 pub mod repo;
 pub mod resnet;
+pub mod single_file;
 pub mod stable_diffusion;
 pub mod timestep_embedding;
 pub mod tokenizer;

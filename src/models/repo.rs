@@ -27,23 +27,54 @@ impl HubOptions {
 }
 
 /// `--pretrained_model_name_or_path` and `--revision`: where a model comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ModelSource {
     pub name_or_path: String,
     pub revision: Option<String>,
+    /// `--config`: for a single-file checkpoint, the diffusers folder (or Hub id) whose configs
+    /// and tokenizers it is read with (default: the bundled ones for its type).
+    pub config: Option<String>,
+    /// `--prediction_type`: overrides the scheduler config's (and a single file's own).
+    pub prediction_type: Option<String>,
 }
 
 impl ModelSource {
-    /// Resolves it with the Hub settings of the environment.
+    pub fn new(name_or_path: impl Into<String>) -> Self {
+        ModelSource { name_or_path: name_or_path.into(), ..Default::default() }
+    }
+
+    /// Resolves it with the Hub settings of the environment: a file is a single-file
+    /// checkpoint, a folder or Hub id a diffusers model.
     pub fn resolve(&self) -> Result<ModelRepo> {
-        ModelRepo::resolve(&self.name_or_path, self.revision.as_deref(), &HubOptions::from_env())
+        let hub = HubOptions::from_env();
+        let path = Path::new(&self.name_or_path);
+        if path.is_file() {
+            let config = match &self.config {
+                Some(c) => Some(ModelRepo::resolve(c, None, &hub).with_context(|| format!("--config {c}"))?),
+                None => None,
+            };
+            let file = super::single_file::SingleFile::open(path, config, self.prediction_type.as_deref())?;
+            return Ok(ModelRepo::SingleFile(Box::new(file)));
+        }
+        if self.config.is_some() {
+            bail!("--config is for single-file checkpoints; {} is not a file", self.name_or_path);
+        }
+        let repo = ModelRepo::resolve(&self.name_or_path, self.revision.as_deref(), &hub)?;
+        Ok(match &self.prediction_type {
+            Some(p) => ModelRepo::Overridden { inner: Box::new(repo), prediction_type: p.clone() },
+            None => repo,
+        })
     }
 }
 
-/// A model: a local folder or a Hub repository at a revision.
+/// A model: a local folder, a Hub repository at a revision, or a single-file checkpoint.
 pub enum ModelRepo {
     Local(PathBuf),
     Hub { id: String, revision: String, cache: hf_hub::Cache, snapshot: Option<PathBuf>, api: Option<hf_hub::api::sync::ApiRepo> },
+    /// An original-layout checkpoint; its configs and tokenizers are those of its config folder.
+    SingleFile(Box<super::single_file::SingleFile>),
+    /// A folder or Hub model read with `--prediction_type`.
+    Overridden { inner: Box<ModelRepo>, prediction_type: String },
 }
 
 impl ModelRepo {
@@ -83,6 +114,26 @@ impl ModelRepo {
         match self {
             ModelRepo::Local(p) => p.display().to_string(),
             ModelRepo::Hub { id, revision, .. } => format!("{id}@{revision}"),
+            ModelRepo::SingleFile(f) => f.describe(),
+            ModelRepo::Overridden { inner, .. } => inner.describe(),
+        }
+    }
+
+    /// The single-file checkpoint this is, if it is one.
+    pub fn single_file(&self) -> Option<&super::single_file::SingleFile> {
+        match self {
+            ModelRepo::SingleFile(f) => Some(f),
+            ModelRepo::Overridden { inner, .. } => inner.single_file(),
+            _ => None,
+        }
+    }
+
+    /// The prediction type that replaces the scheduler config's, and why.
+    pub fn prediction_override(&self) -> Option<(String, String)> {
+        match self {
+            ModelRepo::SingleFile(f) => f.prediction_type.clone(),
+            ModelRepo::Overridden { prediction_type, .. } => Some((prediction_type.clone(), "--prediction_type".into())),
+            _ => None,
         }
     }
 
@@ -90,6 +141,8 @@ impl ModelRepo {
     /// allowed; `Ok(None)` if the model has no such file.
     pub fn get(&self, file: &str) -> Result<Option<PathBuf>> {
         match self {
+            ModelRepo::SingleFile(f) => f.config.get(file),
+            ModelRepo::Overridden { inner, .. } => inner.get(file),
             ModelRepo::Local(root) => {
                 let p = root.join(file);
                 Ok(p.is_file().then_some(p))
@@ -128,6 +181,8 @@ impl ModelRepo {
     fn offline_hint(&self) -> &'static str {
         match self {
             ModelRepo::Hub { api: None, .. } => " in the local Hugging Face cache (offline: HF_HUB_OFFLINE is set)",
+            ModelRepo::SingleFile(f) => f.config.offline_hint(),
+            ModelRepo::Overridden { inner, .. } => inner.offline_hint(),
             _ => "",
         }
     }
@@ -151,6 +206,11 @@ impl ModelRepo {
     /// [`ModelRepo::weight_files`], with "none found" as `Ok(Err(files looked for))` rather
     /// than an error (network and parse failures are still errors).
     pub fn find_weight_files(&self, component: &str, variant: Option<&str>, use_safetensors: Option<bool>) -> Result<Result<Vec<PathBuf>, Vec<String>>> {
+        match self {
+            ModelRepo::SingleFile(f) => return Ok(Err(vec![format!("{component}/ (a single-file checkpoint: its tensors are all in {})", f.path.display())])),
+            ModelRepo::Overridden { inner, .. } => return inner.find_weight_files(component, variant, use_safetensors),
+            _ => {}
+        }
         let v = variant.map(|v| format!(".{v}")).unwrap_or_default();
         let stems: &[&str] = if component.starts_with("text_encoder") { &["model", "pytorch_model"] } else { &["diffusion_pytorch_model"] };
         let mut candidates = Vec::new();

@@ -78,7 +78,33 @@ pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Components> {
     let family = family(repo)?;
     let weights = &options.weights;
     let components: &[&str] = if family.is_xl() { &["text_encoder", "text_encoder_2", "unet", "vae"] } else { &["text_encoder", "unet", "vae"] };
-    check_variant(repo, weights, components)?;
+    match repo.single_file() {
+        Some(file) => {
+            if weights.variant.is_some() {
+                tracing::warn!("--variant does not apply to a single-file checkpoint ({}): ignored", file.path.display());
+            }
+            if family.is_xl() != (file.arch == super::single_file::Arch::Xl) {
+                bail!("{} is a {} checkpoint but its configs ({}) are a {} pipeline", file.path.display(), file.arch.name(), file.config.describe(), if family.is_xl() { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" });
+            }
+        }
+        None => check_variant(repo, weights, components)?,
+    }
+    let parts = load_parts(repo, options, family);
+    match repo.single_file() {
+        Some(file) => parts.with_context(|| {
+            format!(
+                "reading {} as {} with the configs of {}: a model of other shapes needs --config DIR (a diffusers folder of its architecture)",
+                file.path.display(),
+                file.arch.name(),
+                file.config.describe()
+            )
+        }),
+        None => parts,
+    }
+}
+
+fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result<Components> {
+    let weights = &options.weights;
     let tokenizer = match &options.tokenizer_dir {
         Some(dir) => super::tokenizer::ClipTokenizer::from_folder(dir)?,
         None => load_tokenizer(repo)?,
@@ -117,9 +143,15 @@ pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Components> {
 }
 
 /// `scheduler/scheduler_config.json`.
+/// `scheduler/scheduler_config.json`, with the prediction type `--prediction_type` or a
+/// single-file checkpoint sets.
 pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
     let path = repo.require("scheduler/scheduler_config.json")?;
-    SchedulerConfig::read(&path)
+    let mut config = SchedulerConfig::read(&path)?;
+    if let Some((p, _)) = repo.prediction_override() {
+        config.prediction_type = Some(p);
+    }
+    Ok(config)
 }
 
 /// The pipeline `model_index.json` describes (a folder without one is SD 1.x/2.x); refuses
@@ -157,6 +189,9 @@ pub fn check_variant(repo: &ModelRepo, opts: &WeightOptions, components: &[&str]
 }
 
 fn load_weights(repo: &ModelRepo, component: &str, opts: &WeightOptions, placement: Placement) -> Result<Weights> {
+    if let Some(file) = repo.single_file() {
+        return file.weights(component, placement);
+    }
     let mut variant = opts.variant.as_deref();
     if let Some(v) = variant {
         if let Err(tried) = repo.find_weight_files(component, Some(v), opts.use_safetensors)? {

@@ -36,11 +36,24 @@ enum Source {
 }
 
 /// Where one tensor's bytes are.
+#[derive(Clone)]
 enum Entry {
     /// Byte range in a safetensors file (validated at open).
     Safetensors { file: usize, dtype: DType, shape: Vec<i64>, start: usize, end: usize },
     /// A tensor reference in a torch.save file.
     Torch { file: usize, tensor: crate::formats::pickle::TensorRef },
+    /// Part of a stored tensor, or its transpose, under another name (single-file checkpoints).
+    Derived { base: Box<Entry>, view: View },
+}
+
+/// How a single-file checkpoint's tensor becomes one of ours (see [`Checkpoint::component`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Whole,
+    /// Rows `start..start + len` of the first dimension: OpenCLIP's stacked q/k/v projections.
+    Rows { start: i64, len: i64 },
+    /// The transpose of a matrix: OpenCLIP's `text_projection` is applied as `x @ P`.
+    Transposed,
 }
 
 impl Entry {
@@ -48,6 +61,19 @@ impl Entry {
         match self {
             Entry::Safetensors { shape, .. } => shape.clone(),
             Entry::Torch { tensor, .. } => tensor.shape.iter().map(|&d| d as i64).collect(),
+            Entry::Derived { base, view } => {
+                let mut s = base.shape();
+                match view {
+                    View::Whole => {}
+                    View::Rows { len, .. } => {
+                        if let Some(d) = s.first_mut() {
+                            *d = *len;
+                        }
+                    }
+                    View::Transposed => s.reverse(),
+                }
+                s
+            }
         }
     }
 }
@@ -105,34 +131,11 @@ impl Weights {
     }
 
     fn add_file(&mut self, path: &Path, sources: &mut Vec<Source>) -> Result<()> {
-        let idx = sources.len();
-        let head = {
-            use std::io::Read;
-            let mut buf = [0u8; 16];
-            let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-            buf[..n].to_vec()
-        };
-        if crate::formats::torch_file::sniff(&head) || head.starts_with(crate::formats::torch_file::LFS_POINTER) {
-            let tf = TorchFile::open(path)?;
-            for (key, t) in tf.tensors() {
-                self.insert(path, key, Entry::Torch { file: idx, tensor: t.clone() })?;
-            }
-            sources.push(Source::Torch(tf));
-        } else {
-            let st = SafetensorsFile::open(path)?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(st.bytes())
-                .map_err(|e| FormatError::format(path.display().to_string(), e.to_string()))?;
-            let base = 8 + header_len;
-            for (key, info) in meta.tensors() {
-                let dtype = DType::from_safetensors(info.dtype)
-                    .with_context(|| format!("{}: tensor {key} has unsupported dtype {:?}", path.display(), info.dtype))?;
-                let shape = info.shape.iter().map(|&d| d as i64).collect();
-                let (s, e) = info.data_offsets;
-                self.insert(path, key, Entry::Safetensors { file: idx, dtype, shape, start: base + s, end: base + e })?;
-            }
-            sources.push(Source::Safetensors(st));
+        let (source, entries) = open_source(path, sources.len(), false)?;
+        for (key, e) in entries {
+            self.insert(path, key, e)?;
         }
+        sources.push(source);
         Ok(())
     }
 
@@ -197,7 +200,28 @@ impl Weights {
             bail!("tensor {key} has shape {stored:?}, expected {shape:?}");
         }
         self.used.borrow_mut().insert(key.to_string());
-        let t = match entry {
+        let t = self.stored(entry)?;
+        let t = if reshape { t.f_reshape(shape)? } else { t };
+        let stored_at = t.data_ptr() as usize;
+        let t = t.f_to_kind(kind)?.f_to_device(self.placement.device)?;
+        // Converted (another dtype or device) means copied: the mapping is not needed for it.
+        if self.placement.device == Device::Cpu && t.data_ptr() as usize == stored_at && t.numel() > 0 {
+            self.borrowed.set(true);
+        }
+        Ok(t)
+    }
+
+    /// The stored tensor under `key`, in the file's dtype, on the CPU (for `convert-model`).
+    pub fn stored_tensor(&self, key: &str) -> Result<Tensor> {
+        let entry = self.entries.get(key).with_context(|| format!("{}: no tensor {key}", self.name))?;
+        self.used.borrow_mut().insert(key.to_string());
+        Ok(self.stored(entry)?.f_contiguous()?)
+    }
+
+    /// A stored tensor as a CPU tensor of the file's dtype, pointing into the mapping where it
+    /// can (a row range of a contiguous tensor still does).
+    fn stored(&self, entry: &Entry) -> Result<Tensor> {
+        Ok(match entry {
             Entry::Safetensors { file, dtype, shape: s, start, end } => {
                 let Source::Safetensors(st) = &self.sources[*file] else { unreachable!("entries point at their source") };
                 mapped_tensor(&st.bytes()[*start..*end], s, *dtype)?
@@ -210,15 +234,15 @@ impl Weights {
                     Cow::Owned(bytes) => Tensor::f_from_data_size(&bytes, &s, tch_kind(tensor.storage.dtype))?,
                 }
             }
-        };
-        let t = if reshape { t.f_reshape(shape)? } else { t };
-        let stored_at = t.data_ptr() as usize;
-        let t = t.f_to_kind(kind)?.f_to_device(self.placement.device)?;
-        // Converted (another dtype or device) means copied: the mapping is not needed for it.
-        if self.placement.device == Device::Cpu && t.data_ptr() as usize == stored_at && t.numel() > 0 {
-            self.borrowed.set(true);
-        }
-        Ok(t)
+            Entry::Derived { base, view } => {
+                let t = self.stored(base)?;
+                match view {
+                    View::Whole => t,
+                    View::Rows { start, len } => t.f_narrow(0, *start, *len)?,
+                    View::Transposed => t.f_transpose(0, 1)?.f_contiguous()?,
+                }
+            }
+        })
     }
 
     /// Records a problem found by a module (e.g. an unsupported layout) for `finish`.
@@ -252,6 +276,125 @@ impl Weights {
             msg.push_str(&format!("\n  - ... and {} more unexpected tensors", unexpected.len() - 20));
         }
         bail!(msg)
+    }
+}
+
+/// Opens one weight file (safetensors or torch.save, told apart by content) as source number
+/// `idx`, with its tensors. `checkpoint`: a whole training checkpoint, whose weights are its
+/// `state_dict` and whose other objects stay inert.
+fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec<(String, Entry)>)> {
+    let head = {
+        use std::io::Read;
+        let mut buf = [0u8; 16];
+        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        buf[..n].to_vec()
+    };
+    let mut entries = Vec::new();
+    if crate::formats::torch_file::sniff(&head) || head.starts_with(crate::formats::torch_file::LFS_POINTER) {
+        let tf = if checkpoint { TorchFile::open_checkpoint(path)? } else { TorchFile::open(path)? };
+        let tensors = if checkpoint { tf.state_dict_tensors() } else { tf.tensors() };
+        for (key, t) in tensors {
+            entries.push((key, Entry::Torch { file: idx, tensor: t.clone() }));
+        }
+        Ok((Source::Torch(tf), entries))
+    } else {
+        let st = SafetensorsFile::open(path)?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(st.bytes())
+            .map_err(|e| FormatError::format(path.display().to_string(), e.to_string()))?;
+        let base = 8 + header_len;
+        for (key, info) in meta.tensors() {
+            let dtype = DType::from_safetensors(info.dtype)
+                .with_context(|| format!("{}: tensor {key} has unsupported dtype {:?}", path.display(), info.dtype))?;
+            let shape = info.shape.iter().map(|&d| d as i64).collect();
+            let (s, e) = info.data_offsets;
+            entries.push((key, Entry::Safetensors { file: idx, dtype, shape, start: base + s, end: base + e }));
+        }
+        Ok((Source::Safetensors(st), entries))
+    }
+}
+
+/// A single-file checkpoint (the original LDM layout: every component's tensors in one
+/// `.safetensors` or `.ckpt`), opened once and shared by the components built from it.
+pub struct Checkpoint {
+    name: String,
+    sources: Arc<Vec<Source>>,
+    entries: HashMap<String, Entry>,
+    /// The safetensors header's `__metadata__` (model-spec keys such as `modelspec.prediction_type`).
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// A Lightning checkpoint's `global_step`.
+    pub global_step: Option<i64>,
+}
+
+impl Checkpoint {
+    pub fn open(path: &Path) -> Result<Self> {
+        let (source, list) = open_source(path, 0, true)?;
+        let mut metadata = std::collections::BTreeMap::new();
+        let mut global_step = None;
+        match &source {
+            Source::Safetensors(st) => {
+                if let Ok((_, meta)) = safetensors::SafeTensors::read_metadata(st.bytes()) {
+                    metadata.extend(meta.metadata().clone().unwrap_or_default());
+                }
+            }
+            Source::Torch(tf) => global_step = tf.root.get("global_step").and_then(|v| v.as_int()),
+        }
+        let mut entries = HashMap::new();
+        for (key, e) in list {
+            if entries.insert(key.clone(), e).is_some() {
+                bail!("{}: tensor {key} appears twice", path.display());
+            }
+        }
+        if entries.is_empty() {
+            bail!("{} holds no tensors (for a .ckpt: no state_dict)", path.display());
+        }
+        Ok(Checkpoint { name: path.display().to_string(), sources: Arc::new(vec![source]), entries, metadata, global_step })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn shape_of(&self, key: &str) -> Option<Vec<i64>> {
+        self.entries.get(key).map(Entry::shape)
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut k: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        k.sort();
+        k
+    }
+
+    /// One component's weights under diffusers' names: `map` gives, for a stored key and its
+    /// shape, the names (and views) it provides; keys it maps to nothing are not this
+    /// component's. Fails when two stored tensors claim one name or nothing maps at all.
+    pub fn component(&self, component: &str, placement: Placement, map: impl Fn(&str, &[i64]) -> Vec<(String, View)>) -> Result<Weights> {
+        let mut entries = HashMap::new();
+        for (key, e) in &self.entries {
+            for (name, view) in map(key, &e.shape()) {
+                let derived = if view == View::Whole { e.clone() } else { Entry::Derived { base: Box::new(e.clone()), view } };
+                if entries.insert(name.clone(), derived).is_some() {
+                    bail!("{}: two tensors map to {component}'s {name}", self.name);
+                }
+            }
+        }
+        if entries.is_empty() {
+            bail!("{} has no tensors of the {component}", self.name);
+        }
+        Ok(Weights {
+            name: format!("{} ({component})", self.name),
+            sources: self.sources.clone(),
+            entries,
+            placement,
+            used: RefCell::new(BTreeSet::new()),
+            problems: RefCell::new(Vec::new()),
+            borrowed: std::cell::Cell::new(false),
+        })
     }
 }
 

@@ -191,6 +191,13 @@ impl<'c> Trainer<'c> {
         // Everything the user controls is checked before any model loads.
         let data = &cfg.data;
         let repo = cfg.model.resolve()?;
+        if let (true, Some(file)) = (cfg.output.save_as_full_pipeline, repo.single_file()) {
+            bail!(
+                "--save_as_full_pipeline copies the model folder's weight files, and {} is a single file: convert it first (`textual-inversion convert-model {} DIR`) and train from DIR",
+                file.path.display(),
+                file.path.display()
+            );
+        }
         let xl = sd::family(&repo)?.is_xl();
         // textual_inversion_sdxl.py resizes straight to the square (its crop is then a no-op).
         if xl && data.center_crop {

@@ -1,0 +1,136 @@
+//! `textual-inversion convert-model IN OUT_DIR`: a single-file checkpoint written as the
+//! diffusers folder `from_single_file(...).save_pretrained(OUT_DIR)` would give (configs,
+//! tokenizers, one safetensors file per component), which any diffusers tool then loads.
+use super::convert::DtypeArg;
+use crate::formats::safetensors_io;
+use crate::models::repo::ModelRepo;
+use crate::models::single_file::{self, SingleFile};
+use crate::models::stable_diffusion::{self as sd, WeightOptions};
+use crate::models::weights::Placement;
+use crate::tensors::from_tch;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertModelArgs {
+    /// Original-layout checkpoint (`.safetensors` or `.ckpt`) of SD 1.x, 2.x or SDXL base.
+    pub input: PathBuf,
+    /// Folder to create (it must not exist; it appears complete or not at all).
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model_file: super::ModelFileArgs,
+    /// Precision of the written weights (default: as stored).
+    #[arg(long, value_enum, default_value = "keep")]
+    pub dtype: DtypeArg,
+}
+
+/// Tokenizer files copied from the config folder when present.
+const TOKENIZER_FILES: &[&str] = &["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "added_tokens.json"];
+
+pub fn run(args: ConvertModelArgs) -> Result<()> {
+    let input = args.input.to_string_lossy().to_string();
+    if !args.input.is_file() {
+        bail!("{input} is not a file: convert-model reads a single-file checkpoint (.safetensors or .ckpt)");
+    }
+    if args.output.exists() {
+        bail!("{} exists: give a new folder (nothing was written)", args.output.display());
+    }
+    let repo = args.model_file.source(&input, None).resolve()?;
+    let Some(file) = repo.single_file() else { bail!("{input} is not a single-file checkpoint") };
+    let kind = match args.dtype {
+        DtypeArg::Keep => None,
+        DtypeArg::Fp32 => Some(Kind::Float),
+        DtypeArg::Fp16 => Some(Kind::Half),
+        DtypeArg::Bf16 => Some(Kind::BFloat16),
+    };
+    let parent = match args.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = tempfile::Builder::new().prefix(".tmp-convert-").tempdir_in(&parent).with_context(|| format!("creating a folder in {}", parent.display()))?;
+    write_folder(&repo, file, tmp.path(), kind)?;
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, &args.output) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e).with_context(|| format!("moving the converted model to {}", args.output.display()));
+    }
+    tracing::info!("wrote {} ({}, from {})", args.output.display(), file.arch.name(), file.describe());
+    Ok(())
+}
+
+/// Writes the configs, tokenizers and weights of `file` (read as `repo`) into `out`.
+fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Kind>) -> Result<()> {
+    let family = sd::family(repo)?;
+    if family.is_xl() != (file.arch == single_file::Arch::Xl) {
+        bail!("{} is a {} checkpoint but its configs ({}) are not", file.path.display(), file.arch.name(), file.config.describe());
+    }
+    let components = single_file::components(file.arch);
+    let mut copies: Vec<String> = vec!["model_index.json".into()];
+    for c in components {
+        copies.push(format!("{c}/config.json"));
+    }
+    for tokenizer in if family.is_xl() { &["tokenizer", "tokenizer_2"][..] } else { &["tokenizer"][..] } {
+        copies.extend(TOKENIZER_FILES.iter().map(|f| format!("{tokenizer}/{f}")));
+    }
+    for rel in copies {
+        if let Some(src) = repo.get(&rel)? {
+            let dst = out.join(&rel);
+            std::fs::create_dir_all(dst.parent().unwrap_or(out))?;
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    // The scheduler config carries the prediction type the checkpoint is read with.
+    let mut scheduler = single_file::read_json(repo, "scheduler/scheduler_config.json")?;
+    if let (Some((p, _)), Some(obj)) = (repo.prediction_override(), scheduler.as_object_mut()) {
+        obj.insert("prediction_type".into(), serde_json::Value::String(p));
+    }
+    let path = out.join("scheduler/scheduler_config.json");
+    std::fs::create_dir_all(out.join("scheduler"))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&scheduler)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+    for component in components {
+        write_component(repo, file, component, out, kind)?;
+    }
+    Ok(())
+}
+
+/// Checks that `component` builds from the checkpoint (every tensor its config needs, none
+/// mis-shaped), then writes its tensors under diffusers' names.
+fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &Path, kind: Option<Kind>) -> Result<()> {
+    let probe = file.weights(component, Placement::cpu_f32())?;
+    let stored_kind = probe.keys().first().and_then(|k| probe.stored_tensor(k).ok()).map(|t| t.kind()).unwrap_or(Kind::Float);
+    drop(probe);
+    // Built in the stored precision, the model points into the mapped file: no copy.
+    let placement = Placement { device: Device::Cpu, kind: stored_kind };
+    let opts = WeightOptions::default();
+    match component {
+        "unet" => drop(sd::load_unet(repo, &opts, placement)?),
+        "vae" => drop(sd::load_vae(repo, &opts, placement)?),
+        _ => drop(sd::load_text_encoder_from(repo, component, &opts, Placement { device: Device::Cpu, kind: Kind::Float })?),
+    }
+    let weights = file.weights(component, Placement::cpu_f32())?;
+    let mut tensors = Vec::new();
+    for key in weights.keys() {
+        let mut t = weights.stored_tensor(key)?;
+        // The VAE's attention projections are 1x1 convolutions in the original layout and
+        // linears in diffusers' (its loader refuses the conv shape).
+        if component == "vae" && key.contains(".attentions.") && t.dim() == 4 && t.size()[2..] == [1, 1] {
+            let s = t.size();
+            t = t.f_reshape([s[0], s[1]])?;
+        }
+        let t = match kind {
+            Some(k) if k != t.kind() && t.is_floating_point() => t.f_to_kind(k)?,
+            _ => t,
+        };
+        tensors.push((key.to_string(), from_tch(&t)?));
+    }
+    let name = if component.starts_with("text_encoder") { "model.safetensors" } else { "diffusion_pytorch_model.safetensors" };
+    let dir = out.join(component);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    safetensors_io::save(&dir.join(name), &tensors, Some(&meta))?;
+    tracing::info!("{component}: {} tensors", tensors.len());
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Single-file checkpoints: an original (LDM/SGM layout) Stable Diffusion 1.x, 2.x or SDXL
+//! model in one `.safetensors` or `.ckpt`, the form most fine-tuned models are published in.
+//!
+//! As diffusers' `from_single_file`: the model type is told from the keys, the configs and
+//! tokenizers come from a diffusers folder (`--config DIR`) or from the defaults for that type
+//! ([`defaults`]), and each component's tensors are mapped to diffusers' names ([`ldm_keys`])
+//! straight from the mapped file, without a conversion pass. A `.ckpt` is read with the
+//! checkpoint pickle mode: Lightning's objects in it stay inert, nothing is executed.
+pub mod defaults;
+pub mod ldm_keys;
+
+use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
+use super::repo::ModelRepo;
+use super::weights::{Checkpoint, Placement, View, Weights};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// The model types this tool reads, with diffusers' names for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `v1`: one CLIP ViT-L text encoder under `cond_stage_model.transformer.`.
+    Sd1,
+    /// `v2`: one OpenCLIP ViT-H text tower under `cond_stage_model.model.`.
+    Sd2,
+    /// `xl_base`: CLIP ViT-L and OpenCLIP bigG under `conditioner.embedders.{0,1}.`.
+    Xl,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sd1 => "SD 1.x (v1)",
+            Arch::Sd2 => "SD 2.x (v2)",
+            Arch::Xl => "SDXL base (xl_base)",
+        }
+    }
+}
+
+const UNET: &str = "model.diffusion_model.";
+const VAE: &str = "first_stage_model.";
+const SD1_TEXT: &str = "cond_stage_model.transformer.";
+const SD2_TEXT: &str = "cond_stage_model.model.";
+const XL_TEXT: &str = "conditioner.embedders.0.transformer.";
+const XL_TEXT_2: &str = "conditioner.embedders.1.model.";
+
+/// An opened single-file checkpoint with the configs it is read with.
+pub struct SingleFile {
+    pub path: PathBuf,
+    pub checkpoint: Checkpoint,
+    pub arch: Arch,
+    /// Where configs and tokenizers come from: `--config DIR` or the bundled defaults.
+    pub config: Box<ModelRepo>,
+    /// The prediction type the scheduler config is overridden with (`--prediction_type`, or
+    /// what the file says), and why.
+    pub prediction_type: Option<(String, String)>,
+}
+
+impl SingleFile {
+    /// Opens `path`; `config`: the diffusers folder (or Hub id) to take configs from;
+    /// `prediction_type`: `--prediction_type`.
+    pub fn open(path: &Path, config: Option<ModelRepo>, prediction_type: Option<&str>) -> Result<Self> {
+        let checkpoint = Checkpoint::open(path)?;
+        let arch = detect(&checkpoint)?;
+        let config = match config {
+            Some(c) => c,
+            None => {
+                let dir = defaults::folder(arch)?;
+                tracing::info!("{}: {} checkpoint, read with the bundled configs of {} (give --config DIR for another)", path.display(), arch.name(), defaults::source(arch));
+                ModelRepo::Local(dir)
+            }
+        };
+        let prediction_type = match prediction_type {
+            Some(p) => Some((p.to_string(), "--prediction_type".to_string())),
+            None => file_prediction_type(path, &checkpoint, arch),
+        };
+        if let Some((p, why)) = &prediction_type {
+            tracing::info!("prediction type {p} ({why})");
+        }
+        Ok(SingleFile { path: path.to_path_buf(), checkpoint, arch, config: Box::new(config), prediction_type })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} (configs from {})", self.path.display(), self.config.describe())
+    }
+
+    /// One component's weights (`unet`, `vae`, `text_encoder`, `text_encoder_2`) under
+    /// diffusers' names, laid out by that component's config.
+    pub fn weights(&self, component: &str, placement: Placement) -> Result<Weights> {
+        let ck = &self.checkpoint;
+        let config_path = |f: &str| self.config.require(&format!("{component}/{f}"));
+        let only = |prefix: &'static str, map: &dyn Fn(&str, &[i64]) -> Vec<(String, View)>| {
+            ck.component(component, placement, |k, shape| k.strip_prefix(prefix).map(|r| map(r, shape)).unwrap_or_default())
+        };
+        let whole = |name: Option<String>| name.map(|n| vec![(n, View::Whole)]).unwrap_or_default();
+        let weights = match component {
+            "unet" => {
+                let cfg: UNetConfig = config::read(&config_path("config.json")?)?;
+                let blocks = cfg.block_out_channels.len();
+                let layers: Vec<usize> = (0..blocks).map(|b| cfg.layers_per_block.get(b).unwrap_or(2).max(0) as usize).collect();
+                let layout = ldm_keys::UNetLayout::new(&layers);
+                only(UNET, &|k, _| whole(layout.key(k)))?
+            }
+            "vae" => {
+                let cfg: VaeConfig = config::read(&config_path("config.json")?)?;
+                let blocks = cfg.block_out_channels.len();
+                only(VAE, &|k, _| whole(ldm_keys::vae_key(k, blocks)))?
+            }
+            "text_encoder" | "text_encoder_2" => {
+                let cfg: ClipTextConfig = config::read(&config_path("config.json")?)?;
+                let layers = cfg.num_hidden_layers.max(0) as usize;
+                let (prefix, open_clip) = match (component, self.arch) {
+                    ("text_encoder", Arch::Sd1) => (SD1_TEXT, false),
+                    ("text_encoder", Arch::Sd2) => (SD2_TEXT, true),
+                    ("text_encoder", Arch::Xl) => (XL_TEXT, false),
+                    ("text_encoder_2", Arch::Xl) => (XL_TEXT_2, true),
+                    _ => bail!("{}: a {} checkpoint has no {component}", self.path.display(), self.arch.name()),
+                };
+                let projection = component == "text_encoder_2";
+                if open_clip {
+                    only(prefix, &|k, shape| ldm_keys::open_clip_keys(k, shape, layers, projection))?
+                } else {
+                    only(prefix, &|k, _| whole(ldm_keys::clip_key(k)))?
+                }
+            }
+            other => bail!("{}: no component {other} in a single-file checkpoint", self.path.display()),
+        };
+        Ok(weights)
+    }
+}
+
+/// The model type, from the keys: SDXL's second (OpenCLIP) encoder, SD 2's OpenCLIP encoder or
+/// its 1024-wide cross-attention (diffusers' test), else SD 1. Types this tool does not run
+/// (inpainting, refiner, ControlNet, upscaler, a lone UNet or VAE) are refused by name.
+pub fn detect(ck: &Checkpoint) -> Result<Arch> {
+    let name = ck.name();
+    let has_prefix = |p: &str| ck.keys().iter().any(|k| k.starts_with(p));
+    if !has_prefix(UNET) {
+        let hint = if ck.contains("conv_in.weight") || ck.contains("encoder.conv_in.weight") || ck.contains("text_model.embeddings.token_embedding.weight") {
+            " (its keys are one diffusers component's: pass the model's folder instead)"
+        } else if has_prefix("control_model.") {
+            " (a ControlNet)"
+        } else {
+            ""
+        };
+        bail!("{name} is not an original-layout Stable Diffusion checkpoint: it has no {UNET}* tensors{hint}");
+    }
+    if ck.shape_of(&format!("{UNET}input_blocks.0.0.weight")).is_some_and(|s| s.get(1).is_some_and(|&c| c != 4)) {
+        bail!("{name}: its UNet does not take 4 latent channels (an inpainting or upscaling model): not supported");
+    }
+    if has_prefix("conditioner.embedders.0.model.") && !has_prefix(XL_TEXT) {
+        bail!("{name} is an SDXL refiner (one OpenCLIP encoder): not supported; SDXL base checkpoints are");
+    }
+    let arch = if has_prefix(XL_TEXT_2) {
+        Arch::Xl
+    } else if has_prefix(SD2_TEXT)
+        || ck.shape_of(&format!("{UNET}input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight")).is_some_and(|s| s.last() == Some(&1024))
+    {
+        Arch::Sd2
+    } else {
+        Arch::Sd1
+    };
+    let text = match arch {
+        Arch::Sd1 => SD1_TEXT,
+        Arch::Sd2 => SD2_TEXT,
+        Arch::Xl => XL_TEXT,
+    };
+    if !has_prefix(text) {
+        bail!("{name} looks like {} but has no text encoder ({text}*): checkpoints without one are not supported", arch.name());
+    }
+    if !has_prefix(VAE) {
+        bail!("{name} has no VAE ({VAE}*): not supported");
+    }
+    Ok(arch)
+}
+
+/// What the file itself says of its prediction type, strongest first: the model-spec metadata
+/// (`modelspec.prediction_type`), a `parameterization` line in a `.yaml` of the same name beside
+/// it (the web UI's convention), kohya's `v_pred` marker key, and for SD 2 diffusers' rule
+/// (`global_step` 875000, the 512-px base model, is epsilon). None: the config's.
+fn file_prediction_type(path: &Path, ck: &Checkpoint, arch: Arch) -> Option<(String, String)> {
+    if let Some(p) = ck.metadata.get("modelspec.prediction_type") {
+        let p = match p.as_str() {
+            "v" | "v_prediction" => "v_prediction",
+            "epsilon" | "eps" => "epsilon",
+            other => {
+                tracing::warn!("{}: modelspec.prediction_type {other:?} is not one this tool knows; using the config's", path.display());
+                return None;
+            }
+        };
+        return Some((p.into(), "the file's modelspec.prediction_type".into()));
+    }
+    let yaml = path.with_extension("yaml");
+    if let Ok(text) = std::fs::read_to_string(&yaml) {
+        let v = text.lines().any(|l| {
+            let l = l.trim();
+            l.strip_prefix("parameterization:").is_some_and(|v| matches!(v.trim().trim_matches(['"', '\'']), "v"))
+        });
+        return Some(((if v { "v_prediction" } else { "epsilon" }).into(), format!("{}", yaml.display())));
+    }
+    if ck.contains("v_pred") {
+        return Some(("v_prediction".into(), "the file's v_pred key".into()));
+    }
+    if arch == Arch::Sd2 && ck.global_step == Some(875_000) {
+        return Some(("epsilon".into(), "global_step 875000: SD 2 base, as diffusers decides".into()));
+    }
+    None
+}
+
+/// The component folders of a single-file model's pipeline, in save order.
+pub fn components(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Xl => &["text_encoder", "text_encoder_2", "unet", "vae"],
+        _ => &["text_encoder", "unet", "vae"],
+    }
+}
+
+/// Reads `file` of the config folder as JSON (for `convert-model`).
+pub fn read_json(repo: &ModelRepo, file: &str) -> Result<serde_json::Value> {
+    let path = repo.require(file)?;
+    config::read(&path).with_context(|| format!("reading {}", path.display()))
+}
