@@ -37,13 +37,9 @@ fn models() -> Models {
     Models::load(&repo, &load).unwrap()
 }
 
-/// max |a - b| / max(1, max |b|).
+/// max |a - b| / max(1, max |b|), asserted within TOL.
 fn close(what: &str, a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "{what}: shapes");
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    let err = (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
-    assert!(err <= TOL, "{what}: differs by {err:e} (relative)");
-    err
+    common::close_within(what, a, b, TOL)
 }
 
 #[test]

@@ -44,11 +44,7 @@ fn source(file: &Path, config: Option<&Path>) -> ModelSource {
 
 /// max |a - b| / max(1, max |b|), asserted within TOL.
 fn close(what: &str, a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size(), "{what}: shapes");
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    let err = (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
-    assert!(err <= TOL, "{what}: differs by {err:e} (relative)");
-    err
+    common::close_within(what, a, b, TOL)
 }
 
 /// Runs `case` on `repo` and compares with its diffusers reference.

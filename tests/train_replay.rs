@@ -49,22 +49,8 @@ fn replay(run: &str) {
     assert_eq!(max_abs(&init, &rec["initializer_row"]), 0.0, "initializer row");
     te.set_new_rows(rec["initial_placeholder_rows"].copy().set_requires_grad(true)).unwrap();
     let rows = te.new_rows().unwrap().shallow_clone();
-    let f = |k: &str| args[k].as_f64().unwrap();
-    let lr = f("learning_rate"); // already scaled by --scale_lr in the script's args
-    let cfg = AdamWConfig { lr, beta1: f("adam_beta1"), beta2: f("adam_beta2"), eps: f("adam_epsilon"), weight_decay: f("adam_weight_decay") };
-    let mut opt = AdamW::new(vec![rows.shallow_clone()], cfg).unwrap();
-    let schedule = LrSchedule::from_name(
-        args["lr_scheduler"].as_str().unwrap(),
-        &ScheduleArgs {
-            num_warmup_steps: args["lr_warmup_steps"].as_i64().unwrap(),
-            num_training_steps: args["max_train_steps"].as_i64().unwrap(),
-            num_cycles: args["lr_num_cycles"].as_i64().unwrap(),
-            learning_rate: lr,
-        },
-    )
-    .unwrap();
-    let mut sched = LrScheduler::new(schedule, lr);
-    opt.set_lr(sched.lr());
+    let (mut opt, mut sched) = common::script_optimizer(args, vec![rows.shallow_clone()]);
+    let lr = args["learning_rate"].as_f64().unwrap(); // already scaled by --scale_lr in the script's args
     let g = args["gradient_accumulation_steps"].as_f64().unwrap();
     let scaling = vae.config.scaling_factor;
 

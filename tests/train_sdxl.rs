@@ -12,7 +12,7 @@
 //!   holding both encoders' rows and an exact resume, a short last batch (the script's
 //!   IndexError), validation through the SDXL pipeline.
 mod common;
-use common::{fixtures, repo};
+use common::{embedding_rows, fixtures, folder_listing, repo};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,22 +75,7 @@ fn replay(run: &str) {
         text.encoder.set_new_rows(rec[&format!("initial_placeholder_rows_{k}")].copy().set_requires_grad(true)).unwrap();
         rows.push(text.encoder.new_rows().unwrap().shallow_clone());
     }
-    let f = |k: &str| args[k].as_f64().unwrap();
-    let lr = f("learning_rate");
-    let cfg = AdamWConfig { lr, beta1: f("adam_beta1"), beta2: f("adam_beta2"), eps: f("adam_epsilon"), weight_decay: f("adam_weight_decay") };
-    let mut opt = AdamW::new(rows.iter().map(Tensor::shallow_clone).collect(), cfg).unwrap();
-    let schedule = LrSchedule::from_name(
-        args["lr_scheduler"].as_str().unwrap(),
-        &ScheduleArgs {
-            num_warmup_steps: args["lr_warmup_steps"].as_i64().unwrap(),
-            num_training_steps: args["max_train_steps"].as_i64().unwrap(),
-            num_cycles: args["lr_num_cycles"].as_i64().unwrap(),
-            learning_rate: lr,
-        },
-    )
-    .unwrap();
-    let mut sched = LrScheduler::new(schedule, lr);
-    opt.set_lr(sched.lr());
+    let (mut opt, mut sched) = common::script_optimizer(args, rows.iter().map(Tensor::shallow_clone).collect());
     let g = args["gradient_accumulation_steps"].as_f64().unwrap();
     let encoders: Vec<_> = m.stacks().into_iter().map(|t| &t.encoder).collect();
 
@@ -166,39 +151,7 @@ fn replay_v_prediction_three_vectors() {
 // ---------------------------------------------------------------------------------------------
 // --seed against the unpatched script
 
-fn listing(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
-}
 
-/// A folder whose directory order lists `images` (names under fixtures/train/seed/images) in
-/// that order, and is not the sorted order (see tests/train_seed_parity.rs).
-fn folder_listing(parent: &Path, images: &[String]) -> PathBuf {
-    let src = fixtures().join("train/seed/images");
-    for attempt in 0..200 {
-        let dir = parent.join(format!("data{attempt}"));
-        std::fs::create_dir(&dir).unwrap();
-        for k in 0..images.len() {
-            std::fs::File::create(dir.join(format!("img{attempt}_{k}.png"))).unwrap();
-        }
-        let order = listing(&dir);
-        let mut sorted = order.clone();
-        sorted.sort();
-        if order == sorted {
-            continue;
-        }
-        for (name, image) in order.iter().zip(images) {
-            std::fs::write(dir.join(name), std::fs::read(src.join(image)).unwrap()).unwrap();
-        }
-        assert_eq!(listing(&dir), order, "writing the files reordered the directory");
-        return dir;
-    }
-    panic!("this file system lists every folder tried in sorted order");
-}
-
-fn rows_of(path: &Path) -> Vec<f32> {
-    let f = textual_inversion::formats::embeddings::read(path).unwrap();
-    f.embeddings[0].parts[0].tensor.to_f32_vec()
-}
 
 #[test]
 fn seed_parity_with_the_unpatched_sdxl_script() {
@@ -244,7 +197,7 @@ fn seed_parity_with_the_unpatched_sdxl_script() {
         let mut files = Vec::new();
         for file in run["saved"].as_array().unwrap() {
             let file = file.as_str().unwrap();
-            let (a, b) = (rows_of(&out.join(file)), rows_of(&fixture.join(file)));
+            let (a, b) = (embedding_rows(&out.join(file)), embedding_rows(&fixture.join(file)));
             let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(a.len() == b.len() && err <= 1e-4, "{name}: {file}: {err:e}");
             files.push(format!("{file} {err:.1e}"));
@@ -284,7 +237,7 @@ fn sdxl_training_writes_both_files_checkpoints_and_resumes_exactly() {
     for f in ["learned_embeds.safetensors", "learned_embeds_2.safetensors", "learned_embeds-steps-2.safetensors", "learned_embeds_2-steps-2.safetensors"] {
         assert!(straight.join(f).is_file(), "{f}");
     }
-    let (a, b) = (rows_of(&straight.join("learned_embeds.safetensors")), rows_of(&straight.join("learned_embeds_2.safetensors")));
+    let (a, b) = (embedding_rows(&straight.join("learned_embeds.safetensors")), embedding_rows(&straight.join("learned_embeds_2.safetensors")));
     let te = |k: &str| -> usize {
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-sdxl").join(k).join("config.json")).unwrap()).unwrap();
         cfg["hidden_size"].as_u64().unwrap() as usize
@@ -303,7 +256,7 @@ fn sdxl_training_writes_both_files_checkpoints_and_resumes_exactly() {
     std::fs::remove_dir_all(resumed.join("checkpoint-4")).unwrap();
     ok(train(&resumed, &[&common[..], &["--resume_from_checkpoint", "latest"]].concat()));
     for f in ["learned_embeds.safetensors", "learned_embeds_2.safetensors"] {
-        assert_eq!(rows_of(&resumed.join(f)), rows_of(&straight.join(f)), "{f}: resumed equals straight");
+        assert_eq!(embedding_rows(&resumed.join(f)), embedding_rows(&straight.join(f)), "{f}: resumed equals straight");
     }
 }
 
@@ -318,7 +271,7 @@ fn sdxl_validation_runs_through_the_sdxl_pipeline() {
     }
     let plain = dir.path().join("p");
     ok(train(&plain, &["--train_batch_size", "2", "--max_train_steps", "2"]));
-    assert_eq!(rows_of(&out.join("learned_embeds_2.safetensors")), rows_of(&plain.join("learned_embeds_2.safetensors")), "validation leaves the training stream alone");
+    assert_eq!(embedding_rows(&out.join("learned_embeds_2.safetensors")), embedding_rows(&plain.join("learned_embeds_2.safetensors")), "validation leaves the training stream alone");
 }
 
 #[test]
@@ -339,7 +292,7 @@ fn sdxl_gradient_checkpointing_trains_the_same_embeddings() {
     ok(train(&a, &["--train_batch_size", "2", "--max_train_steps", "3"]));
     ok(train(&b, &["--train_batch_size", "2", "--max_train_steps", "3", "--gradient_checkpointing"]));
     for f in ["learned_embeds.safetensors", "learned_embeds_2.safetensors"] {
-        let d = rows_of(&a.join(f)).iter().zip(rows_of(&b.join(f))).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = embedding_rows(&a.join(f)).iter().zip(embedding_rows(&b.join(f))).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(d < 1e-5, "{f}: {d}");
     }
 }

@@ -14,44 +14,11 @@
 //! `learned_embeds-steps-N` within 1e-4 max-abs. The images are PNGs (exact decoding on both
 //! sides), so nothing image-dependent widens them. Observed values: `-- --nocapture`.
 mod common;
-use common::repo;
+use common::{embedding_rows, folder_listing, repo};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn rows(path: &Path) -> Vec<f32> {
-    let f = textual_inversion::formats::embeddings::read(path).unwrap();
-    f.embeddings[0].parts[0].tensor.to_f32_vec()
-}
 
-fn listing(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
-}
-
-/// A folder in `parent` holding `images` (file names under fixtures/train/seed/images) so that
-/// its directory order lists them in the given order, and that order is not the sorted one.
-fn folder_listing(parent: &Path, images: &[String]) -> PathBuf {
-    let src = repo().join("fixtures/train/seed/images");
-    for attempt in 0..200 {
-        let dir = parent.join(format!("data{attempt}"));
-        std::fs::create_dir(&dir).unwrap();
-        for k in 0..images.len() {
-            std::fs::File::create(dir.join(format!("img{attempt}_{k}.png"))).unwrap();
-        }
-        let order = listing(&dir);
-        let mut sorted = order.clone();
-        sorted.sort();
-        if order == sorted {
-            continue;
-        }
-        for (name, image) in order.iter().zip(images) {
-            // Truncate and fill the existing entry: no new directory entry, so no reordering.
-            std::fs::write(dir.join(name), std::fs::read(src.join(image)).unwrap()).unwrap();
-        }
-        assert_eq!(listing(&dir), order, "writing the files reordered the directory");
-        return dir;
-    }
-    panic!("this file system lists every folder tried in sorted order");
-}
 
 #[derive(serde::Deserialize)]
 struct Logged {
@@ -102,7 +69,7 @@ fn parity(name: &str) {
     }
     let mut files = Vec::new();
     for file in &run.saved {
-        let (a, b) = (rows(&out.join(file)), rows(&fixture.join(file)));
+        let (a, b) = (embedding_rows(&out.join(file)), embedding_rows(&fixture.join(file)));
         assert_eq!(a.len(), b.len(), "{name}: {file}");
         let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(err <= 1e-4, "{name}: {file}: max abs difference {err:e}");

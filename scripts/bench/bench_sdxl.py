@@ -60,6 +60,14 @@ def make(d):
         m = build().to(torch.float16)
         m.save_pretrained(tmp / name)
         del m
+        if name.startswith("text_encoder"):
+            # Saved from float16 models the config says "dtype": "float16", and transformers 5's
+            # from_pretrained (the training script passes no dtype) would then compute the text
+            # encoders in float16 on the CPU (NaN losses from the second step here); the tiny
+            # fixtures declare float32 for the same reason.
+            cfg = json.loads((tmp / name / "config.json").read_text())
+            cfg["dtype"] = "float32"
+            (tmp / name / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for tok in ["tokenizer", "tokenizer_2"]:
         shutil.copytree(ROOT / "fixtures" / "tiny-sdxl" / tok, tmp / tok, symlinks=False)
     EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading",

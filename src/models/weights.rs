@@ -165,9 +165,7 @@ impl Weights {
 
     /// All keys, sorted (for prefix detection and messages).
     pub fn keys(&self) -> Vec<&str> {
-        let mut k: Vec<&str> = self.entries.keys().map(String::as_str).collect();
-        k.sort();
-        k
+        sorted_keys(&self.entries)
     }
 
     /// Reads `key` as a tensor of `shape` in the placement's kind and device. A missing or
@@ -359,15 +357,14 @@ impl Checkpoint {
         self.entries.contains_key(key)
     }
 
+    /// Shape of a stored tensor, if present.
     pub fn shape_of(&self, key: &str) -> Option<Vec<i64>> {
         self.entries.get(key).map(Entry::shape)
     }
 
     /// Every key, sorted.
     pub fn keys(&self) -> Vec<&str> {
-        let mut k: Vec<&str> = self.entries.keys().map(String::as_str).collect();
-        k.sort();
-        k
+        sorted_keys(&self.entries)
     }
 
     /// One component's weights under diffusers' names: `map` gives, for a stored key and its
@@ -396,6 +393,12 @@ impl Checkpoint {
             borrowed: std::cell::Cell::new(false),
         })
     }
+}
+
+fn sorted_keys(entries: &HashMap<String, Entry>) -> Vec<&str> {
+    let mut k: Vec<&str> = entries.keys().map(String::as_str).collect();
+    k.sort();
+    k
 }
 
 /// A CPU tensor over `bytes` of the mapped file without copying them (when aligned for the

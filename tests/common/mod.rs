@@ -49,3 +49,74 @@ pub fn realworld_dir(test: &str) -> Option<PathBuf> {
 mod python;
 #[allow(unused_imports)]
 pub use python::reference_python;
+
+/// The names `read_dir` yields, in the directory's own order (what Python's `os.listdir` gives).
+pub fn listing(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
+}
+
+/// A folder in `parent` holding `images` (file names under fixtures/train/seed/images) so that
+/// its directory order lists them in the given order, and that order is not the sorted one.
+pub fn folder_listing(parent: &Path, images: &[String]) -> PathBuf {
+    let src = fixtures().join("train/seed/images");
+    for attempt in 0..200 {
+        let dir = parent.join(format!("data{attempt}"));
+        std::fs::create_dir(&dir).unwrap();
+        for k in 0..images.len() {
+            std::fs::File::create(dir.join(format!("img{attempt}_{k}.png"))).unwrap();
+        }
+        let order = listing(&dir);
+        let mut sorted = order.clone();
+        sorted.sort();
+        if order == sorted {
+            continue;
+        }
+        for (name, image) in order.iter().zip(images) {
+            // Truncate and fill the existing entry: no new directory entry, so no reordering.
+            std::fs::write(dir.join(name), std::fs::read(src.join(image)).unwrap()).unwrap();
+        }
+        assert_eq!(listing(&dir), order, "writing the files reordered the directory");
+        return dir;
+    }
+    panic!("this file system lists every folder tried in sorted order");
+}
+
+/// The first embedding's vectors in an embedding file, flattened.
+pub fn embedding_rows(path: &Path) -> Vec<f32> {
+    let f = textual_inversion::formats::embeddings::read(path).unwrap();
+    f.embeddings[0].parts[0].tensor.to_f32_vec()
+}
+
+/// max |a - b| / max(1, max |b|), asserted within `tol`; returns it.
+pub fn close_within(what: &str, a: &tch::Tensor, b: &tch::Tensor, tol: f64) -> f64 {
+    use tch::Kind;
+    assert_eq!(a.size(), b.size(), "{what}: shapes");
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    let err = (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1.0);
+    assert!(err <= tol, "{what}: differs by {err:e} (relative)");
+    err
+}
+
+/// The script's AdamW over `rows` and its LR schedule, from a recording's `args` (the script's
+/// flags, `learning_rate` already scaled by `--scale_lr`), the optimizer at the first step's LR.
+pub fn script_optimizer(args: &serde_json::Value, rows: Vec<tch::Tensor>) -> (textual_inversion::train::optim::AdamW, textual_inversion::train::lr_schedule::LrScheduler) {
+    use textual_inversion::train::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
+    use textual_inversion::train::optim::{AdamW, AdamWConfig};
+    let f = |k: &str| args[k].as_f64().unwrap();
+    let lr = f("learning_rate");
+    let cfg = AdamWConfig { lr, beta1: f("adam_beta1"), beta2: f("adam_beta2"), eps: f("adam_epsilon"), weight_decay: f("adam_weight_decay") };
+    let mut opt = AdamW::new(rows, cfg).unwrap();
+    let schedule = LrSchedule::from_name(
+        args["lr_scheduler"].as_str().unwrap(),
+        &ScheduleArgs {
+            num_warmup_steps: args["lr_warmup_steps"].as_i64().unwrap(),
+            num_training_steps: args["max_train_steps"].as_i64().unwrap(),
+            num_cycles: args["lr_num_cycles"].as_i64().unwrap(),
+            learning_rate: lr,
+        },
+    )
+    .unwrap();
+    let sched = LrScheduler::new(schedule, lr);
+    opt.set_lr(sched.lr());
+    (opt, sched)
+}

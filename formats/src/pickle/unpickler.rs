@@ -371,20 +371,14 @@ impl<'a> Unpickler<'a> {
                 OpCode::NewObj => {
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
-                    let v = match &cls {
-                        Value::Inert(name) => Value::Inert(name.clone()),
-                        _ => allow_list::new_object(cls, args).map_err(|m| self.err(m))?,
-                    };
+                    let v = self.new_object(cls, args)?;
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::NewObjEx => {
                     let (_kwargs, _) = self.pop()?;
                     let (args, da) = self.pop()?;
                     let (cls, _) = self.pop()?;
-                    let v = match &cls {
-                        Value::Inert(name) => Value::Inert(name.clone()),
-                        _ => allow_list::new_object(cls, args).map_err(|m| self.err(m))?,
-                    };
+                    let v = self.new_object(cls, args)?;
                     self.push_depth(v, da + 1)?
                 }
                 OpCode::Build => {
@@ -510,6 +504,14 @@ impl<'a> Unpickler<'a> {
             return Err(deep);
         }
         Ok(())
+    }
+
+    /// `NEWOBJ`/`NEWOBJ_EX`: an allowed class's instance, or an inert one's.
+    fn new_object(&self, cls: Value, args: Value) -> Result<Value> {
+        match cls {
+            Value::Inert(name) => Ok(Value::Inert(name)),
+            cls => allow_list::new_object(cls, args).map_err(|m| self.err(m)),
+        }
     }
 
     fn build(&mut self, state: Value, depth: u32) -> Result<()> {
