@@ -15,8 +15,6 @@ use textual_inversion::models::repo::{HubOptions, ModelRepo};
 use textual_inversion::models::stable_diffusion::{self as sd, WeightOptions};
 use textual_inversion::models::weights::Placement;
 use textual_inversion::schedulers::{DdpmScheduler, SchedulerConfig};
-use textual_inversion::train::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
-use textual_inversion::train::optim::{AdamW, AdamWConfig};
 use textual_inversion::train::step::{loss, StepInputs};
 
 

@@ -22,8 +22,6 @@ use textual_inversion::models::repo::{HubOptions, ModelRepo};
 use textual_inversion::models::stable_diffusion::{LoadOptions, WeightOptions};
 use textual_inversion::pipeline::Models;
 use textual_inversion::schedulers::DdpmScheduler;
-use textual_inversion::train::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
-use textual_inversion::train::optim::{AdamW, AdamWConfig};
 use textual_inversion::train::step::{loss, StepInputs};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {

@@ -15,7 +15,6 @@
 //! sides), so nothing image-dependent widens them. Observed values: `-- --nocapture`.
 mod common;
 use common::{embedding_rows, folder_listing, repo};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 
