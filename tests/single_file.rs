@@ -186,10 +186,8 @@ fn prediction_type_comes_from_the_flag_the_metadata_or_a_yaml_beside_the_file() 
 #[test]
 fn bundled_configs_are_written_once_and_read_without_network() {
     let tmp = tempfile::tempdir().unwrap();
-    // SAFETY (test): only this test reads XDG_CACHE_HOME in this binary.
-    unsafe { std::env::set_var("XDG_CACHE_HOME", tmp.path()) };
     for arch in [Arch::Sd1, Arch::Sd2, Arch::Xl] {
-        let folder = defaults::folder(arch).unwrap();
+        let folder = defaults::folder_in(tmp.path(), arch).unwrap();
         assert!(folder.starts_with(tmp.path()), "{}", folder.display());
         let repo = ModelRepo::Local(folder.clone());
         use textual_inversion::models::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
@@ -202,13 +200,12 @@ fn bundled_configs_are_written_once_and_read_without_network() {
         let family = textual_inversion::models::stable_diffusion::family(&repo).unwrap();
         assert_eq!(family.is_xl(), arch == Arch::Xl);
         // Read again: the same folder, not rewritten.
-        assert_eq!(defaults::folder(arch).unwrap(), folder);
+        assert_eq!(defaults::folder_in(tmp.path(), arch).unwrap(), folder);
     }
     // Without --config, a tiny model does not fit SD 1.5's configs: the error says what to do.
     let repo = source(&dir().join("sd1.safetensors"), None).resolve().unwrap();
     let e = format!("{:#}", Models::load(&repo, &load_options()).err().expect("tiny weights do not fit SD 1.5"));
     assert!(e.contains("--config"), "{e}");
-    unsafe { std::env::remove_var("XDG_CACHE_HOME") };
 }
 
 #[test]

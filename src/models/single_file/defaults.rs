@@ -38,12 +38,17 @@ pub fn source(arch: Arch) -> &'static str {
 /// `$XDG_CACHE_HOME/textual-inversion/single-file-configs/` (or `~/.cache/...`), atomically:
 /// a half-written folder is never used.
 pub fn folder(arch: Arch) -> Result<PathBuf> {
+    folder_in(&cache_root(), arch)
+}
+
+/// [`folder`] under `cache` (the `textual-inversion` cache folder) instead of the user's.
+pub fn folder_in(cache: &std::path::Path, arch: Arch) -> Result<PathBuf> {
     let (name, files) = match arch {
         Arch::Sd1 => ("v1", V1),
         Arch::Sd2 => ("v2", V2),
         Arch::Xl => ("xl_base", XL_BASE),
     };
-    let root = cache_root().join("single-file-configs");
+    let root = cache.join("single-file-configs");
     // The version in the name: a new release with other configs never reads an old folder.
     let dir = root.join(format!("{name}-{}", env!("CARGO_PKG_VERSION")));
     if dir.join("model_index.json").is_file() {
