@@ -133,6 +133,13 @@ fn convert_model_writes_a_diffusers_folder_that_generates_the_same_image() {
             assert!(out.join(f).is_file(), "{name}: {f} missing");
         }
         assert_eq!(out.join("text_encoder_2/model.safetensors").is_file(), name.starts_with("sdxl"));
+        // model_index.json names only components the folder holds (diffusers loads each).
+        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model_index.json")).unwrap()).unwrap();
+        for (k, v) in index.as_object().unwrap() {
+            if v.as_array().is_some_and(|a| !a[0].is_null()) {
+                assert!(out.join(k).is_dir(), "{name}: model_index.json lists {k}, which was not written");
+            }
+        }
         // Nothing points back at the checkpoint: the folder alone reproduces the image.
         let repo = ModelRepo::resolve(out.to_str().unwrap(), None, &HubOptions::default()).unwrap();
         check_case(&format!("{name} converted"), &case, &repo);
@@ -269,4 +276,38 @@ fn training_from_a_single_file_equals_training_from_its_converted_folder() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&e.stderr).contains("convert-model"), "{}", String::from_utf8_lossy(&e.stderr));
+}
+
+#[test]
+fn convert_model_lists_only_what_it_writes() {
+    // A config folder listing a safety checker and feature extractor (as SD 1.5's does).
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    copy_dir(&dir().join("sd1"), &config);
+    let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config.join("model_index.json")).unwrap()).unwrap();
+    index["safety_checker"] = serde_json::json!(["stable_diffusion", "StableDiffusionSafetyChecker"]);
+    index["feature_extractor"] = serde_json::json!(["transformers", "CLIPImageProcessor"]);
+    std::fs::write(config.join("model_index.json"), index.to_string()).unwrap();
+    let out = tmp.path().join("out");
+    let ok = Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+        .args(["convert-model", dir().join("sd1.safetensors").to_str().unwrap(), out.to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model_index.json")).unwrap()).unwrap();
+    assert_eq!(written["safety_checker"], serde_json::json!([null, null]));
+    assert_eq!(written["feature_extractor"], serde_json::json!([null, null]));
+    assert_eq!(written["unet"], serde_json::json!(["diffusers", "UNet2DConditionModel"]));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }

@@ -67,7 +67,20 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
         bail!("{} is a {} checkpoint but its configs ({}) are not", file.path.display(), file.arch.name(), file.config.describe());
     }
     let components = single_file::components(file.arch);
-    let mut copies: Vec<String> = vec!["model_index.json".into()];
+    // model_index.json names only what the folder holds: a safety checker or feature extractor
+    // the config lists is written as absent ([null, null]), as save_pretrained does for a
+    // pipeline loaded without them.
+    let mut index = single_file::read_json(repo, "model_index.json")?;
+    if let Some(obj) = index.as_object_mut() {
+        for (key, value) in obj.iter_mut() {
+            let written = components.contains(&key.as_str()) || matches!(key.as_str(), "tokenizer" | "tokenizer_2" | "scheduler");
+            if value.is_array() && !key.starts_with('_') && !written {
+                *value = serde_json::json!([null, null]);
+            }
+        }
+    }
+    std::fs::write(out.join("model_index.json"), serde_json::to_string_pretty(&index)? + "\n").context("writing model_index.json")?;
+    let mut copies: Vec<String> = Vec::new();
     for c in components {
         copies.push(format!("{c}/config.json"));
     }
