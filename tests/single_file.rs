@@ -311,3 +311,13 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn inspect_says_a_model_checkpoint_is_not_an_embedding() {
+    for f in ["sd1.safetensors", "sd1.ckpt", "sdxl.safetensors"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion")).args(["inspect"]).arg(dir().join(f)).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains("model checkpoint") && err.contains("convert-model"), "{f}: {err}");
+    }
+}

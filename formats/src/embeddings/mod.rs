@@ -187,11 +187,25 @@ pub fn read(path: &Path) -> Result<EmbeddingFile> {
         return png_embed::read(&name, &bytes);
     }
     if torch_file::sniff(head) || head.starts_with(b"PK") {
-        let tf = TorchFile::open(path)?;
+        let tf = match TorchFile::open(path) {
+            Ok(tf) => tf,
+            // A training checkpoint's Lightning objects: say what the file is, if it is a model.
+            Err(e @ Error::RefusedGlobal { .. }) if matches!(&e, Error::RefusedGlobal { module, name, .. } if crate::pickle::is_inert(module, name)) => {
+                let model = TorchFile::open_checkpoint(path).is_ok_and(|c| is_model_checkpoint(c.state_dict_tensors().iter().map(|(k, _)| k.as_str())));
+                return Err(if model { not_an_embedding(&name) } else { e });
+            }
+            Err(e) => return Err(e),
+        };
+        if is_model_checkpoint(tf.state_dict_tensors().iter().map(|(k, _)| k.as_str())) {
+            return Err(not_an_embedding(&name));
+        }
         return from_torch(&tf);
     }
     if head.len() >= 9 && head[8] == b'{' {
         let st = SafetensorsFile::open(path)?;
+        if st.view().is_ok_and(|v| is_model_checkpoint(v.names().into_iter())) {
+            return Err(not_an_embedding(&name));
+        }
         return from_safetensors(&name, st.bytes());
     }
     if head.starts_with(LFS_POINTER) {
@@ -201,6 +215,19 @@ pub fn read(path: &Path) -> Result<EmbeddingFile> {
         return Err(Error::format(name, "the file is empty"));
     }
     Err(Error::format(name, "not an embedding file: neither safetensors, torch.save (.bin/.pt) nor an A1111 PNG"))
+}
+
+/// Whether tensor names are a whole Stable Diffusion model in the original (LDM/SGM) layout.
+fn is_model_checkpoint<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
+    keys.any(|k| k.starts_with("model.diffusion_model."))
+}
+
+fn not_an_embedding(name: &str) -> Error {
+    Error::format(
+        name,
+        "is a Stable Diffusion model checkpoint (the original single-file layout), not an embedding: pass it as \
+         --pretrained_model_name_or_path to generate or train, or write a diffusers folder with `textual-inversion convert-model`",
+    )
 }
 
 /// Reads an embedding from bytes in memory (same detection as [`read`]).

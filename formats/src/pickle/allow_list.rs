@@ -111,7 +111,7 @@ pub const INERT_MODULES: &[&str] =
 
 /// Whether `module.name` may be kept inert in a checkpoint: [`INERT_MODULES`] and their
 /// submodules, and builtin value types passed as arguments (`defaultdict(list)`).
-pub(super) fn is_inert(module: &str, name: &str) -> bool {
+pub fn is_inert(module: &str, name: &str) -> bool {
     let builtin_type = matches!(module, "builtins" | "__builtin__")
         && matches!(name, "list" | "dict" | "tuple" | "int" | "float" | "str" | "bool" | "bytes" | "complex" | "slice" | "range");
     builtin_type || INERT_MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|rest| rest.starts_with('.')))

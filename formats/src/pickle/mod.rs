@@ -17,7 +17,7 @@ mod pickler;
 mod unpickler;
 mod value;
 
-pub use allow_list::Global;
+pub use allow_list::{is_inert, Global};
 pub use pickler::dump;
 pub use unpickler::{load, load_mode, MAX_DEPTH};
 pub use value::{Mode, StorageRef, TensorRef, Value};
