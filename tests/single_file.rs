@@ -93,7 +93,7 @@ fn a_lightning_ckpt_holds_the_same_tensors_and_generates_the_same_image() {
     let st = Checkpoint::open(&dir().join("sd1.safetensors")).unwrap();
     let ck = Checkpoint::open(&dir().join("sd1.ckpt")).unwrap();
     assert_eq!(ck.global_step, Some(470_000));
-    assert_eq!(st.keys(), ck.keys(), "the .ckpt's state_dict has the .safetensors' keys");
+    assert_eq!(st.tensors().keys(), ck.tensors().keys(), "the .ckpt's state_dict has the .safetensors' keys");
     // The same bytes: a component built from each gives the same tensors.
     let cfg = dir().join("sd1");
     let a = source(&dir().join("sd1.safetensors"), Some(&cfg)).resolve().unwrap();
@@ -188,6 +188,12 @@ fn prediction_type_comes_from_the_flag_the_metadata_or_a_yaml_beside_the_file() 
     let s = ModelSource { prediction_type: Some("epsilon".into()), ..source(&sd2, Some(&dir().join("sd2"))) };
     let repo = s.resolve().unwrap();
     assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_deref(), Some("epsilon"));
+    // The flag applies to diffusers folders too.
+    let folder = ModelSource { prediction_type: Some("v_prediction".into()), ..ModelSource::new(fixtures().join("tiny-sd").display().to_string()) };
+    let repo = folder.resolve().unwrap();
+    assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_deref(), Some("v_prediction"));
+    let plain = ModelSource::new(fixtures().join("tiny-sd").display().to_string()).resolve().unwrap();
+    assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&plain).unwrap().prediction_type.as_deref().unwrap_or("epsilon"), "epsilon");
 }
 
 #[test]

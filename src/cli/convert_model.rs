@@ -4,7 +4,8 @@
 use super::convert::DtypeArg;
 use crate::formats::safetensors_io;
 use crate::models::repo::ModelRepo;
-use crate::models::single_file::{self, SingleFile};
+use crate::models::config;
+use crate::models::single_file::SingleFile;
 use crate::models::stable_diffusion::{self as sd, WeightOptions};
 use crate::models::weights::Placement;
 use crate::tensors::from_tch;
@@ -63,14 +64,12 @@ pub fn run(args: ConvertModelArgs) -> Result<()> {
 /// Writes the configs, tokenizers and weights of `file` (read as `repo`) into `out`.
 fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Kind>) -> Result<()> {
     let family = sd::family(repo)?;
-    if family.is_xl() != (file.arch == single_file::Arch::Xl) {
-        bail!("{} is a {} checkpoint but its configs ({}) are not", file.path.display(), file.arch.name(), file.config.describe());
-    }
-    let components = single_file::components(file.arch);
+    file.check_family(family)?;
+    let components = family.components();
     // model_index.json names only what the folder holds: a safety checker or feature extractor
     // the config lists is written as absent ([null, null]), as save_pretrained does for a
     // pipeline loaded without them.
-    let mut index = single_file::read_json(repo, "model_index.json")?;
+    let mut index: serde_json::Value = config::read(&repo.require("model_index.json")?)?;
     if let Some(obj) = index.as_object_mut() {
         for (key, value) in obj.iter_mut() {
             let written = components.contains(&key.as_str()) || matches!(key.as_str(), "tokenizer" | "tokenizer_2" | "scheduler");
@@ -95,7 +94,7 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
         }
     }
     // The scheduler config carries the prediction type the checkpoint is read with.
-    let mut scheduler = single_file::read_json(repo, "scheduler/scheduler_config.json")?;
+    let mut scheduler: serde_json::Value = config::read(&repo.require("scheduler/scheduler_config.json")?)?;
     if let (Some((p, _)), Some(obj)) = (repo.prediction_override(), scheduler.as_object_mut()) {
         obj.insert("prediction_type".into(), serde_json::Value::String(p));
     }
@@ -111,9 +110,8 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
 /// Checks that `component` builds from the checkpoint (every tensor its config needs, none
 /// mis-shaped), then writes its tensors under diffusers' names.
 fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &Path, kind: Option<Kind>) -> Result<()> {
-    let probe = file.weights(component, Placement::cpu_f32())?;
-    let stored_kind = probe.keys().first().and_then(|k| probe.stored_tensor(k).ok()).map(|t| t.kind()).unwrap_or(Kind::Float);
-    drop(probe);
+    let weights = file.weights(component, Placement::cpu_f32())?;
+    let stored_kind = weights.keys().first().and_then(|k| weights.stored_tensor(k).ok()).map(|t| t.kind()).unwrap_or(Kind::Float);
     // Built in the stored precision, the model points into the mapped file: no copy.
     let placement = Placement { device: Device::Cpu, kind: stored_kind };
     let opts = WeightOptions::default();
@@ -122,7 +120,6 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
         "vae" => drop(sd::load_vae(repo, &opts, placement)?),
         _ => drop(sd::load_text_encoder_from(repo, component, &opts, Placement { device: Device::Cpu, kind: Kind::Float })?),
     }
-    let weights = file.weights(component, Placement::cpu_f32())?;
     let mut tensors = Vec::new();
     for key in weights.keys() {
         let mut t = weights.stored_tensor(key)?;

@@ -55,6 +55,15 @@ impl Family {
     pub fn is_xl(self) -> bool {
         matches!(self, Family::Xl { .. })
     }
+
+    /// The pipeline's model folders, in load (and save) order.
+    pub fn components(self) -> &'static [&'static str] {
+        if self.is_xl() {
+            &["text_encoder", "text_encoder_2", "unet", "vae"]
+        } else {
+            &["text_encoder", "unet", "vae"]
+        }
+    }
 }
 
 /// The loaded parts of a model (nothing random: loading draws no random numbers).
@@ -77,17 +86,14 @@ pub struct Components {
 pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Components> {
     let family = family(repo)?;
     let weights = &options.weights;
-    let components: &[&str] = if family.is_xl() { &["text_encoder", "text_encoder_2", "unet", "vae"] } else { &["text_encoder", "unet", "vae"] };
     match repo.single_file() {
         Some(file) => {
             if weights.variant.is_some() {
                 tracing::warn!("--variant does not apply to a single-file checkpoint ({}): ignored", file.path.display());
             }
-            if family.is_xl() != (file.arch == super::single_file::Arch::Xl) {
-                bail!("{} is a {} checkpoint but its configs ({}) are a {} pipeline", file.path.display(), file.arch.name(), file.config.describe(), if family.is_xl() { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" });
-            }
+            file.check_family(family)?;
         }
-        None => check_variant(repo, weights, components)?,
+        None => check_variant(repo, weights, family.components())?,
     }
     let parts = load_parts(repo, options, family);
     match repo.single_file() {

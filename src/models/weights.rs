@@ -104,22 +104,42 @@ pub struct Weights {
 impl Weights {
     /// Opens weight files (`.safetensors` or torch `.bin`, detected by content).
     pub fn open(files: &[PathBuf], placement: Placement) -> Result<Self> {
+        Self::open_files(files, placement, false)
+    }
+
+    /// [`Weights::open`]; `checkpoint`: the files are whole training checkpoints, whose weights
+    /// are their `state_dict` (see [`open_source`]).
+    fn open_files(files: &[PathBuf], placement: Placement, checkpoint: bool) -> Result<Self> {
         let name = files.first().map(|p| p.display().to_string()).unwrap_or_default();
-        let mut w = Weights {
+        let mut entries = HashMap::new();
+        let mut sources = Vec::new();
+        for path in files {
+            let (source, list) = open_source(path, sources.len(), checkpoint)?;
+            for (key, e) in list {
+                if entries.insert(key.clone(), e).is_some() {
+                    bail!("{}: tensor {key} appears in more than one weight file", path.display());
+                }
+            }
+            sources.push(source);
+        }
+        Ok(Self::with_entries(name, Arc::new(sources), entries, placement))
+    }
+
+    fn with_entries(name: String, sources: Arc<Vec<Source>>, entries: HashMap<String, Entry>, placement: Placement) -> Self {
+        Weights {
             name,
-            sources: Arc::new(Vec::new()),
-            entries: HashMap::new(),
+            sources,
+            entries,
             placement,
             used: RefCell::new(BTreeSet::new()),
             problems: RefCell::new(Vec::new()),
             borrowed: std::cell::Cell::new(false),
-        };
-        let mut sources = Vec::new();
-        for path in files {
-            w.add_file(path, &mut sources)?;
         }
-        w.sources = Arc::new(sources);
-        Ok(w)
+    }
+
+    /// The (first) file's name, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// What a model built from these weights must hold on to: the mapped files, where its
@@ -128,22 +148,6 @@ impl Weights {
     /// copy of the fp32 file).
     pub fn backing(&self) -> Backing {
         Backing(self.borrowed.get().then(|| self.sources.clone()))
-    }
-
-    fn add_file(&mut self, path: &Path, sources: &mut Vec<Source>) -> Result<()> {
-        let (source, entries) = open_source(path, sources.len(), false)?;
-        for (key, e) in entries {
-            self.insert(path, key, e)?;
-        }
-        sources.push(source);
-        Ok(())
-    }
-
-    fn insert(&mut self, path: &Path, key: String, e: Entry) -> Result<()> {
-        if self.entries.insert(key.clone(), e).is_some() {
-            bail!("{}: tensor {key} appears in more than one weight file", path.display());
-        }
-        Ok(())
     }
 
     pub fn placement(&self) -> Placement {
@@ -165,7 +169,9 @@ impl Weights {
 
     /// All keys, sorted (for prefix detection and messages).
     pub fn keys(&self) -> Vec<&str> {
-        sorted_keys(&self.entries)
+        let mut k: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        k.sort();
+        k
     }
 
     /// Reads `key` as a tensor of `shape` in the placement's kind and device. A missing or
@@ -315,9 +321,8 @@ fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec
 /// A single-file checkpoint (the original LDM layout: every component's tensors in one
 /// `.safetensors` or `.ckpt`), opened once and shared by the components built from it.
 pub struct Checkpoint {
-    name: String,
-    sources: Arc<Vec<Source>>,
-    entries: HashMap<String, Entry>,
+    /// Every tensor under its stored name.
+    all: Weights,
     /// The safetensors header's `__metadata__` (model-spec keys such as `modelspec.prediction_type`).
     pub metadata: std::collections::BTreeMap<String, String>,
     /// A Lightning checkpoint's `global_step`.
@@ -326,79 +331,41 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn open(path: &Path) -> Result<Self> {
-        let (source, list) = open_source(path, 0, true)?;
-        let mut metadata = std::collections::BTreeMap::new();
-        let mut global_step = None;
-        match &source {
-            Source::Safetensors(st) => {
-                if let Ok((_, meta)) = safetensors::SafeTensors::read_metadata(st.bytes()) {
-                    metadata.extend(meta.metadata().clone().unwrap_or_default());
-                }
-            }
-            Source::Torch(tf) => global_step = tf.root.get("global_step").and_then(|v| v.as_int()),
-        }
-        let mut entries = HashMap::new();
-        for (key, e) in list {
-            if entries.insert(key.clone(), e).is_some() {
-                bail!("{}: tensor {key} appears twice", path.display());
-            }
-        }
-        if entries.is_empty() {
+        let all = Weights::open_files(&[path.to_path_buf()], Placement::cpu_f32(), true)?;
+        if all.entries.is_empty() {
             bail!("{} holds no tensors (for a .ckpt: no state_dict)", path.display());
         }
-        Ok(Checkpoint { name: path.display().to_string(), sources: Arc::new(vec![source]), entries, metadata, global_step })
+        let (metadata, global_step) = match &all.sources[0] {
+            Source::Safetensors(st) => (st.metadata().unwrap_or_default(), None),
+            Source::Torch(tf) => (Default::default(), tf.root.get("global_step").and_then(|v| v.as_int())),
+        };
+        Ok(Checkpoint { all, metadata, global_step })
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.entries.contains_key(key)
-    }
-
-    /// Shape of a stored tensor, if present.
-    pub fn shape_of(&self, key: &str) -> Option<Vec<i64>> {
-        self.entries.get(key).map(Entry::shape)
-    }
-
-    /// Every key, sorted.
-    pub fn keys(&self) -> Vec<&str> {
-        sorted_keys(&self.entries)
+    /// The stored tensors under their stored names.
+    pub fn tensors(&self) -> &Weights {
+        &self.all
     }
 
     /// One component's weights under diffusers' names: `map` gives, for a stored key and its
     /// shape, the names (and views) it provides; keys it maps to nothing are not this
     /// component's. Fails when two stored tensors claim one name or nothing maps at all.
     pub fn component(&self, component: &str, placement: Placement, map: impl Fn(&str, &[i64]) -> Vec<(String, View)>) -> Result<Weights> {
+        let name = &self.all.name;
         let mut entries = HashMap::new();
-        for (key, e) in &self.entries {
-            for (name, view) in map(key, &e.shape()) {
+        for (key, e) in &self.all.entries {
+            for (new, view) in map(key, &e.shape()) {
                 let derived = if view == View::Whole { e.clone() } else { Entry::Derived { base: Box::new(e.clone()), view } };
-                if entries.insert(name.clone(), derived).is_some() {
-                    bail!("{}: two tensors map to {component}'s {name}", self.name);
+                if entries.insert(new.clone(), derived).is_some() {
+                    bail!("{name}: two tensors map to {component}'s {new}");
                 }
             }
         }
         if entries.is_empty() {
-            bail!("{} has no tensors of the {component}", self.name);
+            bail!("{name} has no tensors of the {component}");
         }
-        Ok(Weights {
-            name: format!("{} ({component})", self.name),
-            sources: self.sources.clone(),
-            entries,
-            placement,
-            used: RefCell::new(BTreeSet::new()),
-            problems: RefCell::new(Vec::new()),
-            borrowed: std::cell::Cell::new(false),
-        })
+        Ok(Weights::with_entries(format!("{name} ({component})"), self.all.sources.clone(), entries, placement))
     }
-}
-
-fn sorted_keys(entries: &HashMap<String, Entry>) -> Vec<&str> {
-    let mut k: Vec<&str> = entries.keys().map(String::as_str).collect();
-    k.sort();
-    k
 }
 
 /// A CPU tensor over `bytes` of the mapped file without copying them (when aligned for the

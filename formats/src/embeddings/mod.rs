@@ -189,14 +189,13 @@ pub fn read(path: &Path) -> Result<EmbeddingFile> {
     if torch_file::sniff(head) || head.starts_with(b"PK") {
         let tf = match TorchFile::open(path) {
             Ok(tf) => tf,
-            // A training checkpoint's Lightning objects: say what the file is, if it is a model.
-            Err(e @ Error::RefusedGlobal { .. }) if matches!(&e, Error::RefusedGlobal { module, name, .. } if crate::pickle::is_inert(module, name)) => {
-                let model = TorchFile::open_checkpoint(path).is_ok_and(|c| is_model_checkpoint(c.state_dict_tensors().iter().map(|(k, _)| k.as_str())));
-                return Err(if model { not_an_embedding(&name) } else { e });
+            Err(e) => {
+                // A training checkpoint's Lightning objects: say what the file is, if it is a model.
+                let lightning = matches!(&e, Error::RefusedGlobal { module, name, .. } if crate::pickle::is_inert(module, name));
+                return Err(if lightning && TorchFile::open_checkpoint(path).is_ok_and(|c| holds_model(&c)) { not_an_embedding(&name) } else { e });
             }
-            Err(e) => return Err(e),
         };
-        if is_model_checkpoint(tf.state_dict_tensors().iter().map(|(k, _)| k.as_str())) {
+        if holds_model(&tf) {
             return Err(not_an_embedding(&name));
         }
         return from_torch(&tf);
@@ -220,6 +219,10 @@ pub fn read(path: &Path) -> Result<EmbeddingFile> {
 /// Whether tensor names are a whole Stable Diffusion model in the original (LDM/SGM) layout.
 fn is_model_checkpoint<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
     keys.any(|k| k.starts_with("model.diffusion_model."))
+}
+
+fn holds_model(tf: &TorchFile) -> bool {
+    is_model_checkpoint(tf.state_dict_tensors().iter().map(|(k, _)| k.as_str()))
 }
 
 fn not_an_embedding(name: &str) -> Error {

@@ -11,8 +11,9 @@ pub mod ldm_keys;
 
 use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
 use super::repo::ModelRepo;
+use super::stable_diffusion::Family;
 use super::weights::{Checkpoint, Placement, View, Weights};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
 /// The model types this tool reads, with diffusers' names for them.
@@ -83,6 +84,16 @@ impl SingleFile {
         format!("{} (configs from {})", self.path.display(), self.config.describe())
     }
 
+    /// Fails when the config folder's pipeline is not this checkpoint's (an SDXL file read with
+    /// SD configs, or the reverse).
+    pub fn check_family(&self, family: Family) -> Result<()> {
+        if family.is_xl() != (self.arch == Arch::Xl) {
+            let pipeline = if family.is_xl() { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" };
+            bail!("{} is a {} checkpoint but its configs ({}) are a {pipeline}", self.path.display(), self.arch.name(), self.config.describe());
+        }
+        Ok(())
+    }
+
     /// One component's weights (`unet`, `vae`, `text_encoder`, `text_encoder_2`) under
     /// diffusers' names, laid out by that component's config.
     pub fn weights(&self, component: &str, placement: Placement) -> Result<Weights> {
@@ -132,8 +143,10 @@ impl SingleFile {
 /// its 1024-wide cross-attention (diffusers' test), else SD 1. Types this tool does not run
 /// (inpainting, refiner, ControlNet, upscaler, a lone UNet or VAE) are refused by name.
 pub fn detect(ck: &Checkpoint) -> Result<Arch> {
+    let ck = ck.tensors();
     let name = ck.name();
-    let has_prefix = |p: &str| ck.keys().iter().any(|k| k.starts_with(p));
+    let keys = ck.keys();
+    let has_prefix = |p: &str| keys.iter().any(|k| k.starts_with(p));
     if !has_prefix(UNET) {
         let hint = if ck.contains("conv_in.weight") || ck.contains("encoder.conv_in.weight") || ck.contains("text_model.embeddings.token_embedding.weight") {
             " (its keys are one diffusers component's: pass the model's folder instead)"
@@ -197,25 +210,11 @@ fn file_prediction_type(path: &Path, ck: &Checkpoint, arch: Arch) -> Option<(Str
         });
         return Some(((if v { "v_prediction" } else { "epsilon" }).into(), format!("{}", yaml.display())));
     }
-    if ck.contains("v_pred") {
+    if ck.tensors().contains("v_pred") {
         return Some(("v_prediction".into(), "the file's v_pred key".into()));
     }
     if arch == Arch::Sd2 && ck.global_step == Some(875_000) {
         return Some(("epsilon".into(), "global_step 875000: SD 2 base, as diffusers decides".into()));
     }
     None
-}
-
-/// The component folders of a single-file model's pipeline, in save order.
-pub fn components(arch: Arch) -> &'static [&'static str] {
-    match arch {
-        Arch::Xl => &["text_encoder", "text_encoder_2", "unet", "vae"],
-        _ => &["text_encoder", "unet", "vae"],
-    }
-}
-
-/// Reads `file` of the config folder as JSON (for `convert-model`).
-pub fn read_json(repo: &ModelRepo, file: &str) -> Result<serde_json::Value> {
-    let path = repo.require(file)?;
-    config::read(&path).with_context(|| format!("reading {}", path.display()))
 }
