@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tch::{Kind, Tensor};
 use textual_inversion::train::dataset::{
-    caption, center_crop, flip_from_torch_rand, load_rgb, placeholder_string, preprocess, resize_bicubic, to_pixels,
-    Dataset, ImageOrder, LearnableProperty, MAX_PIXELS, OBJECT_TEMPLATES, STYLE_TEMPLATES,
+    caption, center_crop, flip_from_torch_rand, load_rgb, placeholder_string, preprocess, resize_bicubic, to_pixels, Dataset, ImageOrder, LearnableProperty,
+    MAX_PIXELS, OBJECT_TEMPLATES, STYLE_TEMPLATES,
 };
 
 /// Max per-channel difference (out of 255) allowed between our JPEG decoding and Pillow's,
@@ -140,18 +140,41 @@ fn pixel_values_equal_the_scripts() {
     let crop = Dataset::load(&dir().join("images"), 64, true, 2).unwrap();
     let idx = crop.images().iter().position(|i| i.path.ends_with("toy-2.png")).unwrap();
     let want = &t["images/toy-2.png/r64_c1_f1_pixels"];
-    let got = crop.pixels(idx, true);
+    let got = crop.pixels(idx, true).unwrap();
     assert_eq!(got.size(), [3, 64, 64]);
     assert_eq!(got.kind(), Kind::Float);
     assert!(got.equal(want), "flipped pixels differ by {}", (&got - want).abs().max().double_value(&[]));
 
     let stretch = Dataset::load(&dir().join("images"), 64, false, 1).unwrap();
     let idx = stretch.images().iter().position(|i| i.path.ends_with("toy-4.png")).unwrap();
-    assert!(stretch.pixels(idx, false).equal(&t["images/toy-4.png/r64_c0_f0_pixels"]));
+    assert!(stretch.pixels(idx, false).unwrap().equal(&t["images/toy-4.png/r64_c0_f0_pixels"]));
     // Flip is a mirror of the unflipped values.
-    assert!(stretch.pixels(idx, true).equal(&stretch.pixels(idx, false).flip([2])));
+    assert!(stretch.pixels(idx, true).unwrap().equal(&stretch.pixels(idx, false).unwrap().flip([2])));
     let base = preprocess(&load_rgb(&dir().join("images/toy-4.png")).unwrap().rgb, 64, false).unwrap();
     assert!(to_pixels(&base, false).equal(&t["images/toy-4.png/r64_c0_f0_pixels"]));
+}
+
+/// A folder larger than the resident budget is decoded again when drawn: the same pixels as
+/// the kept ones, and a file changed since the start is an error naming it.
+#[test]
+fn folders_past_the_memory_budget_decode_again_with_equal_pixels() {
+    let kept = Dataset::load(&dir().join("images"), 64, true, 1).unwrap();
+    let again = Dataset::load_bounded(&dir().join("images"), 64, true, 1, Default::default(), None, 0).unwrap();
+    assert_eq!(again.num_images(), kept.num_images());
+    for i in 0..kept.num_images() {
+        for flip in [false, true] {
+            assert!(again.pixels(i, flip).unwrap().equal(&kept.pixels(i, flip).unwrap()), "image {i} flip {flip}");
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    for name in ["a.png", "b.png"] {
+        std::fs::copy(dir().join("images/toy-2.png"), d.path().join(name)).unwrap();
+    }
+    let lazy = Dataset::load_bounded(d.path(), 32, true, 1, Default::default(), None, 0).unwrap();
+    std::fs::write(d.path().join("a.png"), b"not an image any more").unwrap();
+    std::fs::write(d.path().join("b.png"), b"not an image any more").unwrap();
+    let e = format!("{:#}", lazy.pixels(0, false).unwrap_err());
+    assert!(e.contains(".png") && e.contains("again"), "{e}");
 }
 
 #[test]
@@ -172,8 +195,8 @@ fn length_repeats_and_batches() {
     let batch = ds.batch(&[(0, false), (5, true), (19, false)]).unwrap();
     assert!(ds.batch(&[]).is_err());
     assert_eq!(batch.size(), [3, 3, 32, 32]);
-    assert!(batch.get(1).equal(&ds.pixels(1, true)));
-    assert!(batch.get(2).equal(&ds.pixels(3, false)));
+    assert!(batch.get(1).equal(&ds.pixels(1, true).unwrap()));
+    assert!(batch.get(2).equal(&ds.pixels(3, false).unwrap()));
     let (lo, hi) = (batch.min().double_value(&[]), batch.max().double_value(&[]));
     assert!((-1.0..=1.0).contains(&lo) && (-1.0..=1.0).contains(&hi));
     assert!(Dataset::load(&dir().join("images"), 0, true, 1).is_err());
@@ -208,11 +231,7 @@ impl Write for Captured {
 fn load_logged(path: &Path, size: u32, crop: bool, repeats: usize) -> (anyhow::Result<Dataset>, String) {
     let out = Captured::default();
     let sink = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).with_max_level(tracing::Level::INFO).finish();
     let result = tracing::subscriber::with_default(subscriber, || Dataset::load(path, size, crop, repeats));
     let log = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
     (result, log)
@@ -252,18 +271,17 @@ fn messy_folder_skips_with_one_warning_and_converts_the_rest() {
     println!("{log}");
     let mixed = e["mixed"].as_object().unwrap();
     let used: Vec<&String> = mixed.iter().filter(|(_, v)| v["port"] == "used").map(|(k, _)| k).collect();
-    let mut names: Vec<String> =
-        ds.images().iter().map(|i| i.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = ds.images().iter().map(|i| i.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     names.sort(); // taken in directory order; `used` is sorted
     assert_eq!(names, used.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert_eq!(ds.len(), used.len() * 3);
-    for img in ds.images() {
+    for (i, img) in ds.images().iter().enumerate() {
         let name = img.path.file_name().unwrap().to_string_lossy().into_owned();
         let want = &mixed[&name];
         assert_eq!(img.source_mode, want["source_mode"], "{name}");
         let size = (want["height"].as_u64().unwrap() as u32, want["width"].as_u64().unwrap() as u32);
         assert_eq!(img.original_size, size, "{name}");
-        let d = max_diff(&img.resized, &rgb_from(&t[&format!("mixed/{name}/r64_c1")]));
+        let d = max_diff(&ds.resized(i).unwrap(), &rgb_from(&t[&format!("mixed/{name}/r64_c1")]));
         println!("{name} ({}): max error {d} levels vs Pillow", img.source_mode);
         if is_jpeg(&name) {
             assert!(d <= JPEG_TOLERANCE, "{name}: {d}");
@@ -272,11 +290,8 @@ fn messy_folder_skips_with_one_warning_and_converts_the_rest() {
         }
     }
     // Skipped: each with its reason, all in ONE warning.
-    let skipped: BTreeMap<String, String> = ds
-        .skipped()
-        .iter()
-        .map(|s| (s.path.file_name().unwrap().to_string_lossy().into_owned(), s.reason.clone()))
-        .collect();
+    let skipped: BTreeMap<String, String> =
+        ds.skipped().iter().map(|s| (s.path.file_name().unwrap().to_string_lossy().into_owned(), s.reason.clone())).collect();
     let want_skipped: Vec<&String> = mixed.iter().filter(|(_, v)| v["port"] == "skipped").map(|(k, _)| k).collect();
     assert_eq!(skipped.keys().collect::<Vec<_>>(), want_skipped);
     assert_eq!(log.matches(" WARN ").count(), 1, "{log}");

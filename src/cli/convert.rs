@@ -45,6 +45,9 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    // Only a regular file (or nothing) is ever replaced: a device node, FIFO, folder or
+    // symbolic link at OUT is refused before anything is read.
+    crate::formats::atomic::check_replaceable(&args.output)?;
     let src = embeddings::read(&args.input)?;
     let format = match args.format {
         Some(FormatArg::Diffusers) => OutFormat::Diffusers,
@@ -52,10 +55,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         Some(FormatArg::A1111) => OutFormat::A1111,
         Some(FormatArg::Sdxl) => OutFormat::Sdxl,
         Some(FormatArg::Kohya) => OutFormat::Kohya,
-        None => OutFormat::from_extension(&args.output).context(format!(
-            "cannot tell the output format from {}: pass --format diffusers|diffusers-bin|a1111|sdxl|kohya",
-            args.output.display()
-        ))?,
+        None => OutFormat::from_extension(&args.output)
+            .context(format!("cannot tell the output format from {}: pass --format diffusers|diffusers-bin|a1111|sdxl|kohya", args.output.display()))?,
     };
     // An SDXL source written to a .safetensors name means SDXL, not diffusers.
     let format = match (format, args.format, src.layout) {
@@ -74,6 +75,6 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         DtypeArg::Bf16 => Some(DType::BF16),
     };
     embeddings::write(&args.output, format, &token, &src.embeddings[0], Some(&src), dtype)?;
-    println!("wrote {} ({}, token {token}, {} vector(s))", args.output.display(), format.name(), src.embeddings[0].vectors());
+    println!("wrote {} ({}, token {}, {} vector(s))", args.output.display(), format.name(), super::printable::line(&token), src.embeddings[0].vectors());
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! `textual-inversion inspect FILE...`
+use super::printable::line;
 use crate::formats::embeddings::{self, EmbeddingFile};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -49,7 +50,6 @@ pub struct PartReport {
     pub model: &'static str,
     pub norms: Vec<f64>,
 }
-
 
 pub fn report(path: &Path, f: &EmbeddingFile) -> Content {
     let stem = embeddings::file_stem(path);
@@ -111,14 +111,18 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Text output: everything that comes from the file (its name, tokens, metadata, container
+/// folder) is escaped by [`super::printable::line`].
 fn print_text(r: &FileReport) {
     let Some(c) = &r.content else { return };
-    println!("{}", r.file);
-    println!("  format    {} in {}", serde_json::to_value(c.layout).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), c.container);
+    println!("{}", line(&r.file));
+    println!("  format    {} in {}", serde_json::to_value(c.layout).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), line(&c.container));
     for e in &c.embeddings {
         match &e.stored_token {
-            Some(s) if s != &e.token => println!("  token     {}  (stored name: {s})", e.token),
-            _ => println!("  token     {}", e.token),
+            Some(s) if s != &e.token => {
+                println!("  token     {}  (stored name: {})", line(&e.token), line(s))
+            }
+            _ => println!("  token     {}", line(&e.token)),
         }
         for p in &e.parts {
             let label = if p.encoder == embeddings::Encoder::TextEncoder { "vectors" } else { p.encoder.key() };
@@ -128,7 +132,7 @@ fn print_text(r: &FileReport) {
         }
     }
     if !c.metadata.is_empty() {
-        let m: Vec<String> = c.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let m: Vec<String> = c.metadata.iter().map(|(k, v)| format!("{}={}", line(k), line(v))).collect();
         println!("  metadata  {}", m.join(", "));
     }
 }

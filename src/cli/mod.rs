@@ -4,6 +4,7 @@ pub mod convert_model;
 pub mod generate;
 pub mod info;
 pub mod inspect;
+pub mod printable;
 pub mod train;
 
 use clap::{Parser, Subcommand};

@@ -29,6 +29,7 @@ pub struct GenerateConfig {
 /// Loads the model and embeddings, generates, writes the images with their settings in PNG text
 /// chunks; returns the paths written.
 pub fn run(cfg: &GenerateConfig) -> Result<Vec<PathBuf>> {
+    cfg.options.check()?;
     crate::device::ensure_available(cfg.load.device)?;
     let started = std::time::Instant::now();
     let repo = cfg.model.resolve()?;
@@ -85,12 +86,8 @@ fn metadata(cfg: &GenerateConfig, scheduler: &str, models: &Models) -> Vec<(Stri
         ("model".to_string(), cfg.model.name_or_path.clone()),
         ("software".to_string(), format!("textual-inversion {}", env!("CARGO_PKG_VERSION"))),
     ];
-    let tokens: Vec<String> = models
-        .stacks()
-        .iter()
-        .flat_map(|s| s.tokens.iter())
-        .map(|l| format!("{} ({} vectors) from {}", l.token, l.vectors, l.file.display()))
-        .collect();
+    let tokens: Vec<String> =
+        models.stacks().iter().flat_map(|s| s.tokens.iter()).map(|l| format!("{} ({} vectors) from {}", l.token, l.vectors, l.file.display())).collect();
     if !tokens.is_empty() {
         text.push(("embeddings".to_string(), tokens.join("; ")));
     }

@@ -56,6 +56,43 @@ pub struct GenerateOptions {
     pub target_size: Option<(i64, i64)>,
 }
 
+/// The largest image side `generate` makes. The A1111 web UI stops at 2048; past 4096 the
+/// VAE's decode of one SD 1.5 image alone needs tens of GB, and the UNet's attention grows
+/// with the fourth power of the side.
+pub const MAX_SIDE: i64 = 4096;
+/// The most images one run makes: they are denoised as one batch (as diffusers' pipeline does,
+/// so that a seed gives the same pictures), whose memory grows with the count.
+pub const MAX_IMAGES: usize = 64;
+/// The most denoising steps: diffusers' schedulers refuse more steps than the 1000 training
+/// timesteps the models use.
+pub const MAX_STEPS: usize = 1000;
+
+impl GenerateOptions {
+    /// What no model can make, refused before any model loads, with the reason.
+    pub fn check(&self) -> Result<()> {
+        for (flag, v) in [("--height", self.height), ("--width", self.width)] {
+            if let Some(v) = v {
+                if !(1..=MAX_SIDE).contains(&v) {
+                    bail!("{flag} {v} is outside 1..={MAX_SIDE}: larger images need more memory than any GPU has (the VAE alone needs tens of GB past {MAX_SIDE} px); SD 1.5 is made for 512, SDXL for 1024");
+                }
+            }
+        }
+        if !(1..=MAX_IMAGES).contains(&self.num_images_per_prompt) {
+            bail!(
+                "--num_images_per_prompt {} is outside 1..={MAX_IMAGES}: the images of a run are denoised as one batch (as diffusers does), so memory grows with the count; run again with other seeds for more",
+                self.num_images_per_prompt
+            );
+        }
+        if !(1..=MAX_STEPS).contains(&self.steps) {
+            bail!("--num_inference_steps {} is outside 1..={MAX_STEPS} (the models' training timesteps)", self.steps);
+        }
+        if self.guidance_scale.is_some_and(|g| !g.is_finite()) {
+            bail!("--guidance_scale must be a finite number");
+        }
+        Ok(())
+    }
+}
+
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
@@ -145,6 +182,7 @@ impl Models {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Generated> {
         let _guard = tch::no_grad_guard();
+        options.check()?;
         let scale = self.vae_scale_factor();
         let (height, width) = (options.height.unwrap_or(self.default_size()), options.width.unwrap_or(self.default_size()));
         if height <= 0 || width <= 0 || height % scale != 0 || width % scale != 0 {

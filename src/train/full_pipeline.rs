@@ -2,6 +2,9 @@
 //! text encoder(s) already hold the new tokens, as the script's `save_pretrained` leaves it
 //! (SDXL: both tokenizers and both encoders). The UNet, VAE and scheduler are the base model's files (linked
 //! when the file system allows, else copied; the script re-saves them in the training dtype).
+//! Files are only ever replaced by renames, so the base model's files (which the output may
+//! hard-link) are never written through; training into the model's own folder is refused.
+use crate::formats::atomic;
 use crate::formats::safetensors_io;
 use crate::formats::torch_file::TorchFile;
 use crate::formats::RawTensor;
@@ -12,15 +15,44 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
 
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if let Some(dir) = to.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Puts `from`'s content at `to` (a hard link when the file system allows, else a copy),
+/// replacing `to` only by a rename once the new file is whole: `to` is never removed first,
+/// and `to` already being `from` (a run writing into the folder it reads) leaves it untouched.
+fn link_or_copy(from: &Path, out: &Path, rel: &str) -> Result<()> {
+    let to = out.join(rel);
+    if let Some(dir) = Path::new(rel).parent() {
+        atomic::ensure_dir(out, dir)?;
     }
-    let _ = std::fs::remove_file(to);
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    if same_file(from, &to) {
+        return Ok(());
     }
-    Ok(())
+    atomic::check_replaceable(&to)?;
+    let name = to.file_name().context("file name")?.to_string_lossy().to_string();
+    let tmp = to.with_file_name(format!(".tmp-link-{}-{name}", std::process::id()));
+    let _tracked = atomic::track(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(from, &tmp).is_ok() {
+        let renamed = std::fs::rename(&tmp, &to);
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        return renamed.with_context(|| format!("renaming {} to {}", tmp.display(), to.display()));
+    }
+    let mut src = std::fs::File::open(from).with_context(|| format!("reading {}", from.display()))?;
+    atomic::write_with(&to, |f| std::io::copy(&mut src, f).map(drop)).with_context(|| format!("copying {} to {}", from.display(), to.display()))
+}
+
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+#[cfg(not(unix))]
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -48,18 +80,18 @@ fn read_tensors(path: &Path) -> Result<Vec<(String, RawTensor)>> {
 /// their `[n, D]` rows).
 pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[String], encoders: &[(&str, &str, &[i64], &Tensor)]) -> Result<()> {
     if let Some(p) = repo.get("model_index.json")? {
-        link_or_copy(&p, &out.join("model_index.json"))?;
+        link_or_copy(&p, out, "model_index.json")?;
     }
-    link_or_copy(&repo.require("scheduler/scheduler_config.json")?, &out.join("scheduler/scheduler_config.json"))?;
+    link_or_copy(&repo.require("scheduler/scheduler_config.json")?, out, "scheduler/scheduler_config.json")?;
     for component in ["unet", "vae"] {
-        link_or_copy(&repo.require(&format!("{component}/config.json"))?, &out.join(component).join("config.json"))?;
+        link_or_copy(&repo.require(&format!("{component}/config.json"))?, out, &format!("{component}/config.json"))?;
         for f in repo.weight_files(component, variant, None)? {
-            let name = f.file_name().context("weight file name")?;
-            link_or_copy(&f, &out.join(component).join(name))?;
+            let name = f.file_name().context("weight file name")?.to_string_lossy().to_string();
+            link_or_copy(&f, out, &format!("{component}/{name}"))?;
         }
         for index in ["diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json"] {
             if let Some(p) = repo.get(&format!("{component}/{index}"))? {
-                link_or_copy(&p, &out.join(component).join(index))?;
+                link_or_copy(&p, out, &format!("{component}/{index}"))?;
             }
         }
     }
@@ -95,7 +127,7 @@ fn save_encoder(repo: &ModelRepo, out: &Path, folder: &str, ids: &[i64], rows: &
     data.extend_from_slice(&extra.data);
     let shape = vec![old.shape[0] + n as usize, old.shape[1]];
     tensors[key].1 = RawTensor::new(old.dtype, shape, data)?;
-    std::fs::create_dir_all(out.join(folder))?;
+    atomic::ensure_dir(out, Path::new(folder))?;
     write_json(&out.join(folder).join("config.json"), &config)?;
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -105,18 +137,18 @@ fn save_encoder(repo: &ModelRepo, out: &Path, folder: &str, ids: &[i64], rows: &
 
 /// A tokenizer folder: the base files plus the added tokens where transformers looks for them.
 fn save_tokenizer(repo: &ModelRepo, out: &Path, folder: &str, tokens: &[String], ids: &[i64]) -> Result<()> {
-    let tok_dir = out.join(folder);
+    let tok_dir = atomic::ensure_dir(out, Path::new(folder))?;
     for f in ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "added_tokens.json"] {
         if let Some(p) = repo.get(&format!("{folder}/{f}"))? {
-            link_or_copy(&p, &tok_dir.join(f))?;
+            link_or_copy(&p, out, &format!("{folder}/{f}"))?;
         }
     }
-    let added = |t: &str, id: i64| json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false});
+    let added =
+        |t: &str, id: i64| json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": false});
     let mut map = if tok_dir.join("added_tokens.json").is_file() { read_json(&tok_dir.join("added_tokens.json"))? } else { json!({}) };
     for (t, &id) in tokens.iter().zip(ids) {
         map[t] = json!(id);
     }
-    let _ = std::fs::remove_file(tok_dir.join("added_tokens.json"));
     write_json(&tok_dir.join("added_tokens.json"), &map)?;
     if tok_dir.join("tokenizer_config.json").is_file() {
         let mut cfg = read_json(&tok_dir.join("tokenizer_config.json"))?;
@@ -126,7 +158,6 @@ fn save_tokenizer(repo: &ModelRepo, out: &Path, folder: &str, tokens: &[String],
                 e.as_object_mut().map(|o| o.remove("id"));
                 dec.insert(id.to_string(), e);
             }
-            let _ = std::fs::remove_file(tok_dir.join("tokenizer_config.json"));
             write_json(&tok_dir.join("tokenizer_config.json"), &cfg)?;
         }
     }
@@ -137,7 +168,6 @@ fn save_tokenizer(repo: &ModelRepo, out: &Path, folder: &str, tokens: &[String],
                 list.push(added(t, id));
             }
         }
-        let _ = std::fs::remove_file(tok_dir.join("tokenizer.json"));
         write_json(&tok_dir.join("tokenizer.json"), &tj)?;
     }
     Ok(())

@@ -3,8 +3,8 @@
 //! per step (38 % of a step at 512 px in Python).
 use super::dataset::Dataset;
 use crate::models::vae::AutoencoderKL;
-use std::collections::HashMap;
 use anyhow::Result;
+use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 #[derive(Default)]
@@ -19,7 +19,7 @@ impl LatentCache {
         let mut posteriors = HashMap::new();
         for i in 0..dataset.num_images() {
             for flip in [false, true] {
-                let post = vae.encode(&dataset.pixels(i, flip).unsqueeze(0).to_device(device).to_kind(kind))?;
+                let post = vae.encode(&dataset.pixels(i, flip)?.unsqueeze(0).to_device(device).to_kind(kind))?;
                 posteriors.insert((i, flip), (post.mean, post.std));
             }
         }

@@ -18,6 +18,7 @@ pub mod lr_schedule;
 pub mod metrics;
 pub mod on_update;
 pub mod optim;
+pub mod output;
 pub mod script_rng;
 pub mod setup;
 pub mod state;

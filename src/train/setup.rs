@@ -5,12 +5,12 @@
 use super::config::{InitFrom, TrainConfig};
 use super::dataset::{captions, placeholder_string, Captions, Dataset};
 use super::draws::StepDraws;
-use super::script_rng::StreamShape;
 use super::grad_scaler::GradScaler;
 use super::latent_cache::LatentCache;
 use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
 use super::metrics::Metrics;
 use super::optim::{AdamW, AdamWConfig};
+use super::script_rng::StreamShape;
 use super::state::{self, Checkpoint, Position};
 use super::trainer::Trainer;
 use crate::models::stable_diffusion::{self as sd, LoadOptions, WeightOptions};
@@ -21,15 +21,6 @@ use crate::text::TextStack;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
-
-/// Creates output_dir and proves it writable before any model loads.
-fn prepare_output(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create --output_dir {}", dir.display()))?;
-    let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"ok").with_context(|| format!("--output_dir {} is not writable", dir.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
-}
 
 /// Ids of `text` in a tokenizer, without the start and end tokens.
 fn word_ids(text: &TextStack, words: &str) -> Result<Vec<i64>> {
@@ -152,7 +143,9 @@ fn add_placeholder_tokens(cfg: &TrainConfig, n: usize, models: &mut Models) -> R
 /// `--resume_from_checkpoint`: the checkpoint to continue from, if it exists (the script
 /// starts a new run when it does not).
 fn find_checkpoint(cfg: &TrainConfig, n: usize) -> Result<Option<Checkpoint>> {
-    let Some(which) = &cfg.output.resume_from_checkpoint else { return Ok(None) };
+    let Some(which) = &cfg.output.resume_from_checkpoint else {
+        return Ok(None);
+    };
     let Some(dir) = state::resolve(&cfg.output.dir, which)? else {
         tracing::info!("Checkpoint '{which}' does not exist. Starting a new training run.");
         return Ok(None);
@@ -173,7 +166,8 @@ fn find_checkpoint(cfg: &TrainConfig, n: usize) -> Result<Option<Checkpoint>> {
 /// The optimizer-state tensors of a checkpoint: AdamW's (no prefix) or the loss scaler's
 /// (`scaler.` prefix).
 fn split_optimizer_state(checkpoint: &Checkpoint, scaler: bool) -> Vec<(String, Tensor)> {
-    checkpoint.optimizer
+    checkpoint
+        .optimizer
         .iter()
         .filter_map(|(k, t)| match (k.strip_prefix("scaler."), scaler) {
             (Some(rest), true) => Some((rest.to_string(), t.shallow_clone())),
@@ -181,6 +175,27 @@ fn split_optimizer_state(checkpoint: &Checkpoint, scaler: bool) -> Vec<(String, 
             _ => None,
         })
         .collect()
+}
+
+/// The most the latent cache may hold (mean and std of every image, flipped and not).
+pub const LATENT_CACHE_BYTES: i64 = 1 << 30;
+
+/// Whether the latent cache of this folder stays under [`LATENT_CACHE_BYTES`]; a larger folder
+/// encodes its images every step instead (the script's way), so memory does not grow with it.
+fn latent_cache_fits(models: &Models, dataset: &Dataset, kind: Kind) -> bool {
+    let side = i64::from(dataset.resolution()) / models.vae_scale_factor().max(1);
+    let per = 2 * 2 * models.vae.config.latent_channels * side * side * kind.elt_size_in_bytes() as i64;
+    let bytes = per.saturating_mul(dataset.num_images() as i64);
+    if bytes > LATENT_CACHE_BYTES {
+        tracing::warn!(
+            "caching the latents of {} images would take {} MiB (more than {} MiB): they are encoded every step instead",
+            dataset.num_images(),
+            bytes >> 20,
+            LATENT_CACHE_BYTES >> 20
+        );
+        return false;
+    }
+    true
 }
 
 impl<'c> Trainer<'c> {
@@ -206,7 +221,7 @@ impl<'c> Trainer<'c> {
         let caption_ext = captions::caption_extension(&cfg.captions);
         let dataset = Dataset::load_with(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
         let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
-        prepare_output(&cfg.output.dir)?;
+        super::output::prepare(cfg, &repo, xl)?;
         crate::device::ensure_available(cfg.device)?;
         // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
         if cfg.allow_tf32 {
@@ -265,7 +280,12 @@ impl<'c> Trainer<'c> {
         let mut opt = AdamW::new(trainable.iter().map(Tensor::shallow_clone).collect(), adam_cfg)?;
         let schedule = LrSchedule::new(
             optim.lr_schedule,
-            &ScheduleArgs { num_warmup_steps: optim.lr_warmup_steps, num_training_steps: optim.max_train_steps as i64, num_cycles: optim.lr_num_cycles, learning_rate: lr },
+            &ScheduleArgs {
+                num_warmup_steps: optim.lr_warmup_steps,
+                num_training_steps: optim.max_train_steps as i64,
+                num_cycles: optim.lr_num_cycles,
+                learning_rate: lr,
+            },
         )?;
         let mut lr_sched = LrScheduler::new(schedule, lr);
         let mut scaler = (kind == Kind::Half).then(GradScaler::default);
@@ -278,10 +298,11 @@ impl<'c> Trainer<'c> {
         }
         opt.set_lr(lr_sched.lr());
 
-        let cache = if cfg.cache_latents { LatentCache::build(&models.vae, &dataset, cfg.device, kind)? } else { LatentCache::default() };
+        let cache_latents = cfg.cache_latents && latent_cache_fits(&models, &dataset, kind);
+        let cache = if cache_latents { LatentCache::build(&models.vae, &dataset, cfg.device, kind)? } else { LatentCache::default() };
         // What training no longer needs goes (the VAE is a tenth of SD 1.5's weights): the
         // encoder once every latent is cached, the decoder when nothing is validated.
-        if cfg.cache_latents {
+        if cache_latents {
             models.vae.release_encoder();
         }
         if cfg.validation.is_none() {

@@ -38,7 +38,9 @@ pub struct Checkpoint {
 /// Python script crashes on them).
 pub fn list(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(output_dir) else { return Ok(out) };
+    let Ok(entries) = std::fs::read_dir(output_dir) else {
+        return Ok(out);
+    };
     for e in entries {
         let e = e?;
         let name = e.file_name().to_string_lossy().to_string();
@@ -93,7 +95,12 @@ pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
     let parent = dir.parent().context("checkpoint folder has no parent")?;
     let name = dir.file_name().context("checkpoint folder has no name")?.to_string_lossy().to_string();
     let tmp = parent.join(format!(".{name}.tmp"));
+    // A link or file planted at the checkpoint's name is refused, never followed.
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        bail!("{} exists and is not a folder (a link or a file): refusing to replace it with a checkpoint", dir.display());
+    }
     let _ = std::fs::remove_dir_all(&tmp);
+    let _tracked = crate::formats::atomic::track(&tmp);
     // Whatever fails (a full disk, say), the half-written folder goes.
     let written = write_folder(&tmp, dir, c);
     if written.is_err() {
@@ -104,7 +111,7 @@ pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
 
 /// Writes the checkpoint into `tmp`, then renames it to `dir`.
 fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
-    std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::create_dir(tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     for (i, rows) in c.rows.iter().enumerate() {
@@ -136,11 +143,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             break;
         }
         let emb = crate::formats::embeddings::read(&file)?;
-        let part = emb
-            .embeddings
-            .first()
-            .and_then(|e| e.parts.first())
-            .with_context(|| format!("{}: no rows in {}", dir.display(), rows_file(i)))?;
+        let part = emb.embeddings.first().and_then(|e| e.parts.first()).with_context(|| format!("{}: no rows in {}", dir.display(), rows_file(i)))?;
         let t = crate::tensors::to_tch(&part.tensor)?.to_kind(tch::Kind::Float);
         rows.push(t.reshape([part.vectors() as i64, part.width() as i64]));
     }

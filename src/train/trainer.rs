@@ -175,7 +175,7 @@ impl Trainer<'_> {
                     means.push(m.shallow_clone());
                     stds.push(s.shallow_clone());
                 }
-                None => pixels.push(self.dataset.pixels(image, item.flip)),
+                None => pixels.push(self.dataset.pixels(image, item.flip)?),
             }
         }
         let bsz = batch.items.len() as i64;

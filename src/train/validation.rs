@@ -12,8 +12,7 @@ use tch::{Device, Tensor};
 /// Makes and saves the validation images of update `step`; returns them as `[n, H, W, 3]` u8.
 pub fn validate(models: &Models, v: &ValidationConfig, output_dir: &Path, seed: u64, step: u64) -> Result<Tensor> {
     tracing::info!("Running validation... Generating {} images with prompt: {}.", v.num_images, v.prompt);
-    let dir = output_dir.join("validation");
-    std::fs::create_dir_all(&dir)?;
+    let dir = crate::formats::atomic::ensure_dir(output_dir, Path::new("validation"))?;
     let size = models.default_size();
     let scale = models.vae_scale_factor();
     // The pipeline's default guidance (7.5; SDXL 5.0), as the script's `pipeline(prompt, ...)`.

@@ -82,8 +82,15 @@ pub struct DatasetImage {
     pub orientation: Orientation,
     /// `(height, width)` after orientation, before any crop or resize (SDXL's `original_size`).
     pub original_size: (u32, u32),
-    pub resized: RgbImage,
+    /// The crop+resize, kept while the whole folder's fit in [`RESIDENT_BYTES`]; else `None`
+    /// and made again from the file each time the image is drawn (as the script does).
+    resized: Option<RgbImage>,
 }
+
+/// How many bytes of resized images stay in memory. A usual folder (3 to a few hundred
+/// images) stays resident; past this, memory does not grow with the folder: images are decoded
+/// again when drawn.
+pub const RESIDENT_BYTES: usize = 256 << 20;
 
 /// The training set: `len() = images * repeats`, item `i` is image `i % images`.
 pub struct Dataset {
@@ -91,6 +98,7 @@ pub struct Dataset {
     skipped: Vec<Skipped>,
     repeats: usize,
     size: u32,
+    center_crop: bool,
 }
 
 impl Dataset {
@@ -109,6 +117,19 @@ impl Dataset {
     /// [`Dataset::load_ordered`], files ending in `caption_extension` being captions (not
     /// images, not skipped entries).
     pub fn load_with(dir: &Path, size: u32, center_crop: bool, repeats: usize, order: ImageOrder, caption_extension: Option<&str>) -> Result<Self> {
+        Self::load_bounded(dir, size, center_crop, repeats, order, caption_extension, RESIDENT_BYTES)
+    }
+
+    /// [`Dataset::load_with`] keeping at most `resident_bytes` of resized images in memory.
+    pub fn load_bounded(
+        dir: &Path,
+        size: u32,
+        center_crop: bool,
+        repeats: usize,
+        order: ImageOrder,
+        caption_extension: Option<&str>,
+        resident_bytes: usize,
+    ) -> Result<Self> {
         let is_caption = |p: &Path| {
             let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase());
             match (caption_extension, ext) {
@@ -123,13 +144,14 @@ impl Dataset {
             bail!("--repeats must be at least 1");
         }
         let read = std::fs::read_dir(dir).with_context(|| format!("cannot read --train_data_dir {}", dir.display()))?;
-        let mut entries =
-            read.collect::<std::io::Result<Vec<_>>>().with_context(|| format!("listing {}", dir.display()))?;
+        let mut entries = read.collect::<std::io::Result<Vec<_>>>().with_context(|| format!("listing {}", dir.display()))?;
         if order == ImageOrder::Sorted {
             entries.sort_by_key(|e| e.file_name());
         }
         let (mut images, mut skipped) = (Vec::new(), Vec::new());
         let mut captions = 0;
+        let per_image = (size as usize).saturating_mul(size as usize).saturating_mul(3);
+        let mut resident = true;
         for entry in &entries {
             let path = entry.path();
             if is_caption(&path) && path.is_file() {
@@ -144,7 +166,15 @@ impl Dataset {
             } else if path.is_dir() {
                 "a folder (sub-folders are not searched)".to_string()
             } else {
-                match load_rgb(&path).and_then(|l| Ok((preprocess(&l.rgb, size, center_crop)?, l))) {
+                if resident && per_image.saturating_mul(images.len() + 1) > resident_bytes {
+                    resident = false;
+                    images.iter_mut().for_each(|i: &mut DatasetImage| i.resized = None);
+                }
+                let loaded = load_rgb(&path).and_then(|l| {
+                    let resized = if resident { Some(preprocess(&l.rgb, size, center_crop)?) } else { None };
+                    Ok((resized, l))
+                });
+                match loaded {
                     Ok((resized, l)) => {
                         images.push(DatasetImage {
                             original_size: (l.rgb.height(), l.rgb.width()),
@@ -165,13 +195,7 @@ impl Dataset {
             bail!("no usable image in --train_data_dir {}: {why}", dir.display());
         }
         if !skipped.is_empty() {
-            tracing::warn!(
-                "{}: skipped {} of {} entries:{}",
-                dir.display(),
-                skipped.len(),
-                entries.len() - captions,
-                skipped_summary(&skipped)
-            );
+            tracing::warn!("{}: skipped {} of {} entries:{}", dir.display(), skipped.len(), entries.len() - captions, skipped_summary(&skipped));
         }
         let converted: Vec<String> = images
             .iter()
@@ -190,7 +214,15 @@ impl Dataset {
         if !converted.is_empty() {
             tracing::info!("converted to upright 8-bit RGB: {}", converted.join(", "));
         }
-        Ok(Self { images, skipped, repeats, size })
+        if !resident {
+            tracing::info!(
+                "{} images at {size} px would take {} MiB resized: each is decoded again when drawn (memory stays under {} MiB)",
+                images.len(),
+                per_image.saturating_mul(images.len()) >> 20,
+                resident_bytes >> 20
+            );
+        }
+        Ok(Self { images, skipped, repeats, size, center_crop })
     }
 
     /// Images times repeats, as the script's `__len__`.
@@ -227,10 +259,25 @@ impl Dataset {
         &self.skipped
     }
 
+    /// The crop+resize of one image: kept, or made again from its file.
+    pub fn resized(&self, image_index: usize) -> Result<std::borrow::Cow<'_, RgbImage>> {
+        let image = self.images.get(image_index).with_context(|| format!("image {image_index} of {}", self.images.len()))?;
+        match &image.resized {
+            Some(r) => Ok(std::borrow::Cow::Borrowed(r)),
+            None => {
+                let l = load_rgb(&image.path).with_context(|| format!("reading {} again (it changed since the run started?)", image.path.display()))?;
+                if (l.rgb.height(), l.rgb.width()) != image.original_size {
+                    bail!("{} changed since the run started: it is now {}x{}", image.path.display(), l.rgb.width(), l.rgb.height());
+                }
+                Ok(std::borrow::Cow::Owned(preprocess(&l.rgb, self.size, self.center_crop)?))
+            }
+        }
+    }
+
     /// `pixel_values` of one image: `[3, size, size]` f32 in [-1, 1] on the CPU; the caller
-    /// draws `flip` (see [`flip_from_torch_rand`]). Panics if `image_index >= num_images()`.
-    pub fn pixels(&self, image_index: usize, flip: bool) -> Tensor {
-        to_pixels(&self.images[image_index].resized, flip)
+    /// draws `flip` (see [`flip_from_torch_rand`]).
+    pub fn pixels(&self, image_index: usize, flip: bool) -> Result<Tensor> {
+        Ok(to_pixels(&*self.resized(image_index)?, flip))
     }
 
     /// A collated batch `[B, 3, size, size]` of dataset items `(item, flip)` (items, not image
@@ -239,7 +286,7 @@ impl Dataset {
         if items.is_empty() {
             bail!("empty batch");
         }
-        let each: Vec<Tensor> = items.iter().map(|&(i, f)| self.pixels(self.image_index(i), f)).collect();
+        let each: Vec<Tensor> = items.iter().map(|&(i, f)| self.pixels(self.image_index(i), f)).collect::<Result<_>>()?;
         Ok(Tensor::f_stack(&each, 0)?)
     }
 }

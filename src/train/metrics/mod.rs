@@ -15,7 +15,7 @@ pub use tensorboard::{crc32c, masked_crc32c, tfrecord, EventWriter};
 use crate::formats::atomic;
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -98,14 +98,10 @@ impl Metrics {
     /// TensorBoard, a new event file in `output_dir/logging_dir/textual_inversion` (an absolute
     /// `logging_dir` is used as is, like the script's `Path(output_dir, logging_dir)`).
     pub fn new(output_dir: &Path, logging_dir: &str, report_to: ReportTo) -> Result<Self> {
-        std::fs::create_dir_all(output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+        atomic::ensure_dir(output_dir, Path::new("")).with_context(|| format!("creating {}", output_dir.display()))?;
         let jsonl_path = output_dir.join(METRICS_FILE);
-        let mut jsonl = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&jsonl_path)
-            .with_context(|| format!("opening {}", jsonl_path.display()))?;
+        // Never through a link planted at the name (an append would write wherever it points).
+        let mut jsonl = atomic::open_append(&jsonl_path).with_context(|| format!("opening {}", jsonl_path.display()))?;
         // A crash mid-line leaves a partial last line: end it so the next record starts clean.
         let len = jsonl.metadata()?.len();
         if len > 0 {
@@ -117,19 +113,17 @@ impl Metrics {
             }
         }
         let events = match report_to {
-            ReportTo::Tensorboard => Some(EventWriter::create(&output_dir.join(logging_dir).join(RUN_NAME))?),
+            ReportTo::Tensorboard => {
+                let rel = Path::new(logging_dir).join(RUN_NAME);
+                // A relative logging_dir lies inside the output folder: created without
+                // following links; an absolute one is the user's own choice.
+                let dir = if rel.is_absolute() { rel } else { atomic::ensure_dir(output_dir, &rel)? };
+                Some(EventWriter::create(&dir)?)
+            }
             ReportTo::None => None,
         };
         let start = Instant::now();
-        Ok(Self {
-            output_dir: output_dir.to_path_buf(),
-            events,
-            jsonl,
-            jsonl_path,
-            start,
-            recent: VecDeque::from([start]),
-            losses: Vec::new(),
-        })
+        Ok(Self { output_dir: output_dir.to_path_buf(), events, jsonl, jsonl_path, start, recent: VecDeque::from([start]), losses: Vec::new() })
     }
 
     /// The TensorBoard event file, if `--report_to tensorboard`.
@@ -157,10 +151,7 @@ impl Metrics {
         };
         let mut line = serde_json::to_vec(&record)?;
         line.push(b'\n');
-        self.jsonl
-            .write_all(&line)
-            .and_then(|()| self.jsonl.flush())
-            .with_context(|| format!("writing {}", self.jsonl_path.display()))?;
+        self.jsonl.write_all(&line).and_then(|()| self.jsonl.flush()).with_context(|| format!("writing {}", self.jsonl_path.display()))?;
         if let Some(ev) = &mut self.events {
             let t = now_secs();
             ev.add_scalar("loss", loss as f32, step, t)?;
@@ -175,7 +166,9 @@ impl Metrics {
     /// Logs validation images as one grid tagged `validation` at `step` (the script passes the
     /// epoch). Does nothing without TensorBoard.
     pub fn log_images(&mut self, step: u64, images: &[Rgb8]) -> Result<()> {
-        let Some(ev) = &mut self.events else { return Ok(()) };
+        let Some(ev) = &mut self.events else {
+            return Ok(());
+        };
         ev.add_image("validation", &image_grid(images)?, step, now_secs())
     }
 
