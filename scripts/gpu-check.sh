@@ -8,7 +8,7 @@
 #
 # usage: scripts/gpu-check.sh [--out DIR] [--cpu-smoke] [--bin PATH] [--python PY|none]
 #                             [--script textual_inversion.py] [--time-limit SECONDS]
-# On a GPU box without diffusers, carry its wheel in .whl/ (see README, "GPU check"): it is
+# On a GPU box without diffusers, carry its wheel in .whl/ (see docs/install.md, "Check a GPU"): it is
 # installed into a private folder first. The binary: --bin, else target/release/textual-inversion.
 set -euo pipefail
 cd "$(dirname "$0")/.."

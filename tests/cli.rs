@@ -127,7 +127,7 @@ fn generate_writes_the_diffusers_image_with_metadata() {
     let want: std::collections::HashMap<String, tch::Tensor> =
         tch::Tensor::read_safetensors(repo().join("fixtures/pipeline/pndm-seed.safetensors")).unwrap().into_iter().collect();
     let want_pixels = Vec::<u8>::try_from(want["image"].flatten(0, -1)).unwrap();
-    // Within the 1/255 the README states (the reference was made on another machine, whose CPU
+    // Within the 1/255 docs/fidelity.md states (the reference was made on another machine, whose CPU
     // kernels may round one pixel the other way).
     assert_eq!(buf.len(), want_pixels.len());
     let worst = buf.iter().zip(&want_pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);

@@ -2,12 +2,10 @@
 //! tokens loaded into both (a [`TextStack`]), and prompts through them as diffusers'
 //! `encode_prompt` does.
 //!
-//! Where a second model family slots in (SDXL): it has two stacks, CLIP ViT-L and OpenCLIP
-//! ViT-bigG (with a projection). `pipeline::Models` then holds a second `TextStack` beside
-//! `text`; [`learned_tokens`] loads each embedding part into the stack of its encoder
-//! (`clip_l`, `clip_g`); the pipeline's prompt encoding concatenates the stacks' penultimate
-//! hidden states and takes the pooled embedding from the second (`Conditioning` in
-//! `pipeline` gains the pooled embedding and the time ids there).
+//! SDXL has two stacks, CLIP ViT-L and OpenCLIP ViT-bigG (with a projection): `pipeline::Models`
+//! holds the second beside the first; [`learned_tokens`] loads each embedding part into the stack
+//! of its encoder (`clip_l`, `clip_g`); the pipeline's prompt encoding concatenates the stacks'
+//! penultimate hidden states and takes the pooled embedding from the second.
 pub mod learned_tokens;
 
 use crate::models::clip::ClipTextModel;
