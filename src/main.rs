@@ -1,13 +1,12 @@
-use clap::Parser;
 use std::io::IsTerminal;
-use textual_inversion::cli::{self, Cli};
+use textual_inversion::cli;
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     // Before anything can ask libtorch about CUDA (see init_cuda).
     textual_inversion::device::init_cuda();
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let default = match cli.verbose {
         0 => "info",
         1 => "debug",

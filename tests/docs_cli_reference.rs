@@ -2,10 +2,9 @@
 //! (`textual_inversion::cli::Cli`): every subcommand's description and usage, and each argument
 //! with its names, aliases, value name, default, possible values and help. This test renders it
 //! again and fails when the file differs; `UPDATE_DOCS=1` rewrites the file instead.
-use clap::{Arg, ArgAction, Command, CommandFactory};
+use clap::{Arg, ArgAction, Command};
 use std::fmt::Write;
 use std::path::PathBuf;
-use textual_inversion::cli::Cli;
 
 fn cli_md() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/cli.md")
@@ -199,7 +198,7 @@ fn about(cmd: &Command) -> String {
 /// The whole of `docs/cli.md`, from the clap definitions alone (no terminal width, no
 /// environment): the same text on every machine.
 fn render() -> String {
-    let mut root = Cli::command();
+    let mut root = textual_inversion::cli::command();
     root.build();
     let name = root.get_name().to_string();
     let mut out = String::new();
@@ -304,7 +303,7 @@ fn cli_reference_is_current() {
 fn the_reference_names_every_long_option() {
     // The renderer itself: nothing clap knows is left out of the page.
     let rendered = render();
-    let mut root = Cli::command();
+    let mut root = textual_inversion::cli::command();
     root.build();
     for sub in root.get_subcommands() {
         assert!(

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub struct GenerateArgs {
     /// Model folder, Hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or single-file
     /// checkpoint (`.safetensors`/`.ckpt` in the original layout).
-    #[arg(long = "pretrained_model_name_or_path", alias = "pretrained-model-name-or-path", alias = "model")]
+    #[arg(long = "pretrained_model_name_or_path", alias = "model")]
     pub model: String,
     #[arg(long)]
     pub revision: Option<String>,
@@ -24,36 +24,36 @@ pub struct GenerateArgs {
     pub variant: Option<String>,
     #[arg(long)]
     pub prompt: String,
-    #[arg(long = "negative_prompt", alias = "negative-prompt")]
+    #[arg(long = "negative_prompt")]
     pub negative_prompt: Option<String>,
     /// SDXL: the second text encoder's prompt (default --prompt).
-    #[arg(long = "prompt_2", alias = "prompt-2")]
+    #[arg(long = "prompt_2")]
     pub prompt_2: Option<String>,
     /// SDXL: the second text encoder's negative prompt (default --negative_prompt).
-    #[arg(long = "negative_prompt_2", alias = "negative-prompt-2")]
+    #[arg(long = "negative_prompt_2")]
     pub negative_prompt_2: Option<String>,
     /// SDXL size conditioning HEIGHT,WIDTH (default: the image size).
-    #[arg(long = "original_size", alias = "original-size", value_parser = parse_pair)]
+    #[arg(long = "original_size", value_parser = parse_pair)]
     pub original_size: Option<(i64, i64)>,
     /// SDXL crop conditioning TOP,LEFT (default 0,0).
-    #[arg(long = "crops_coords_top_left", alias = "crops-coords-top-left", value_parser = parse_pair, default_value = "0,0")]
+    #[arg(long = "crops_coords_top_left", value_parser = parse_pair, default_value = "0,0")]
     pub crops_coords_top_left: (i64, i64),
     /// SDXL target-size conditioning HEIGHT,WIDTH (default: the image size).
-    #[arg(long = "target_size", alias = "target-size", value_parser = parse_pair)]
+    #[arg(long = "target_size", value_parser = parse_pair)]
     pub target_size: Option<(i64, i64)>,
     /// Where images go, as NNNN-SEED.png.
-    #[arg(long = "output_dir", alias = "output-dir", default_value = ".")]
+    #[arg(long = "output_dir", default_value = ".")]
     pub output_dir: PathBuf,
     /// Embedding file (any format) or a folder with learned_embeds.*, optionally :TOKEN.
     /// Repeatable.
     #[arg(long = "embedding")]
     pub embeddings: Vec<EmbeddingSpec>,
     /// Classifier-free guidance; default 7.5 (SDXL: 5.0, as its pipeline).
-    #[arg(long = "guidance_scale", alias = "guidance-scale")]
+    #[arg(long = "guidance_scale")]
     pub guidance_scale: Option<f64>,
-    #[arg(long = "num_inference_steps", alias = "num-inference-steps", default_value_t = 50)]
+    #[arg(long = "num_inference_steps", default_value_t = 50)]
     pub steps: usize,
-    #[arg(long = "num_images_per_prompt", alias = "num-images-per-prompt", default_value_t = 1)]
+    #[arg(long = "num_images_per_prompt", default_value_t = 1)]
     pub num_images: usize,
     /// Multiple of 8; default from the UNet config (512 for SD 1.5).
     #[arg(long)]
@@ -65,7 +65,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Use the hidden state this many layers before the last.
-    #[arg(long = "clip_skip", alias = "clip-skip")]
+    #[arg(long = "clip_skip")]
     pub clip_skip: Option<usize>,
     /// Scheduler instead of the model's own: pndm, ddim, euler, euler-ancestral, dpm++2m.
     #[arg(long)]
@@ -74,7 +74,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: tch::Device,
     /// Write the run's timings and peak device memory as JSON to this file.
-    #[arg(long = "stats_json", alias = "stats-json")]
+    #[arg(long = "stats_json")]
     pub stats_json: Option<PathBuf>,
     /// Precision of the UNet and VAE (the text encoder stays fp32).
     #[arg(long, value_enum, ignore_case = true, default_value = "fp32")]

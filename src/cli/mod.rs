@@ -7,7 +7,7 @@ pub mod inspect;
 pub mod printable;
 pub mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Textual Inversion for Stable Diffusion on libtorch.
 #[derive(Debug, Parser)]
@@ -47,7 +47,7 @@ pub struct ModelFileArgs {
     #[arg(long)]
     pub config: Option<String>,
     /// epsilon or v_prediction: overrides the scheduler config's (and what a single file says).
-    #[arg(long = "prediction_type", alias = "prediction-type", value_parser = ["epsilon", "v_prediction", "sample"])]
+    #[arg(long = "prediction_type", value_parser = ["epsilon", "v_prediction", "sample"])]
     pub prediction_type: Option<String>,
 }
 
@@ -62,6 +62,28 @@ impl ModelFileArgs {
     }
 }
 
+/// The command line as users type it. Flags are spelled as the Python scripts spell them
+/// (`--output_dir`); each also answers to its kebab-case form (`--output-dir`), added here for
+/// every flag at once rather than written beside each.
+pub fn command() -> clap::Command {
+    with_kebab_aliases(Cli::command())
+}
+
+fn with_kebab_aliases(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_args(|arg| match arg.get_long().filter(|l| l.contains('_')).map(|l| l.replace('_', "-")) {
+        Some(kebab) => arg.alias(kebab),
+        None => arg,
+    });
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    names.into_iter().fold(cmd, |cmd, name| cmd.mut_subcommand(name, with_kebab_aliases))
+}
+
+/// Parses the process's arguments with [`command`] (exits with clap's message on an error).
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
@@ -70,5 +92,40 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(*a),
         Command::ConvertModel(a) => convert_model::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag answers to both spellings, and both parse to the same value.
+    #[test]
+    fn every_snake_case_flag_has_its_kebab_alias() {
+        let cmd = command();
+        let mut checked = 0;
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long().filter(|l| l.contains('_')) {
+                    let kebab = long.replace('_', "-");
+                    assert!(arg.get_all_aliases().is_some_and(|a| a.contains(&kebab.as_str())), "{} --{long}", sub.get_name());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 70, "{checked}");
+        let parse = |flag: &str| {
+            let m = command().try_get_matches_from(["textual-inversion", "inspect", "x.pt"]).unwrap();
+            let _ = Cli::from_arg_matches(&m).unwrap();
+            let m = command()
+                .try_get_matches_from(["textual-inversion", "generate", "--model", "m", "--prompt", "p", flag, "7"])
+                .unwrap();
+            match Cli::from_arg_matches(&m).unwrap().command {
+                Command::Generate(g) => g.steps,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(parse("--num_inference_steps"), 7);
+        assert_eq!(parse("--num-inference-steps"), 7);
     }
 }

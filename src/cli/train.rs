@@ -14,17 +14,17 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
     /// Save learned_embeds-steps-N every N optimizer updates.
-    #[arg(long = "save_steps", alias = "save-steps", default_value_t = 500)]
+    #[arg(long = "save_steps", default_value_t = 500)]
     pub save_steps: u64,
     /// Also save a full diffusers pipeline (extended tokenizer and text encoder) in output_dir.
-    #[arg(long = "save_as_full_pipeline", alias = "save-as-full-pipeline")]
+    #[arg(long = "save_as_full_pipeline")]
     pub save_as_full_pipeline: bool,
     /// Vectors learned for the concept (tokens P, P_1, ..., P_{n-1}); default 1, or the vector
     /// count of --initial_embedding.
-    #[arg(long = "num_vectors", alias = "num-vectors")]
+    #[arg(long = "num_vectors")]
     pub num_vectors: Option<i64>,
     /// Model folder, Hub id or single-file checkpoint (`.safetensors`/`.ckpt`, original layout).
-    #[arg(long = "pretrained_model_name_or_path", alias = "pretrained-model-name-or-path")]
+    #[arg(long = "pretrained_model_name_or_path")]
     pub pretrained_model_name_or_path: String,
     #[arg(long)]
     pub revision: Option<String>,
@@ -34,25 +34,25 @@ pub struct TrainArgs {
     #[arg(long)]
     pub variant: Option<String>,
     /// Tokenizer folder instead of <model>/tokenizer.
-    #[arg(long = "tokenizer_name", alias = "tokenizer-name")]
+    #[arg(long = "tokenizer_name")]
     pub tokenizer_name: Option<PathBuf>,
     /// Folder of training images.
-    #[arg(long = "train_data_dir", alias = "train-data-dir")]
+    #[arg(long = "train_data_dir")]
     pub train_data_dir: PathBuf,
     /// The new token, e.g. <cat-toy>; also the key in the saved file.
-    #[arg(long = "placeholder_token", alias = "placeholder-token")]
+    #[arg(long = "placeholder_token")]
     pub placeholder_token: String,
     /// A word (one token) whose embedding starts every new vector.
-    #[arg(long = "initializer_token", alias = "initializer-token")]
+    #[arg(long = "initializer_token")]
     pub initializer_token: Option<String>,
     /// object or style (which caption templates; anything but style means object, as in the
     /// script).
-    #[arg(long = "learnable_property", alias = "learnable-property", default_value = "object", value_parser = learnable_property)]
+    #[arg(long = "learnable_property", default_value = "object", value_parser = learnable_property)]
     pub learnable_property: LearnableProperty,
     /// Dataset length = images x repeats.
     #[arg(long, default_value_t = 100)]
     pub repeats: usize,
-    #[arg(long = "output_dir", alias = "output-dir", default_value = "text-inversion-model")]
+    #[arg(long = "output_dir", default_value = "text-inversion-model")]
     pub output_dir: PathBuf,
     /// Seed for every random draw (and validation images). Random (and logged) if not given.
     #[arg(long)]
@@ -61,94 +61,94 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 512)]
     pub resolution: u32,
     /// Crop the largest centred square before resizing (else the image is stretched).
-    #[arg(long = "center_crop", alias = "center-crop")]
+    #[arg(long = "center_crop")]
     pub center_crop: bool,
-    #[arg(long = "train_batch_size", alias = "train-batch-size", default_value_t = 16)]
+    #[arg(long = "train_batch_size", default_value_t = 16)]
     pub train_batch_size: usize,
     /// Recomputed from max_train_steps, as in the script.
-    #[arg(long = "num_train_epochs", alias = "num-train-epochs", default_value_t = 100)]
+    #[arg(long = "num_train_epochs", default_value_t = 100)]
     pub num_train_epochs: u64,
     /// Total optimizer updates.
-    #[arg(long = "max_train_steps", alias = "max-train-steps", default_value_t = 5000)]
+    #[arg(long = "max_train_steps", default_value_t = 5000)]
     pub max_train_steps: u64,
-    #[arg(long = "gradient_accumulation_steps", alias = "gradient-accumulation-steps", default_value_t = 1)]
+    #[arg(long = "gradient_accumulation_steps", default_value_t = 1)]
     pub gradient_accumulation_steps: u64,
     /// Recompute the UNet block by block in the backward pass: much less memory, one more
     /// forward pass of compute.
-    #[arg(long = "gradient_checkpointing", alias = "gradient-checkpointing")]
+    #[arg(long = "gradient_checkpointing")]
     pub gradient_checkpointing: bool,
-    #[arg(long = "learning_rate", alias = "learning-rate", default_value_t = 1e-4)]
+    #[arg(long = "learning_rate", default_value_t = 1e-4)]
     pub learning_rate: f64,
     /// LR x gradient_accumulation_steps x train_batch_size x processes.
-    #[arg(long = "scale_lr", alias = "scale-lr")]
+    #[arg(long = "scale_lr")]
     pub scale_lr: bool,
     /// constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.
-    #[arg(long = "lr_scheduler", alias = "lr-scheduler", default_value = "constant")]
+    #[arg(long = "lr_scheduler", default_value = "constant")]
     pub lr_scheduler: LrScheduleKind,
-    #[arg(long = "lr_warmup_steps", alias = "lr-warmup-steps", default_value_t = 500)]
+    #[arg(long = "lr_warmup_steps", default_value_t = 500)]
     pub lr_warmup_steps: i64,
-    #[arg(long = "lr_num_cycles", alias = "lr-num-cycles", default_value_t = 1)]
+    #[arg(long = "lr_num_cycles", default_value_t = 1)]
     pub lr_num_cycles: i64,
     /// Accepted for compatibility: images are decoded once, before training.
-    #[arg(long = "dataloader_num_workers", alias = "dataloader-num-workers", default_value_t = 0)]
+    #[arg(long = "dataloader_num_workers", default_value_t = 0)]
     pub dataloader_num_workers: usize,
-    #[arg(long = "adam_beta1", alias = "adam-beta1", default_value_t = 0.9)]
+    #[arg(long = "adam_beta1", default_value_t = 0.9)]
     pub adam_beta1: f64,
-    #[arg(long = "adam_beta2", alias = "adam-beta2", default_value_t = 0.999)]
+    #[arg(long = "adam_beta2", default_value_t = 0.999)]
     pub adam_beta2: f64,
-    #[arg(long = "adam_weight_decay", alias = "adam-weight-decay", default_value_t = 1e-2)]
+    #[arg(long = "adam_weight_decay", default_value_t = 1e-2)]
     pub adam_weight_decay: f64,
-    #[arg(long = "adam_epsilon", alias = "adam-epsilon", default_value_t = 1e-8)]
+    #[arg(long = "adam_epsilon", default_value_t = 1e-8)]
     pub adam_epsilon: f64,
     /// Not available: this tool does not upload (see the message).
-    #[arg(long = "push_to_hub", alias = "push-to-hub")]
+    #[arg(long = "push_to_hub")]
     pub push_to_hub: bool,
-    #[arg(long = "hub_token", alias = "hub-token")]
+    #[arg(long = "hub_token")]
     pub hub_token: Option<String>,
-    #[arg(long = "hub_model_id", alias = "hub-model-id")]
+    #[arg(long = "hub_model_id")]
     pub hub_model_id: Option<String>,
     /// TensorBoard folder under output_dir.
-    #[arg(long = "logging_dir", alias = "logging-dir", default_value = "logs")]
+    #[arg(long = "logging_dir", default_value = "logs")]
     pub logging_dir: String,
     /// no (fp32), fp16 or bf16: the UNet and VAE run in this precision; the embeddings train in
     /// fp32.
-    #[arg(long = "mixed_precision", alias = "mixed-precision", value_enum, default_value = "no")]
+    #[arg(long = "mixed_precision", value_enum, default_value = "no")]
     pub mixed_precision: Precision,
     /// TF32 matmuls on Ampere+ GPUs.
-    #[arg(long = "allow_tf32", alias = "allow-tf32")]
+    #[arg(long = "allow_tf32")]
     pub allow_tf32: bool,
     /// tensorboard or none (wandb and comet_ml are not available).
-    #[arg(long = "report_to", alias = "report-to", default_value = "tensorboard")]
+    #[arg(long = "report_to", default_value = "tensorboard")]
     pub report_to: ReportTo,
-    #[arg(long = "validation_prompt", alias = "validation-prompt")]
+    #[arg(long = "validation_prompt")]
     pub validation_prompt: Option<String>,
-    #[arg(long = "num_validation_images", alias = "num-validation-images", default_value_t = 4)]
+    #[arg(long = "num_validation_images", default_value_t = 4)]
     pub num_validation_images: usize,
-    #[arg(long = "validation_steps", alias = "validation-steps", default_value_t = 100)]
+    #[arg(long = "validation_steps", default_value_t = 100)]
     pub validation_steps: u64,
     /// Deprecated: validation_steps = validation_epochs x dataset length, as the script does.
-    #[arg(long = "validation_epochs", alias = "validation-epochs")]
+    #[arg(long = "validation_epochs")]
     pub validation_epochs: Option<u64>,
     /// Accepted for compatibility (single process).
-    #[arg(long = "local_rank", alias = "local-rank", default_value_t = -1)]
+    #[arg(long = "local_rank", default_value_t = -1)]
     pub local_rank: i64,
     /// Save the full training state as checkpoint-N every N updates.
-    #[arg(long = "checkpointing_steps", alias = "checkpointing-steps", default_value_t = 500)]
+    #[arg(long = "checkpointing_steps", default_value_t = 500)]
     pub checkpointing_steps: u64,
-    #[arg(long = "checkpoints_total_limit", alias = "checkpoints-total-limit")]
+    #[arg(long = "checkpoints_total_limit")]
     pub checkpoints_total_limit: Option<usize>,
     /// A checkpoint folder name in output_dir, or latest.
-    #[arg(long = "resume_from_checkpoint", alias = "resume-from-checkpoint")]
+    #[arg(long = "resume_from_checkpoint")]
     pub resume_from_checkpoint: Option<String>,
     /// Accepted for compatibility: attention already uses scaled_dot_product_attention.
-    #[arg(long = "enable_xformers_memory_efficient_attention", alias = "enable-xformers-memory-efficient-attention")]
+    #[arg(long = "enable_xformers_memory_efficient_attention")]
     pub enable_xformers_memory_efficient_attention: bool,
     /// textual_inversion_sdxl.py's bitsandbytes AdamW8bit: accepted, no effect (the optimizer
     /// state here is only the new rows', a few kilobytes).
-    #[arg(long = "use_8bit_adam", alias = "use-8bit-adam")]
+    #[arg(long = "use_8bit_adam")]
     pub use_8bit_adam: bool,
     /// Write .bin (torch.save) instead of .safetensors embeddings.
-    #[arg(long = "no_safe_serialization", alias = "no-safe-serialization")]
+    #[arg(long = "no_safe_serialization")]
     pub no_safe_serialization: bool,
 
     // Beyond the script.
@@ -156,59 +156,59 @@ pub struct TrainArgs {
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: tch::Device,
     /// Encode every image with the VAE at each step, as the script does, instead of once.
-    #[arg(long = "no_cache_latents", alias = "no-cache-latents")]
+    #[arg(long = "no_cache_latents")]
     pub no_cache_latents: bool,
     /// Start the vectors from these words' embeddings, cycled over the vectors (kohya's rule)
     /// instead of one --initializer_token.
-    #[arg(long = "initializer_text", alias = "initializer-text")]
+    #[arg(long = "initializer_text")]
     pub initializer_text: Option<String>,
     /// Start from the vectors of an embedding file (any format `inspect` reads); its vector
     /// count sets --num_vectors (or must match it).
-    #[arg(long = "initial_embedding", alias = "initial-embedding")]
+    #[arg(long = "initial_embedding")]
     pub initial_embedding: Option<PathBuf>,
     /// Each image's caption from NAME<EXT> beside it ({} or [name] marks the placeholder, else it
     /// is prepended); images without one use the templates (listed in a warning).
-    #[arg(long = "caption_extension", alias = "caption-extension")]
+    #[arg(long = "caption_extension")]
     pub caption_extension: Option<String>,
     /// A1111-style template lines with [name] and [filewords], instead of the object/style lists.
-    #[arg(long = "template_file", alias = "template-file")]
+    #[arg(long = "template_file")]
     pub template_file: Option<PathBuf>,
     /// Shuffle each caption's comma-separated tags every time it is used.
-    #[arg(long = "shuffle_tags", alias = "shuffle-tags")]
+    #[arg(long = "shuffle_tags")]
     pub shuffle_tags: bool,
     /// Drop each caption tag with this probability.
-    #[arg(long = "tag_dropout", alias = "tag-dropout", default_value_t = 0.0)]
+    #[arg(long = "tag_dropout", default_value_t = 0.0)]
     pub tag_dropout: f64,
     /// Clip the new rows' gradient to this norm (all text encoders together).
-    #[arg(long = "max_grad_norm", alias = "max-grad-norm")]
+    #[arg(long = "max_grad_norm")]
     pub max_grad_norm: Option<f64>,
     /// l2 (the script's MSE), huber or smooth_l1 (kohya's).
-    #[arg(long = "loss_type", alias = "loss-type", value_enum, default_value = "l2")]
+    #[arg(long = "loss_type", value_enum, default_value = "l2")]
     pub loss_type: crate::train::config::LossKind,
     /// huber/smooth_l1's c.
-    #[arg(long = "huber_c", alias = "huber-c", default_value_t = 0.1)]
+    #[arg(long = "huber_c", default_value_t = 0.1)]
     pub huber_c: f64,
     /// How c varies with the timestep: constant, exponential, snr (kohya's default).
-    #[arg(long = "huber_schedule", alias = "huber-schedule", value_enum, default_value = "snr")]
+    #[arg(long = "huber_schedule", value_enum, default_value = "snr")]
     pub huber_schedule: crate::train::config::HuberSchedule,
-    #[arg(long = "huber_scale", alias = "huber-scale", default_value_t = 1.0)]
+    #[arg(long = "huber_scale", default_value_t = 1.0)]
     pub huber_scale: f64,
     /// Min-SNR loss weighting with this gamma (5.0 is the paper's), as diffusers' scripts.
-    #[arg(long = "snr_gamma", alias = "snr-gamma")]
+    #[arg(long = "snr_gamma")]
     pub snr_gamma: Option<f64>,
     /// Add offset x randn(B, C, 1, 1) to the noise (darker/brighter images).
-    #[arg(long = "noise_offset", alias = "noise-offset", default_value_t = 0.0)]
+    #[arg(long = "noise_offset", default_value_t = 0.0)]
     pub noise_offset: f64,
     /// Also write the embedding as the A1111 web UI's .pt or kohya's emb_params file, named after
     /// the trigger word (repeatable).
-    #[arg(long = "save_format", alias = "save-format", value_enum)]
+    #[arg(long = "save_format", value_enum)]
     pub save_format: Vec<crate::train::config::SaveFormat>,
     /// Write the run's timings and peak device memory as JSON to this file.
-    #[arg(long = "stats_json", alias = "stats-json")]
+    #[arg(long = "stats_json")]
     pub stats_json: Option<PathBuf>,
     /// Take the images sorted by file name instead of in the folder's directory order (the
     /// script's os.listdir order, which depends on the file system): the same on every machine.
-    #[arg(long = "sort_images", alias = "sort-images")]
+    #[arg(long = "sort_images")]
     pub sort_images: bool,
 }
 
