@@ -20,9 +20,19 @@ fn every_fixture_matches_pytorch() {
 fn containers_are_recognised() {
     let open = |n: &str| TorchFile::open(&fixture("torch", n)).unwrap();
     assert_eq!(open("legacy.pt").container, Container::Legacy);
-    assert_eq!(open("deflated.pt").container, Container::Zip { prefix: "some_other_name".into() });
+    assert_eq!(
+        open("deflated.pt").container,
+        Container::Zip {
+            prefix: "some_other_name".into()
+        }
+    );
     // torch ≥ 2 names the record folder after the file stem.
-    assert_eq!(open("views.pt").container, Container::Zip { prefix: "views".into() });
+    assert_eq!(
+        open("views.pt").container,
+        Container::Zip {
+            prefix: "views".into()
+        }
+    );
 }
 
 #[test]
@@ -33,7 +43,10 @@ fn shared_storage_views_share_bytes() {
         other => panic!("{k}: {other:?}"),
     };
     let (a, row) = (get("shared_a"), get("shared_row"));
-    assert_eq!(a.storage.key, row.storage.key, "one storage for a tensor and its row");
+    assert_eq!(
+        a.storage.key, row.storage.key,
+        "one storage for a tensor and its row"
+    );
     assert_eq!(row.offset, 12);
     assert_eq!(get("expanded").stride, vec![1, 0]);
 }
@@ -42,7 +55,15 @@ fn sample() -> Vec<(String, RawTensor)> {
     let f32s = RawTensor::from_f32(vec![2, 3], &[1.0, -2.5, 3.25, 0.0, 1e-8, -7.0]).unwrap();
     let f16 = f32s.cast(DType::F16).unwrap();
     let bf16 = f32s.cast(DType::BF16).unwrap();
-    let i64s = RawTensor::new(DType::I64, vec![3], [-1i64, 0, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect()).unwrap();
+    let i64s = RawTensor::new(
+        DType::I64,
+        vec![3],
+        [-1i64, 0, 1 << 40]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+    )
+    .unwrap();
     let scalar = RawTensor::from_f32(vec![], &[3.5]).unwrap();
     let empty = RawTensor::from_f32(vec![0, 4], &[]).unwrap();
     vec![
@@ -61,7 +82,12 @@ fn writer_roundtrips_through_reader() {
     let path = dir.path().join("learned_embeds.bin");
     ti_formats::torch_file::save_tensor_dict(&path, sample()).unwrap();
     let tf = TorchFile::open(&path).unwrap();
-    assert_eq!(tf.container, Container::Zip { prefix: "learned_embeds".into() });
+    assert_eq!(
+        tf.container,
+        Container::Zip {
+            prefix: "learned_embeds".into()
+        }
+    );
     let got = tf.tensors();
     let want = sample();
     assert_eq!(got.len(), want.len());
@@ -76,12 +102,27 @@ fn writer_layout_matches_torch_save() {
     // Same record order as torch 2.x, every record's data 64-byte aligned, nothing compressed.
     let mut w = TorchWriter::new();
     let t = w.tensor(RawTensor::from_f32(vec![1, 3], &[1.0, 2.0, 3.0]).unwrap());
-    let bytes = w.to_bytes(&Value::Dict(vec![(Value::Str("<tok>".into()), t)]), "learned_embeds").unwrap();
+    let bytes = w
+        .to_bytes(
+            &Value::Dict(vec![(Value::Str("<tok>".into()), t)]),
+            "learned_embeds",
+        )
+        .unwrap();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).unwrap();
-    let names: Vec<String> = (0..zip.len()).map(|i| zip.by_index(i).unwrap().name().unwrap().to_string()).collect();
+    let names: Vec<String> = (0..zip.len())
+        .map(|i| zip.by_index(i).unwrap().name().unwrap().to_string())
+        .collect();
     assert_eq!(
         names,
-        ["data.pkl", ".format_version", ".storage_alignment", "byteorder", "data/0", "version"].map(|n| format!("learned_embeds/{n}"))
+        [
+            "data.pkl",
+            ".format_version",
+            ".storage_alignment",
+            "byteorder",
+            "data/0",
+            "version"
+        ]
+        .map(|n| format!("learned_embeds/{n}"))
     );
     for i in 0..zip.len() {
         let f = zip.by_index(i).unwrap();

@@ -20,8 +20,15 @@ const MAX_TEXT_BYTES: usize = 64 << 20;
 pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     let perr = |e: png::DecodingError| Error::format(name, format!("broken PNG: {e}"));
     // zlib expands at most ~1032:1, so a real image is never larger than this.
-    let max_image = bytes.len().saturating_mul(1100).saturating_add(1 << 20).min(MAX_IMAGE_BYTES);
-    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png::Limits { bytes: max_image });
+    let max_image = bytes
+        .len()
+        .saturating_mul(1100)
+        .saturating_add(1 << 20)
+        .min(MAX_IMAGE_BYTES);
+    let mut decoder = png::Decoder::new_with_limits(
+        std::io::Cursor::new(bytes),
+        png::Limits { bytes: max_image },
+    );
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(perr)?;
     let max_text = max_image.min(MAX_TEXT_BYTES);
@@ -30,9 +37,17 @@ pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     }
     // Text chunks may also follow the image data: decode it (we need it for the pixel copy
     // anyway) and look again.
-    let size = reader.output_buffer_size().ok_or_else(|| Error::too_large(name, "image too large"))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| Error::too_large(name, "image too large"))?;
     if size > max_image {
-        return Err(Error::too_large(name, format!("image of {size} bytes is larger than the {max_image} a {}-byte PNG can hold", bytes.len())));
+        return Err(Error::too_large(
+            name,
+            format!(
+                "image of {size} bytes is larger than the {max_image} a {}-byte PNG can hold",
+                bytes.len()
+            ),
+        ));
     }
     let mut buf = vec![0u8; size];
     let out = reader.next_frame(&mut buf).map_err(perr)?;
@@ -51,33 +66,60 @@ pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     let rgb: Vec<u8> = buf[..out.buffer_size()]
         .chunks(out.line_size)
         .flat_map(|row| {
-            row[..w * channels].chunks(channels).flat_map(move |px| match channels {
-                3 | 4 => [px[0], px[1], px[2]],
-                _ => [px[0], px[0], px[0]],
-            })
+            row[..w * channels]
+                .chunks(channels)
+                .flat_map(move |px| match channels {
+                    3 | 4 => [px[0], px[1], px[2]],
+                    _ => [px[0], px[0], px[0]],
+                })
         })
         .collect();
     let json = decode_pixels(&rgb, w, h, max_text).ok_or_else(|| {
         Error::format(name, format!("a PNG without an embedding: no `{KEYWORD}` text chunk and no data encoded in its pixels"))
     })?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&json).map_err(|e| Error::format(name, format!("pixel-encoded embedding is not valid JSON: {e}")))?;
-    classify(name, json_node(name, &value)?, FileKind::PngPixels, BTreeMap::new())
+    let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
+        Error::format(
+            name,
+            format!("pixel-encoded embedding is not valid JSON: {e}"),
+        )
+    })?;
+    classify(
+        name,
+        json_node(name, &value)?,
+        FileKind::PngPixels,
+        BTreeMap::new(),
+    )
 }
 
 fn find_text(name: &str, info: &png::Info, limit: usize) -> Result<Option<String>> {
-    if let Some(c) = info.uncompressed_latin1_text.iter().find(|c| c.keyword == KEYWORD) {
+    if let Some(c) = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == KEYWORD)
+    {
         return Ok(Some(c.text.clone()));
     }
-    if let Some(c) = info.compressed_latin1_text.iter().find(|c| c.keyword == KEYWORD) {
+    if let Some(c) = info
+        .compressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == KEYWORD)
+    {
         let mut c = c.clone();
-        c.decompress_text_with_limit(limit).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
-        return c.get_text().map(Some).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
+        c.decompress_text_with_limit(limit)
+            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
+        return c
+            .get_text()
+            .map(Some)
+            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
     }
     if let Some(c) = info.utf8_text.iter().find(|c| c.keyword == KEYWORD) {
         let mut c = c.clone();
-        c.decompress_text_with_limit(limit).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
-        return c.get_text().map(Some).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
+        c.decompress_text_with_limit(limit)
+            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
+        return c
+            .get_text()
+            .map(Some)
+            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
     }
     Ok(None)
 }
@@ -86,9 +128,14 @@ fn from_text(name: &str, text: &str) -> Result<super::EmbeddingFile> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .map_err(|e| Error::format(name, format!("{KEYWORD} chunk is not base64: {e}")))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&raw).map_err(|e| Error::format(name, format!("{KEYWORD} chunk is not valid JSON: {e}")))?;
-    classify(name, json_node(name, &value)?, FileKind::PngText, BTreeMap::new())
+    let value: serde_json::Value = serde_json::from_slice(&raw)
+        .map_err(|e| Error::format(name, format!("{KEYWORD} chunk is not valid JSON: {e}")))?;
+    classify(
+        name,
+        json_node(name, &value)?,
+        FileKind::PngText,
+        BTreeMap::new(),
+    )
 }
 
 /// JSON → Node; `{"TORCHTENSOR": [[...], ...]}` objects become float32 tensors.
@@ -97,7 +144,11 @@ fn json_node(name: &str, v: &serde_json::Value) -> Result<Node> {
     Ok(match v {
         J::Object(map) => match map.get("TORCHTENSOR") {
             Some(t) => Node::Tensor(json_tensor(name, t)?),
-            None => Node::Map(map.iter().map(|(k, x)| Ok((k.clone(), json_node(name, x)?))).collect::<Result<_>>()?),
+            None => Node::Map(
+                map.iter()
+                    .map(|(k, x)| Ok((k.clone(), json_node(name, x)?)))
+                    .collect::<Result<_>>()?,
+            ),
         },
         J::String(s) => Node::Scalar(s.clone()),
         J::Number(n) => Node::Scalar(n.to_string()),
@@ -109,7 +160,12 @@ fn json_node(name: &str, v: &serde_json::Value) -> Result<Node> {
 
 fn json_tensor(name: &str, v: &serde_json::Value) -> Result<RawTensor> {
     use serde_json::Value as J;
-    let bad = || Error::format(name, "TORCHTENSOR is not a 1-D or 2-D list of numbers with equal rows");
+    let bad = || {
+        Error::format(
+            name,
+            "TORCHTENSOR is not a 1-D or 2-D list of numbers with equal rows",
+        )
+    };
     let num = |x: &J| x.as_f64().map(|f| f as f32).ok_or_else(bad);
     match v {
         J::Array(rows) if rows.first().is_some_and(|r| r.is_array()) => {
@@ -156,7 +212,9 @@ fn decode_pixels(rgb: &[u8], w: usize, h: usize, limit: usize) -> Option<Vec<u8>
         [p[0] & 0x0f, p[1] & 0x0f, p[2] & 0x0f]
     };
     // Columns whose low nibbles are all zero separate the panels from the picture.
-    let black: Vec<usize> = (0..cw).filter(|&x| (0..ch).all(|y| nib(x, y) == [0, 0, 0])).collect();
+    let black: Vec<usize> = (0..cw)
+        .filter(|&x| (0..ch).all(|y| nib(x, y) == [0, 0, 0]))
+        .collect();
     if black.len() < 2 {
         return None;
     }
@@ -181,6 +239,9 @@ fn decode_pixels(rgb: &[u8], w: usize, h: usize, limit: usize) -> Option<Vec<u8>
     let data: Vec<u8> = lo.iter().zip(&hi).map(|(l, h)| (h << 4) | l).collect();
     let mut out = Vec::new();
     // Trailing padding after the zlib stream is ignored by the decoder, as by Python's zlib.
-    flate2::read::ZlibDecoder::new(&data[..]).take(limit as u64 + 1).read_to_end(&mut out).ok()?;
+    flate2::read::ZlibDecoder::new(&data[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
     (out.len() <= limit).then_some(out)
 }

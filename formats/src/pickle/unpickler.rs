@@ -24,7 +24,11 @@ pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        nodes_left: data.len().saturating_sub(start).saturating_mul(16).max(1 << 16),
+        nodes_left: data
+            .len()
+            .saturating_sub(start)
+            .saturating_mul(16)
+            .max(1 << 16),
         context,
     };
     let value = u.run()?;
@@ -49,7 +53,10 @@ struct Unpickler<'a> {
 
 impl<'a> Unpickler<'a> {
     fn err(&self, message: impl Into<String>) -> Error {
-        Error::format(format!("{} (pickle byte {})", self.context, self.pos), message)
+        Error::format(
+            format!("{} (pickle byte {})", self.context, self.pos),
+            message,
+        )
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -106,10 +113,9 @@ impl<'a> Unpickler<'a> {
     }
 
     fn charge(&mut self, nodes: usize) -> Result<()> {
-        self.nodes_left = self
-            .nodes_left
-            .checked_sub(nodes)
-            .ok_or_else(|| self.err("too many values for the size of the file (memo copies blow up)"))?;
+        self.nodes_left = self.nodes_left.checked_sub(nodes).ok_or_else(|| {
+            self.err("too many values for the size of the file (memo copies blow up)")
+        })?;
         Ok(())
     }
     fn push(&mut self, v: Value) -> Result<()> {
@@ -146,7 +152,11 @@ impl<'a> Unpickler<'a> {
         Ok((items.into_iter().map(|(v, _)| v).collect(), depth))
     }
     fn memo_get(&mut self, idx: u32) -> Result<()> {
-        let (v, d) = self.memo.get(&idx).cloned().ok_or_else(|| self.err(format!("memo key {idx} missing")))?;
+        let (v, d) = self
+            .memo
+            .get(&idx)
+            .cloned()
+            .ok_or_else(|| self.err(format!("memo key {idx} missing")))?;
         self.charge(v.nodes())?;
         self.push_depth(v, d)
     }
@@ -158,7 +168,9 @@ impl<'a> Unpickler<'a> {
     fn global(&self, module: &str, name: &str) -> Result<Value> {
         match Global::lookup(module, name) {
             Some(g) => Ok(Value::Global(g)),
-            None if self.mode == Mode::Checkpoint && allow_list::is_inert(module, name) => Ok(Value::Inert(format!("{module}.{name}"))),
+            None if self.mode == Mode::Checkpoint && allow_list::is_inert(module, name) => {
+                Ok(Value::Inert(format!("{module}.{name}")))
+            }
             None => Err(Error::RefusedGlobal {
                 context: self.context.to_string(),
                 module: module.to_string(),
@@ -169,7 +181,8 @@ impl<'a> Unpickler<'a> {
 
     fn run(&mut self) -> Result<Value> {
         loop {
-            let op = OpCode::try_from(self.u8()?).map_err(|unknown| self.err(unknown.to_string()))?;
+            let op =
+                OpCode::try_from(self.u8()?).map_err(|unknown| self.err(unknown.to_string()))?;
             match op {
                 OpCode::Proto => {
                     let proto = self.u8()?;
@@ -232,7 +245,9 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Long => {
                     let s = self.line_str()?.trim().trim_end_matches('L');
-                    let v = s.parse().map_err(|_| self.err(format!("LONG {s:?} out of range")))?;
+                    let v = s
+                        .parse()
+                        .map_err(|_| self.err(format!("LONG {s:?} out of range")))?;
                     self.push(Value::Int(v))?
                 }
                 OpCode::BinFloat => {
@@ -243,7 +258,9 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Float => {
                     let s = self.line_str()?.trim();
-                    let v = s.parse().map_err(|_| self.err(format!("bad FLOAT {s:?}")))?;
+                    let v = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad FLOAT {s:?}")))?;
                     self.push(Value::Float(v))?
                 }
                 OpCode::BinUnicode => {
@@ -267,7 +284,9 @@ impl<'a> Unpickler<'a> {
                 OpCode::Unicode => {
                     let l = self.line()?;
                     if l.contains(&b'\\') {
-                        return Err(self.err("escaped protocol-0 unicode strings are not supported"));
+                        return Err(
+                            self.err("escaped protocol-0 unicode strings are not supported")
+                        );
                     }
                     let s = self.utf8(l)?;
                     self.push(Value::Str(s))?
@@ -286,7 +305,12 @@ impl<'a> Unpickler<'a> {
                 }
                 // Python 2 byte strings: decoded as text when they are UTF-8 (how py2 pickles
                 // hold names), kept as bytes otherwise.
-                OpCode::BinString | OpCode::ShortBinString | OpCode::BinBytes | OpCode::ShortBinBytes | OpCode::BinBytes8 | OpCode::ByteArray8 => {
+                OpCode::BinString
+                | OpCode::ShortBinString
+                | OpCode::BinBytes
+                | OpCode::ShortBinBytes
+                | OpCode::BinBytes8
+                | OpCode::ByteArray8 => {
                     let n = match op {
                         OpCode::BinString | OpCode::BinBytes => self.u32()? as usize,
                         OpCode::ShortBinString | OpCode::ShortBinBytes => self.u8()? as usize,
@@ -294,7 +318,9 @@ impl<'a> Unpickler<'a> {
                     };
                     let b = self.take(n)?;
                     let v = match (op, std::str::from_utf8(b)) {
-                        (OpCode::BinString | OpCode::ShortBinString, Ok(s)) => Value::Str(s.to_string()),
+                        (OpCode::BinString | OpCode::ShortBinString, Ok(s)) => {
+                            Value::Str(s.to_string())
+                        }
                         _ => Value::Bytes(b.to_vec()),
                     };
                     self.push(v)?
@@ -360,7 +386,10 @@ impl<'a> Unpickler<'a> {
                     let (args, da) = self.pop()?;
                     let (func, _) = self.pop()?;
                     let Value::Tuple(args) = args else {
-                        return Err(self.err(format!("REDUCE arguments must be a tuple, got {}", args.kind())));
+                        return Err(self.err(format!(
+                            "REDUCE arguments must be a tuple, got {}",
+                            args.kind()
+                        )));
                     };
                     let v = match inert_instance(&func, &args) {
                         Some(v) => v,
@@ -400,11 +429,14 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Put => {
                     let s = self.line_str()?.trim();
-                    let i = s.parse().map_err(|_| self.err(format!("bad PUT index {s:?}")))?;
+                    let i = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad PUT index {s:?}")))?;
                     self.memo_put(i)?
                 }
                 OpCode::Memoize => {
-                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
+                    let i =
+                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
                     self.memo_put(i)?
                 }
                 OpCode::BinGet => {
@@ -417,13 +449,25 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Get => {
                     let s = self.line_str()?.trim();
-                    let i = s.parse().map_err(|_| self.err(format!("bad GET index {s:?}")))?;
+                    let i = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad GET index {s:?}")))?;
                     self.memo_get(i)?
                 }
-                OpCode::PersId => return Err(self.err("text persistent ids (protocol 0) are not used by torch.save")),
-                OpCode::Inst | OpCode::Obj => return Err(self.err("old-style class instances (INST/OBJ) are refused")),
-                OpCode::Ext1 | OpCode::Ext2 | OpCode::Ext4 => return Err(self.err("extension registry codes (EXT) are refused")),
-                OpCode::NextBuffer | OpCode::ReadonlyBuffer => return Err(self.err("out-of-band buffers are not supported")),
+                OpCode::PersId => {
+                    return Err(
+                        self.err("text persistent ids (protocol 0) are not used by torch.save")
+                    )
+                }
+                OpCode::Inst | OpCode::Obj => {
+                    return Err(self.err("old-style class instances (INST/OBJ) are refused"))
+                }
+                OpCode::Ext1 | OpCode::Ext2 | OpCode::Ext4 => {
+                    return Err(self.err("extension registry codes (EXT) are refused"))
+                }
+                OpCode::NextBuffer | OpCode::ReadonlyBuffer => {
+                    return Err(self.err("out-of-band buffers are not supported"))
+                }
             }
         }
     }
@@ -535,7 +579,9 @@ impl<'a> Unpickler<'a> {
             return Err(self.err(format!("persistent id must be a tuple, got {}", pid.kind())));
         };
         match items.as_slice() {
-            [Value::Str(tag), ty, key, Value::Str(location), n, rest @ ..] if tag == "storage" && rest.len() <= 1 => {
+            [Value::Str(tag), ty, key, Value::Str(location), n, rest @ ..]
+                if tag == "storage" && rest.len() <= 1 =>
+            {
                 let dtype = match ty {
                     Value::Global(Global::Storage(d)) => *d,
                     other => return Err(self.err(format!("unsupported storage type {other:?}"))),
@@ -545,17 +591,26 @@ impl<'a> Unpickler<'a> {
                     Value::Int(i) => i.to_string(),
                     _ => return Err(self.err("storage key must be a string")),
                 };
-                let numel = as_usize(Some(n)).ok_or_else(|| self.err("storage size must be a non-negative int"))?;
+                let numel = as_usize(Some(n))
+                    .ok_or_else(|| self.err("storage size must be a non-negative int"))?;
                 let view = match rest.first() {
                     None | Some(Value::None) => None,
                     Some(Value::Tuple(v)) if v.len() == 3 => {
-                        let off = as_usize(v.get(1)).ok_or_else(|| self.err("bad storage view offset"))?;
-                        let len = as_usize(v.get(2)).ok_or_else(|| self.err("bad storage view size"))?;
+                        let off = as_usize(v.get(1))
+                            .ok_or_else(|| self.err("bad storage view offset"))?;
+                        let len =
+                            as_usize(v.get(2)).ok_or_else(|| self.err("bad storage view size"))?;
                         Some((off, len))
                     }
                     Some(_) => return Err(self.err("bad storage view")),
                 };
-                Ok(Value::Storage(StorageRef { key, dtype, numel, location: location.clone(), view }))
+                Ok(Value::Storage(StorageRef {
+                    key,
+                    dtype,
+                    numel,
+                    location: location.clone(),
+                    view,
+                }))
             }
             _ => Err(self.err("persistent id is not a torch storage reference")),
         }
@@ -568,7 +623,9 @@ impl<'a> Unpickler<'a> {
 fn inert_instance(func: &Value, args: &[Value]) -> Option<Value> {
     match (func, args.first()) {
         (Value::Inert(name), _) => Some(Value::Inert(name.clone())),
-        (Value::Global(Global::Reconstructor), Some(Value::Inert(name))) => Some(Value::Inert(name.clone())),
+        (Value::Global(Global::Reconstructor), Some(Value::Inert(name))) => {
+            Some(Value::Inert(name.clone()))
+        }
         _ => None,
     }
 }

@@ -23,7 +23,10 @@ pub enum Value {
     Storage(StorageRef),
     Tensor(TensorRef),
     /// An instance of an allowed class (e.g. `torch.nn.ParameterDict`) with its `__dict__` state.
-    Object { class: Global, state: Box<Value> },
+    Object {
+        class: Global,
+        state: Box<Value>,
+    },
     /// A class, function or instance outside the allow-list that a training checkpoint may
     /// carry beside its weights (PyTorch Lightning callbacks, OmegaConf configs, numpy scalars),
     /// read only in [`Mode::Checkpoint`]: its dotted name, kept as a label and never called.
@@ -45,7 +48,11 @@ impl Value {
     /// Looks a string key up in a dict (the last occurrence wins, like repeated `SETITEM`).
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Dict(items) => items.iter().rev().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Value::Dict(items) => items
+                .iter()
+                .rev()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -64,7 +71,9 @@ impl Value {
     }
     /// Dict entries with duplicates removed (last wins), in first-insertion order.
     pub fn dict_entries(&self) -> Option<Vec<(&Value, &Value)>> {
-        let Value::Dict(items) = self else { return None };
+        let Value::Dict(items) = self else {
+            return None;
+        };
         let mut out: Vec<(&Value, &Value)> = Vec::with_capacity(items.len());
         let mut index: HashMap<String, usize> = HashMap::new();
         for (k, v) in items {
@@ -157,7 +166,9 @@ pub(super) fn as_usize(v: Option<&Value>) -> Option<usize> {
 
 pub(super) fn usize_tuple(v: Option<&Value>) -> Option<Vec<usize>> {
     match v {
-        Some(Value::Tuple(items) | Value::List(items)) => items.iter().map(|x| as_usize(Some(x))).collect(),
+        Some(Value::Tuple(items) | Value::List(items)) => {
+            items.iter().map(|x| as_usize(Some(x))).collect()
+        }
         _ => None,
     }
 }
