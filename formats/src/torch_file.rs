@@ -534,7 +534,7 @@ fn strided_copy(
         out.extend_from_slice(&src[offset * esize..(offset + 1) * esize]);
         return;
     }
-    if shape.iter().any(|&d| d == 0) {
+    if shape.contains(&0) {
         return;
     }
     let mut idx = vec![0usize; shape.len()];

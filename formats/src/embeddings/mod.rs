@@ -414,7 +414,7 @@ fn tensor_part(file: &str, key: &str, node: Option<&Node>, encoder: Encoder) -> 
                     ),
                 ));
             }
-            if t.shape.is_empty() || t.shape.len() > 2 || t.shape.iter().any(|&d| d == 0) {
+            if t.shape.is_empty() || t.shape.len() > 2 || t.shape.contains(&0) {
                 return Err(Error::format(
                     file,
                     format!(
