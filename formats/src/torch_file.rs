@@ -17,8 +17,9 @@ use std::path::Path;
 
 /// Deflate cannot expand more than ~1032:1; anything claiming more is corrupt or hostile.
 const MAX_DEFLATE_RATIO: u64 = 1100;
-/// data.pkl holds structure only; real ones are kilobytes to a few megabytes.
-const MAX_PICKLE_BYTES: u64 = 256 << 20;
+/// data.pkl holds structure only; real ones are kilobytes to a few megabytes. What it may decode
+/// to is bounded separately ([`pickle::MAX_VALUE_BYTES`]); this bounds the inflated record.
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
 
 /// What a file cloned without git-lfs holds instead of the weights.
 pub const LFS_POINTER: &[u8] = b"version https://git-lfs";

@@ -173,15 +173,17 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
     };
     let bad = |what: &str| format!("{}: {what}", g.path());
     match g {
-        Global::OrderedDict => match args.as_slice() {
-            [] => Ok(Value::Dict(Vec::new())),
-            [Value::List(items)] => {
-                let mut pairs = Vec::new();
+        // The items are moved, never copied: the unpickler charged them once.
+        Global::OrderedDict => match <[Value; 1]>::try_from(args) {
+            Err(args) if args.is_empty() => Ok(Value::Dict(Vec::new())),
+            Ok([Value::List(items)]) => {
+                let mut pairs = Vec::with_capacity(items.len());
                 for item in items {
                     match item {
-                        Value::Tuple(kv) | Value::List(kv) if kv.len() == 2 => {
-                            pairs.push((kv[0].clone(), kv[1].clone()))
-                        }
+                        Value::Tuple(kv) | Value::List(kv) => match <[Value; 2]>::try_from(kv) {
+                            Ok([k, v]) => pairs.push((k, v)),
+                            Err(_) => return Err(bad("items must be (key, value) pairs")),
+                        },
                         _ => return Err(bad("items must be (key, value) pairs")),
                     }
                 }

@@ -4,9 +4,11 @@
 //! Nothing is ever executed: `GLOBAL` is resolved against a fixed allow-list ([`Global`]) and
 //! anything else is refused with an error naming it. Calls (`REDUCE`, `NEWOBJ`) are interpreted
 //! only for the allowed callables (tensor rebuilds, `OrderedDict`, `torch.Size`, ...). Every
-//! length is checked against the bytes left before anything is allocated, nesting is bounded,
-//! and the total number of values built (memo copies included) is bounded, so hostile input
-//! costs at most a small multiple of its size.
+//! length is checked against the bytes left before anything is allocated, and nesting is
+//! bounded. Memory is bounded whatever the input: the values one pickle builds, counted as
+//! allocated (every memo and `DUP` copy, the stack, the memo and the open marks included), may
+//! take at most [`MAX_VALUE_BYTES`] (128 MiB; real checkpoints need a few MiB), so decoding costs
+//! at most that, about doubled by container growth, plus the pickle's own bytes.
 //!
 //! `value` holds the decoded tree, `allow_list` the globals and what each builds, `unpickler`
 //! the reader, `pickler` the writer, and `opcodes` the opcode names both share.
@@ -19,7 +21,7 @@ mod value;
 
 pub use allow_list::{is_inert, Global};
 pub use pickler::dump;
-pub use unpickler::{load, load_mode, MAX_DEPTH};
+pub use unpickler::{load, load_mode, MAX_DEPTH, MAX_VALUE_BYTES};
 pub use value::{Mode, StorageRef, TensorRef, Value};
 
 #[cfg(test)]

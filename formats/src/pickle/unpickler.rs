@@ -1,5 +1,5 @@
-//! The unpickler: a stack machine over the opcodes `torch.save` emits, bounded in depth,
-//! values built and bytes read.
+//! The unpickler: a stack machine over the opcodes `torch.save` emits, bounded in depth, in the
+//! memory its values take, and in the bytes it reads.
 use super::opcodes::OpCode;
 use super::value::as_usize;
 use super::{allow_list, Global, Mode, StorageRef, Value};
@@ -8,6 +8,15 @@ use std::collections::HashMap;
 
 /// Deepest nesting accepted (Python's own recursion limit is about as deep).
 pub const MAX_DEPTH: u32 = 512;
+
+/// Memory one pickle's values may take, counted as they are built and never given back: each
+/// value's slot, its text, bytes and item buffers, every copy the memo and `DUP` make, the
+/// memo's entries and the open `MARK`s. The `data.pkl` of a whole SD or SDXL training checkpoint,
+/// optimizer states included, decodes to a few MiB; a file needing more is hostile (memo copies
+/// of a large list, or megabytes of opcodes deflated into a small zip).
+pub const MAX_VALUE_BYTES: usize = 128 << 20;
+
+const SLOT: usize = std::mem::size_of::<Value>();
 
 /// Decodes one pickle starting at `data[start..]`. Returns the value and the position just
 /// after its `STOP`, so callers can read pickles written back to back (the legacy format).
@@ -24,11 +33,7 @@ pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        nodes_left: data
-            .len()
-            .saturating_sub(start)
-            .saturating_mul(16)
-            .max(1 << 16),
+        bytes_left: MAX_VALUE_BYTES,
         context,
     };
     let value = u.run()?;
@@ -45,9 +50,8 @@ struct Unpickler<'a> {
     marks: Vec<usize>,
     /// `PUT`/`MEMOIZE` slots, with their values' depth.
     memo: HashMap<u32, (Value, u32)>,
-    /// Values that may still be built (16 per input byte, at least 64 Ki), so memo copies cannot
-    /// multiply a small file into a huge tree.
-    nodes_left: usize,
+    /// What is left of [`MAX_VALUE_BYTES`].
+    bytes_left: usize,
     context: &'a str,
 }
 
@@ -112,17 +116,35 @@ impl<'a> Unpickler<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| self.err("string is not valid UTF-8"))
     }
 
-    fn charge(&mut self, nodes: usize) -> Result<()> {
-        self.nodes_left = self.nodes_left.checked_sub(nodes).ok_or_else(|| {
-            self.err("too many values for the size of the file (memo copies blow up)")
-        })?;
+    fn over_budget(&self) -> Error {
+        self.err(format!(
+            "too many values: decoding needs more than {} MiB (a real checkpoint's pickle needs a few; \
+             memo copies or a huge decompressed pickle blow up)",
+            MAX_VALUE_BYTES >> 20
+        ))
+    }
+    fn charge(&mut self, bytes: usize) -> Result<()> {
+        self.bytes_left = self
+            .bytes_left
+            .checked_sub(bytes)
+            .ok_or_else(|| self.over_budget())?;
         Ok(())
+    }
+    /// Charges a copy before it is made, given [`Value::tree_bytes`] of the original measured
+    /// against what is left (`None`: more than that).
+    fn charge_copy_of(&mut self, tree_bytes: Option<usize>) -> Result<()> {
+        let bytes = tree_bytes.ok_or_else(|| self.over_budget())?;
+        self.charge(bytes)
     }
     fn push(&mut self, v: Value) -> Result<()> {
         self.push_depth(v, 0)
     }
+    /// Pushes a newly built value, charging what it owns (its items were charged when built).
     fn push_depth(&mut self, v: Value, depth: u32) -> Result<()> {
-        self.charge(1)?;
+        self.charge(v.own_bytes())?;
+        self.push_charged(v, depth)
+    }
+    fn push_charged(&mut self, v: Value, depth: u32) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(self.err(format!("values nested deeper than {MAX_DEPTH} levels")));
         }
@@ -144,6 +166,14 @@ impl<'a> Unpickler<'a> {
         let msg = self.err("stack underflow");
         self.stack.last_mut().ok_or(msg)
     }
+    /// [`Value::tree_bytes`] of the top value, measured against what is left of the budget.
+    fn top_tree_bytes(&self) -> Result<Option<usize>> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        match self.stack.last() {
+            Some((v, _)) if self.stack.len() > floor => Ok(v.tree_bytes(self.bytes_left)),
+            _ => Err(self.err("stack underflow")),
+        }
+    }
     /// Items pushed since the last MARK, and the deepest of them.
     fn pop_mark(&mut self) -> Result<(Vec<Value>, u32)> {
         let m = self.marks.pop().ok_or_else(|| self.err("MARK expected"))?;
@@ -152,15 +182,22 @@ impl<'a> Unpickler<'a> {
         Ok((items.into_iter().map(|(v, _)| v).collect(), depth))
     }
     fn memo_get(&mut self, idx: u32) -> Result<()> {
+        let bytes = match self.memo.get(&idx) {
+            Some((v, _)) => v.tree_bytes(self.bytes_left),
+            None => return Err(self.err(format!("memo key {idx} missing"))),
+        };
+        self.charge_copy_of(bytes)?;
         let (v, d) = self
             .memo
             .get(&idx)
             .cloned()
             .ok_or_else(|| self.err(format!("memo key {idx} missing")))?;
-        self.charge(v.nodes())?;
-        self.push_depth(v, d)
+        self.push_charged(v, d)
     }
     fn memo_put(&mut self, idx: u32) -> Result<()> {
+        let bytes = self.top_tree_bytes()?;
+        self.charge_copy_of(bytes)?;
+        self.charge(std::mem::size_of::<(u32, (Value, u32))>())?;
         let top = self.top_mut()?.clone();
         self.memo.insert(idx, top);
         Ok(())
@@ -197,7 +234,10 @@ impl<'a> Unpickler<'a> {
                     let (v, _) = self.pop()?;
                     return Ok(v);
                 }
-                OpCode::Mark => self.marks.push(self.stack.len()),
+                OpCode::Mark => {
+                    self.charge(std::mem::size_of::<usize>())?;
+                    self.marks.push(self.stack.len())
+                }
                 OpCode::Pop => {
                     self.pop()?;
                 }
@@ -205,9 +245,10 @@ impl<'a> Unpickler<'a> {
                     self.pop_mark()?;
                 }
                 OpCode::Dup => {
-                    let top = self.top_mut()?.clone();
-                    self.charge(top.0.nodes())?;
-                    self.stack.push(top);
+                    let bytes = self.top_tree_bytes()?;
+                    self.charge_copy_of(bytes)?;
+                    let (v, d) = self.top_mut()?.clone();
+                    self.push_charged(v, d)?
                 }
                 OpCode::None => self.push(Value::None)?,
                 OpCode::NewTrue => self.push(Value::Bool(true))?,
@@ -517,6 +558,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn extend_top(&mut self, items: Vec<Value>, depth: u32) -> Result<()> {
+        self.charge(items.len() * SLOT)?;
         let err = self.err("APPEND(S)/ADDITEMS target is not a list or set");
         let deep = self.err(format!("values nested deeper than {MAX_DEPTH} levels"));
         let top = self.top_mut()?;
@@ -534,6 +576,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn set_items(&mut self, pairs: Vec<(Value, Value)>, depth: u32) -> Result<()> {
+        self.charge(pairs.len() * 2 * SLOT)?;
         let err = self.err("SETITEM(S) target is not a dict");
         let deep = self.err(format!("values nested deeper than {MAX_DEPTH} levels"));
         let top = self.top_mut()?;

@@ -107,14 +107,47 @@ impl Value {
             Value::Object { .. } | Value::Inert(_) => "object",
         }
     }
-    /// Values in this tree (itself included): what a memo copy of it costs.
-    pub(super) fn nodes(&self) -> usize {
-        1 + match self {
-            Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.iter().map(Value::nodes).sum(),
-            Value::Dict(v) => v.iter().map(|(k, x)| k.nodes() + x.nodes()).sum(),
-            Value::Object { state, .. } => state.nodes(),
-            _ => 0,
+    /// Bytes this value takes by itself: its own slot plus the heap buffers it owns directly
+    /// (text, bytes, a container's item buffer), not its items'.
+    pub(super) fn own_bytes(&self) -> usize {
+        const SLOT: usize = std::mem::size_of::<Value>();
+        SLOT + match self {
+            Value::Str(s) | Value::Inert(s) => s.capacity(),
+            Value::Bytes(b) => b.capacity(),
+            Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.capacity() * SLOT,
+            Value::Dict(v) => v.capacity() * 2 * SLOT,
+            Value::Storage(s) => s.heap_bytes(),
+            Value::Tensor(t) => {
+                t.storage.heap_bytes()
+                    + (t.shape.capacity() + t.stride.capacity()) * std::mem::size_of::<usize>()
+            }
+            Value::Object { .. } => SLOT,
+            Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Global(_) => 0,
         }
+    }
+
+    /// Bytes of the whole tree (what a copy of it allocates), or `None` once past `limit`: the
+    /// walk stops there, so measuring never costs more than the copy would.
+    pub(super) fn tree_bytes(&self, limit: usize) -> Option<usize> {
+        let mut total = self.own_bytes();
+        if total > limit {
+            return None;
+        }
+        // Each item gets what is left, so `total` never passes `limit`.
+        let mut add = |v: &Value| -> Option<()> {
+            total += v.tree_bytes(limit - total)?;
+            Some(())
+        };
+        match self {
+            Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.iter().try_for_each(&mut add)?,
+            Value::Dict(v) => v.iter().try_for_each(|(k, x)| {
+                add(k)?;
+                add(x)
+            })?,
+            Value::Object { state, .. } => add(state)?,
+            _ => {}
+        }
+        Some(total)
     }
 }
 
@@ -129,6 +162,12 @@ pub struct StorageRef {
     pub location: String,
     /// Legacy storage views: (offset in elements into `key`'s storage, view length).
     pub view: Option<(usize, usize)>,
+}
+
+impl StorageRef {
+    fn heap_bytes(&self) -> usize {
+        self.key.capacity() + self.location.capacity()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
