@@ -134,7 +134,17 @@ impl TorchFile {
         };
         let mut records: HashMap<String, Record> = HashMap::new();
         {
-            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).map_err(zerr)?;
+            // The archive starts at byte 0 (that is how it was recognised), so offsets are taken
+            // as written. Left to detect a prefix, zip guesses the directory start as the end
+            // record's position minus the directory size, which torch's zip64 end record and
+            // locator (76 bytes between the directory and the end record) break whenever the
+            // first directory entry is also 76 bytes long: every archive whose folder name has
+            // 21 characters.
+            let config = zip::read::Config {
+                archive_offset: zip::read::ArchiveOffset::Known(0),
+            };
+            let mut zip = zip::ZipArchive::with_config(config, std::io::Cursor::new(&bytes[..]))
+                .map_err(zerr)?;
             for i in 0..zip.len() {
                 let f = zip.by_index_raw(i).map_err(zerr)?;
                 let fname = f.name().map_err(zerr)?.to_string();

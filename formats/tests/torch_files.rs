@@ -16,6 +16,32 @@ fn every_fixture_matches_pytorch() {
     }
 }
 
+/// torch names the record folder after the file stem, so the stem's length sets the length of
+/// every record name and central-directory entry: each length from 1 to 64 reads back.
+#[test]
+fn every_stem_length_reads_back() {
+    let files = expected("torch-stems");
+    let mut lengths = Vec::new();
+    for (name, want) in &files {
+        let path = fixture("torch-stems", name);
+        let tf = TorchFile::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stem = name.strip_suffix(".pt").unwrap();
+        assert_eq!(
+            tf.container,
+            Container::Zip {
+                prefix: stem.into()
+            },
+            "{name}"
+        );
+        assert_value(&tf, name, &tf.root, want);
+        let f = ti_formats::embeddings::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(f.embeddings.len(), 1, "{name}");
+        lengths.push(stem.len());
+    }
+    lengths.sort();
+    assert_eq!(lengths, (1..=64).collect::<Vec<_>>());
+}
+
 #[test]
 fn containers_are_recognised() {
     let open = |n: &str| TorchFile::open(&fixture("torch", n)).unwrap();
