@@ -7,6 +7,9 @@
 //!
 //! Storages are never trusted: every claimed size is checked against the bytes really present
 //! before anything is allocated, and deflated records are bounded by deflate's maximum ratio.
+//! A tensor in a deflated record inflates it only as far as its last element and keeps only the
+//! bytes it reaches, so memory follows the tensors read, not the records' sizes; a view that
+//! repeats elements (stride 0) is made dense only up to 64 MiB.
 use crate::error::{Error, Result};
 use crate::pickle::{self, StorageRef, TensorRef, Value};
 use crate::tensor::{numel, RawTensor};
@@ -20,6 +23,10 @@ const MAX_DEFLATE_RATIO: u64 = 1100;
 /// data.pkl holds structure only; real ones are kilobytes to a few megabytes. What it may decode
 /// to is bounded separately ([`pickle::MAX_VALUE_BYTES`]); this bounds the inflated record.
 const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// How large a dense copy of a view that repeats its storage's elements (stride 0) may be: real
+/// checkpoints hold such views only for small buffers.
+const MAX_REPEATED_VIEW_BYTES: usize = 64 << 20;
 
 /// What a file cloned without git-lfs holds instead of the weights.
 pub const LFS_POINTER: &[u8] = b"version https://git-lfs";
@@ -383,28 +390,64 @@ impl TorchFile {
                 format!("tensor of shape {:?} (offset {}, stride {:?}) reaches element {extent} of a {storage_numel}-element storage", t.shape, t.offset, t.stride),
             ));
         }
-        let storage: Cow<[u8]> = match rec {
-            Record::Stored { start, .. } => Cow::Borrowed(&self.bytes[start..start + avail]),
-            rec => {
-                Cow::Owned(read_record(&self.name, &self.bytes, rec, avail as u64)?.into_owned())
-            }
-        };
         let n = numel(&t.shape).ok_or_else(|| Error::too_large(ctx.clone(), "shape overflows"))?;
         if n == 0 {
             return Ok(Cow::Owned(Vec::new()));
         }
-        if is_contiguous(&t.shape, &t.stride) {
-            let start = t.offset * esize;
-            let len = n * esize;
-            return Ok(match storage {
-                Cow::Borrowed(s) => Cow::Borrowed(&s[base + start..base + start + len]),
-                Cow::Owned(v) => Cow::Owned(v[base + start..base + start + len].to_vec()),
-            });
+        // A view with more elements than the storage window it spans repeats elements (stride
+        // 0, as `expand` makes): materialising it costs more than the file holds.
+        let out_bytes = n
+            .checked_mul(esize)
+            .ok_or_else(|| Error::too_large(ctx.clone(), "shape overflows"))?;
+        if n > extent - t.offset && out_bytes > MAX_REPEATED_VIEW_BYTES {
+            return Err(Error::too_large(
+                ctx,
+                format!(
+                    "tensor of shape {:?} (stride {:?}) repeats the {} elements it reaches; as a dense tensor it would take {out_bytes} bytes, more than the {} MiB allowed",
+                    t.shape,
+                    t.stride,
+                    extent - t.offset,
+                    MAX_REPEATED_VIEW_BYTES >> 20
+                ),
+            ));
         }
-        let src = &storage[base..];
-        let mut out = Vec::with_capacity(n * esize);
-        strided_copy(src, esize, t.offset, &t.shape, &t.stride, &mut out);
-        Ok(Cow::Owned(out))
+        let contiguous = is_contiguous(&t.shape, &t.stride);
+        match rec {
+            Record::Stored { start, .. } => {
+                let storage = &self.bytes[start + base..start + avail];
+                if contiguous {
+                    return Ok(Cow::Borrowed(
+                        &storage[t.offset * esize..(t.offset + n) * esize],
+                    ));
+                }
+                let mut out = Vec::with_capacity(out_bytes);
+                strided_copy(storage, esize, t.offset, &t.shape, &t.stride, &mut out);
+                Ok(Cow::Owned(out))
+            }
+            Record::Deflated {
+                start, compressed, ..
+            } => {
+                // Only the bytes up to the last element the view reaches are inflated, and only
+                // the window between its first and last element is kept, or, for a sparse view
+                // (a column of a large matrix), only its elements.
+                let record = Inflated {
+                    ctx: &ctx,
+                    data: &self.bytes[start..start + compressed],
+                };
+                let from = base + t.offset * esize;
+                if contiguous {
+                    return record.window(from, out_bytes).map(Cow::Owned);
+                }
+                let span = (extent - t.offset) * esize;
+                if span / 2 > out_bytes {
+                    return record.gather(base, esize, t).map(Cow::Owned);
+                }
+                let window = record.window(from, span)?;
+                let mut out = Vec::with_capacity(out_bytes);
+                strided_copy(&window, esize, 0, &t.shape, &t.stride, &mut out);
+                Ok(Cow::Owned(out))
+            }
+        }
     }
 
     /// A tensor of the file as a dense [`RawTensor`].
@@ -503,7 +546,8 @@ fn read_record<'a>(name: &str, bytes: &'a [u8], rec: Record, max: u64) -> Result
                     format!("record of {size} bytes is larger than the {max} allowed"),
                 ));
             }
-            let mut out = Vec::with_capacity(size);
+            // Grown by what really inflates, not preallocated from the claimed size.
+            let mut out = Vec::new();
             flate2::read::DeflateDecoder::new(&bytes[start..start + compressed])
                 .take(size as u64)
                 .read_to_end(&mut out)
@@ -519,6 +563,95 @@ fn read_record<'a>(name: &str, bytes: &'a [u8], rec: Record, max: u64) -> Result
             }
             Ok(Cow::Owned(out))
         }
+    }
+}
+
+/// A deflated storage record, read as a stream: a tensor inflates the record only as far as its
+/// last element, keeping just the bytes it needs, so a record that inflates to gigabytes costs
+/// no memory beyond the tensor itself.
+struct Inflated<'a> {
+    /// `<file>: storage <key>`, for errors.
+    ctx: &'a str,
+    data: &'a [u8],
+}
+
+impl Inflated<'_> {
+    fn reader(&self) -> flate2::read::DeflateDecoder<&[u8]> {
+        flate2::read::DeflateDecoder::new(self.data)
+    }
+
+    fn corrupt(&self, e: std::io::Error) -> Error {
+        Error::format(self.ctx, format!("corrupt deflated record: {e}"))
+    }
+
+    fn short(&self, end: usize) -> Error {
+        Error::format(
+            self.ctx,
+            format!("deflated record ends before byte {end}, which the tensor reads"),
+        )
+    }
+
+    /// Reads past `n` bytes of `r`, keeping none.
+    fn skip(&self, r: &mut impl Read, n: usize, end: usize) -> Result<()> {
+        let skipped = std::io::copy(&mut r.take(n as u64), &mut std::io::sink())
+            .map_err(|e| self.corrupt(e))?;
+        if skipped != n as u64 {
+            return Err(self.short(end));
+        }
+        Ok(())
+    }
+
+    /// Bytes `from..from + len` of the inflated record (the buffer grows with what really
+    /// inflates, not with what the header claims).
+    fn window(&self, from: usize, len: usize) -> Result<Vec<u8>> {
+        let mut r = self.reader();
+        self.skip(&mut r, from, from + len)?;
+        let mut out = Vec::new();
+        r.take(len as u64)
+            .read_to_end(&mut out)
+            .map_err(|e| self.corrupt(e))?;
+        if out.len() != len {
+            return Err(self.short(from + len));
+        }
+        Ok(out)
+    }
+
+    /// A sparse view's elements, in the view's order, keeping nothing else: the record is
+    /// inflated twice, once to check it really holds the last element (so nothing is allocated
+    /// for a record that only claims to), then once more visiting the elements in storage order.
+    fn gather(&self, base: usize, esize: usize, t: &TensorRef) -> Result<Vec<u8>> {
+        let extent = t.extent().unwrap_or(0);
+        let end = base + extent * esize;
+        self.skip(&mut self.reader(), end, end)?;
+        // Output element `i`'s index in the storage.
+        let at = |mut i: usize| {
+            let mut p = t.offset;
+            for (&d, &s) in t.shape.iter().zip(&t.stride).rev() {
+                p += (i % d) * s;
+                i /= d;
+            }
+            p
+        };
+        let n = numel(&t.shape).unwrap_or(0);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_unstable_by_key(|&i| at(i));
+        let mut out = vec![0u8; n * esize];
+        let mut r = self.reader();
+        let (mut pos, mut elem) = (0usize, [0u8; 16]);
+        let mut last = None;
+        for i in order {
+            let p = at(i);
+            if last != Some(p) {
+                let byte = base + p * esize;
+                self.skip(&mut r, byte - pos, end)?;
+                r.read_exact(&mut elem[..esize])
+                    .map_err(|_| self.short(end))?;
+                pos = byte + esize;
+                last = Some(p);
+            }
+            out[i * esize..(i + 1) * esize].copy_from_slice(&elem[..esize]);
+        }
+        Ok(out)
     }
 }
 

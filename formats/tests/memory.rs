@@ -6,8 +6,9 @@
 #![cfg(target_os = "linux")]
 use std::io::Write;
 use std::process::Command;
-use ti_formats::pickle;
-use ti_formats::torch_file::TorchFile;
+use ti_formats::pickle::{self, StorageRef, TensorRef, Value};
+use ti_formats::torch_file::{TorchFile, TorchWriter};
+use ti_formats::{DType, RawTensor};
 
 /// What every case may use at its peak, test harness included.
 const LIMIT_MIB: u64 = 300;
@@ -132,6 +133,78 @@ fn a_small_zip_of_a_huge_pickle_is_refused_within_the_value_budget() {
                 .to_string();
             assert!(
                 e.contains("nones.pt") && e.contains("too many values"),
+                "{e}"
+            );
+        },
+    );
+    assert!(peak < LIMIT_MIB, "peak {peak} MiB");
+}
+
+fn view(numel: usize, offset: usize, shape: &[usize], stride: &[usize]) -> Value {
+    Value::Tensor(TensorRef {
+        storage: StorageRef {
+            key: "0".into(),
+            dtype: DType::F32,
+            numel,
+            location: "cpu".into(),
+            view: None,
+        },
+        offset,
+        shape: shape.to_vec(),
+        stride: stride.to_vec(),
+        requires_grad: false,
+    })
+}
+
+#[test]
+fn a_tensor_inflates_only_the_bytes_it_reaches() {
+    let peak = peak_mib("a_tensor_inflates_only_the_bytes_it_reaches", &[], || {
+        // One 1 GiB deflated record (about 1 MiB in the zip) viewed by one-element tensors at
+        // its start and at its end, and by a two-element view of both ends.
+        let numel = 1usize << 28;
+        let root = Value::Dict(vec![
+            (Value::Str("first".into()), view(numel, 0, &[1], &[1])),
+            (
+                Value::Str("last".into()),
+                view(numel, numel - 1, &[1], &[1]),
+            ),
+            (
+                Value::Str("ends".into()),
+                view(numel, 0, &[2], &[numel - 1]),
+            ),
+        ]);
+        let pkl_bytes = pickle::dump(&root).unwrap();
+        let pkl = |w: &mut dyn Write| w.write_all(&pkl_bytes).unwrap();
+        let storage = |w: &mut dyn Write| write_repeated(w, 0, numel * 4);
+        let bytes = deflated_zip(&[("data.pkl", &pkl), ("data/0", &storage)]);
+        assert!(bytes.len() < 4 << 20, "{} bytes", bytes.len());
+        let tf = TorchFile::from_bytes("bomb.pt", bytes).unwrap();
+        for (key, t) in tf.tensors() {
+            let raw = tf.tensor(t).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert!(raw.to_f32_vec().iter().all(|&x| x == 0.0), "{key}");
+        }
+    });
+    assert!(peak < LIMIT_MIB, "peak {peak} MiB");
+}
+
+#[test]
+fn a_view_repeating_one_element_is_not_materialised() {
+    let peak = peak_mib(
+        "a_view_repeating_one_element_is_not_materialised",
+        &[],
+        || {
+            // One stored float viewed as 2^30 copies (stride 0): 4 GiB as a dense tensor.
+            let mut w = TorchWriter::new();
+            w.tensor(RawTensor::from_f32(vec![1], &[1.0]).unwrap());
+            let root = Value::Dict(vec![(Value::Str("t".into()), view(1, 0, &[1 << 30], &[0]))]);
+            let bytes = w.to_bytes(&root, "archive").unwrap();
+            let tf = TorchFile::from_bytes("expand.pt", bytes).unwrap();
+            let Some(Value::Tensor(t)) = tf.root.get("t") else {
+                panic!("{:?}", tf.root)
+            };
+            let e = tf.tensor(t).expect_err("must be refused").to_string();
+            assert!(
+                e.contains("expand.pt: storage 0") && e.contains("repeats"),
                 "{e}"
             );
         },

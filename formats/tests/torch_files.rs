@@ -2,7 +2,7 @@
 //! PyTorch itself loads (exact equality: no conversion is lossy).
 mod common;
 use common::*;
-use ti_formats::pickle::Value;
+use ti_formats::pickle::{TensorRef, Value};
 use ti_formats::torch_file::{Container, TorchFile, TorchWriter};
 use ti_formats::{DType, RawTensor};
 
@@ -155,4 +155,69 @@ fn writer_layout_matches_torch_save() {
         assert_eq!(f.compression(), zip::CompressionMethod::Stored);
         assert_eq!(f.data_start().unwrap() % 64, 0, "{:?} aligned", f.name());
     }
+}
+
+/// The same archive with every record deflated.
+fn deflate_records(bytes: &[u8]) -> Vec<u8> {
+    let mut zin = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut zout = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for i in 0..zin.len() {
+        let mut f = zin.by_index(i).unwrap();
+        let name = f.name().unwrap().to_string();
+        zout.start_file(name, opts).unwrap();
+        std::io::copy(&mut f, &mut zout).unwrap();
+    }
+    zout.finish().unwrap().into_inner()
+}
+
+#[test]
+fn deflated_records_read_like_stored_ones() {
+    // torch's views (transposed, sliced, expanded, shared), and sparse views of a larger storage
+    // (a column, every 100th element) that are read element by element.
+    let mut w = TorchWriter::new();
+    let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+    let Value::Tensor(base) = w.tensor(RawTensor::from_f32(vec![10, 100], &values).unwrap()) else {
+        unreachable!()
+    };
+    let sparse = |offset, shape: &[usize], stride: &[usize]| {
+        Value::Tensor(TensorRef {
+            offset,
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+            ..base.clone()
+        })
+    };
+    let root = Value::Dict(vec![
+        (Value::Str("column".into()), sparse(7, &[10], &[100])),
+        (
+            Value::Str("every_100th".into()),
+            sparse(3, &[2, 5], &[500, 100]),
+        ),
+        (Value::Str("corners".into()), sparse(0, &[2, 2], &[900, 99])),
+    ]);
+    let ours = w.to_bytes(&root, "sparse").unwrap();
+    let views = std::fs::read(fixture("torch", "views.pt")).unwrap();
+    for (name, stored) in [("sparse.pt", ours), ("views.pt", views)] {
+        let a = TorchFile::from_bytes(name, stored.clone()).unwrap();
+        let b = TorchFile::from_bytes(name, deflate_records(&stored)).unwrap();
+        let (ta, tb) = (a.tensors(), b.tensors());
+        assert_eq!(ta.len(), tb.len());
+        for ((k, x), (_, y)) in ta.iter().zip(&tb) {
+            assert_eq!(a.tensor(x).unwrap(), b.tensor(y).unwrap(), "{name}: {k}");
+        }
+    }
+    let tf = TorchFile::from_bytes(
+        "sparse.pt",
+        deflate_records(&w.to_bytes(&root, "sparse").unwrap()),
+    )
+    .unwrap();
+    let Some(Value::Tensor(column)) = tf.root.get("column") else {
+        panic!()
+    };
+    assert_eq!(
+        tf.tensor(column).unwrap().to_f32_vec(),
+        (0..10).map(|i| (7 + 100 * i) as f32).collect::<Vec<_>>()
+    );
 }
