@@ -3,6 +3,7 @@
 //! every writer's output read back.
 mod common;
 use common::*;
+use std::io::Write;
 use std::path::Path;
 use ti_formats::embeddings::{self, Encoder, FileKind, Layout, OutFormat};
 use ti_formats::DType;
@@ -294,4 +295,87 @@ fn widening_to_f32_on_request() {
         f.embeddings[0].parts[0].tensor.to_f64_vec(),
         "f16 widens exactly"
     );
+}
+
+/// A PNG chunk: length, type, data, CRC of type and data.
+fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_be_bytes());
+}
+
+/// An 8-bit RGB (3 channels) or RGBA (4) PNG of `pixels`, Adam7-interlaced or not (the png
+/// crate writes no interlaced files).
+fn encode_png(pixels: &[u8], w: usize, h: usize, channels: usize, interlaced: bool) -> Vec<u8> {
+    const ADAM7: [(usize, usize, usize, usize); 7] = [
+        (0, 8, 0, 8),
+        (4, 8, 0, 8),
+        (0, 4, 4, 8),
+        (2, 4, 0, 4),
+        (0, 2, 2, 4),
+        (1, 2, 0, 2),
+        (0, 1, 1, 2),
+    ];
+    let passes: &[(usize, usize, usize, usize)] = if interlaced { &ADAM7 } else { &[(0, 1, 0, 1)] };
+    let mut raw = Vec::new();
+    for &(x0, dx, y0, dy) in passes.iter().filter(|p| p.0 < w && p.2 < h) {
+        for y in (y0..h).step_by(dy) {
+            raw.push(0); // filter: none
+            for x in (x0..w).step_by(dx) {
+                raw.extend_from_slice(&pixels[(y * w + x) * channels..][..channels]);
+            }
+        }
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&raw).unwrap();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&(w as u32).to_be_bytes());
+    ihdr.extend_from_slice(&(h as u32).to_be_bytes());
+    ihdr.extend_from_slice(&[8, if channels == 4 { 6 } else { 2 }, 0, 0, interlaced as u8]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z.finish().unwrap());
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+#[test]
+fn pixel_embeddings_read_interlaced_with_alpha_and_wider_borders() {
+    let path = fixture("embeddings", "a1111_pixels.png");
+    let want = embeddings::read(&path).unwrap();
+    assert_eq!(want.kind, FileKind::PngPixels);
+    let mut decoder =
+        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().unwrap();
+    let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut rgb).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let (w, h) = (info.width as usize, info.height as usize);
+    // The same pixels inside a black border 5 pixels wide, with an opaque alpha channel.
+    let (bw, bh) = (w + 10, h + 10);
+    let mut rgba = vec![0u8; bw * bh * 4];
+    for y in 0..h {
+        for x in 0..w {
+            let at = ((y + 5) * bw + x + 5) * 4;
+            rgba[at..at + 3].copy_from_slice(&rgb[(y * w + x) * 3..][..3]);
+            rgba[at + 3] = 255;
+        }
+    }
+    for (what, png) in [
+        ("interlaced", encode_png(&rgb, w, h, 3, true)),
+        ("rgba with a border", encode_png(&rgba, bw, bh, 4, false)),
+        (
+            "interlaced rgba with a border",
+            encode_png(&rgba, bw, bh, 4, true),
+        ),
+    ] {
+        let got =
+            embeddings::read_bytes("variant.png", &png).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(got, want, "{what}");
+    }
 }

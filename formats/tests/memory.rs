@@ -211,3 +211,36 @@ fn a_view_repeating_one_element_is_not_materialised() {
     );
     assert!(peak < LIMIT_MIB, "peak {peak} MiB");
 }
+
+#[test]
+fn a_huge_png_without_an_embedding_is_read_row_by_row() {
+    let test = "a_huge_png_without_an_embedding_is_read_row_by_row";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.png");
+    if std::env::var_os(CHILD).is_none() {
+        // 16384 x 16384 greyscale (256 MiB of pixels, well under 1 MiB as a PNG), no text chunk.
+        let side = 16384u32;
+        let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut enc = png::Encoder::new(file, side, side);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().unwrap().into_stream_writer().unwrap();
+        let row: Vec<u8> = (0..side).map(|x| (x % 251 + 1) as u8).collect();
+        for _ in 0..side {
+            w.write_all(&row).unwrap();
+        }
+        w.finish().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 4 << 20);
+    }
+    let peak = peak_mib(test, &[("TI_FORMATS_MEMORY_PNG", path.as_os_str())], || {
+        let path = std::path::PathBuf::from(std::env::var("TI_FORMATS_MEMORY_PNG").unwrap());
+        let e = ti_formats::embeddings::read(&path)
+            .expect_err("no embedding")
+            .to_string();
+        assert!(
+            e.contains("huge.png") && e.contains("without an embedding"),
+            "{e}"
+        );
+    });
+    assert!(peak < LIMIT_MIB, "peak {peak} MiB");
+}
