@@ -80,7 +80,14 @@ pub fn metadata(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, String>> {
 
 /// Every tensor of an in-memory safetensors file, in header order (sorted by offset).
 pub fn read_all(name: &str, bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
-    let st = parse(name, bytes)?;
+    read_view(name, &parse(name, bytes)?)
+}
+
+/// [`read_all`] of a file already parsed (parsing a header of many tensors is the slow part).
+pub fn read_view(
+    name: &str,
+    st: &safetensors::SafeTensors<'_>,
+) -> Result<Vec<(String, RawTensor)>> {
     let mut items: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
     items.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
     items

@@ -174,3 +174,34 @@ fn random_bytes_and_mutated_files_never_panic() {
         }
     }
 }
+
+#[test]
+fn two_hundred_thousand_tensors_open_and_list_in_seconds() {
+    // Reading each key's tensor by looking it up among all the keys took minutes (quadratic).
+    let n = 200_000;
+    let tensors: Vec<(String, RawTensor)> = (0..n)
+        .map(|i| {
+            (
+                format!("<tok{i}>"),
+                RawTensor::from_f32(vec![1], &[i as f32]).unwrap(),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.safetensors");
+    ti_formats::safetensors_io::save(&path, &tensors, None).unwrap();
+    let start = std::time::Instant::now();
+    let st = ti_formats::safetensors_io::SafetensorsFile::open(&path).unwrap();
+    assert_eq!(st.view().unwrap().names().len(), n);
+    let f = embeddings::read(&path).unwrap();
+    assert_eq!(f.embeddings.len(), n);
+    let last = f
+        .embeddings
+        .iter()
+        .find(|e| e.stored_token.as_deref() == Some("<tok199999>"))
+        .unwrap();
+    assert_eq!(last.parts[0].tensor.to_f32_vec(), [199_999.0]);
+    let took = start.elapsed();
+    eprintln!("{n} tensors: opened, listed and read in {took:?}");
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+}

@@ -395,7 +395,7 @@ fn from_safetensors(name: &str, bytes: &[u8]) -> Result<EmbeddingFile> {
             ),
         ));
     }
-    let items = safetensors_io::read_all(name, bytes)?
+    let items = safetensors_io::read_view(name, &st)?
         .into_iter()
         .map(|(k, t)| (k, Node::Tensor(t)))
         .collect();
@@ -567,9 +567,10 @@ fn classify(
         unreachable!("checked above")
     };
     if items.iter().all(|(_, v)| matches!(v, Node::Tensor(_))) {
-        let mut embeddings = Vec::new();
-        for (k, _) in items {
-            let part = tensor_part(file, k, node.get(k), Encoder::TextEncoder)?;
+        // Each item's own value: looking every key up again among all of them was quadratic.
+        let mut embeddings = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            let part = tensor_part(file, k, Some(v), Encoder::TextEncoder)?;
             embeddings.push(Embedding {
                 stored_token: Some(k.clone()),
                 parts: vec![part],
