@@ -485,7 +485,7 @@ impl TorchFile {
 
 fn walk_tensors<'a>(v: &'a Value, path: String, out: &mut Vec<(String, &'a TensorRef)>) {
     match v {
-        Value::Tensor(t) => out.push((path, t)),
+        Value::Tensor(t) => out.push((path, &**t)),
         Value::Dict(_) => {
             for (k, x) in v.dict_entries().unwrap_or_default() {
                 let key = match k {
@@ -719,7 +719,7 @@ impl TorchWriter {
         for i in (0..t.shape.len().saturating_sub(1)).rev() {
             stride[i] = stride[i + 1] * t.shape[i + 1];
         }
-        let v = Value::Tensor(TensorRef {
+        let v = Value::Tensor(Box::new(TensorRef {
             storage: StorageRef {
                 key,
                 dtype: t.dtype,
@@ -731,7 +731,7 @@ impl TorchWriter {
             shape: t.shape.clone(),
             stride,
             requires_grad: false,
-        });
+        }));
         self.storages.push(t);
         v
     }

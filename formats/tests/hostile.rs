@@ -37,7 +37,7 @@ fn truncated_zip_is_an_error() {
 fn lying_storage(numel: usize) -> Vec<u8> {
     let mut w = TorchWriter::new();
     w.tensor(RawTensor::from_f32(vec![3], &[1.0, 2.0, 3.0]).unwrap());
-    let t = Value::Tensor(TensorRef {
+    let t = Value::Tensor(Box::new(TensorRef {
         storage: StorageRef {
             key: "0".into(),
             dtype: DType::F32,
@@ -49,7 +49,7 @@ fn lying_storage(numel: usize) -> Vec<u8> {
         shape: vec![numel],
         stride: vec![1],
         requires_grad: false,
-    });
+    }));
     w.to_bytes(&Value::Dict(vec![(Value::Str("<t>".into()), t)]), "archive")
         .unwrap()
 }

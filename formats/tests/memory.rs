@@ -141,7 +141,7 @@ fn a_small_zip_of_a_huge_pickle_is_refused_within_the_value_budget() {
 }
 
 fn view(numel: usize, offset: usize, shape: &[usize], stride: &[usize]) -> Value {
-    Value::Tensor(TensorRef {
+    Value::Tensor(Box::new(TensorRef {
         storage: StorageRef {
             key: "0".into(),
             dtype: DType::F32,
@@ -153,7 +153,7 @@ fn view(numel: usize, offset: usize, shape: &[usize], stride: &[usize]) -> Value
         shape: shape.to_vec(),
         stride: stride.to_vec(),
         requires_grad: false,
-    })
+    }))
 }
 
 #[test]

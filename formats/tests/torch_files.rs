@@ -182,12 +182,12 @@ fn deflated_records_read_like_stored_ones() {
         unreachable!()
     };
     let sparse = |offset, shape: &[usize], stride: &[usize]| {
-        Value::Tensor(TensorRef {
+        Value::Tensor(Box::new(TensorRef {
             offset,
             shape: shape.to_vec(),
             stride: stride.to_vec(),
-            ..base.clone()
-        })
+            ..(*base).clone()
+        }))
     };
     let root = Value::Dict(vec![
         (Value::Str("column".into()), sparse(7, &[10], &[100])),

@@ -236,7 +236,7 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
                 )));
             }
             let t = TensorRef {
-                storage,
+                storage: *storage,
                 offset,
                 shape,
                 stride,
@@ -245,7 +245,7 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
             if t.extent().is_none() {
                 return Err(bad("tensor view overflows"));
             }
-            Ok(Value::Tensor(t))
+            Ok(Value::Tensor(Box::new(t)))
         }
         Global::RebuildParameter | Global::RebuildParameterWithState => {
             let mut it = args.into_iter();

@@ -122,6 +122,28 @@ mod tests {
         assert!(e.to_string().contains("too many values"), "{e}");
     }
 
+    /// The budget leaves room for the largest real checkpoints: the SD 1.x-layout training
+    /// checkpoint of the fixtures (376 tensors, pickled by torch with a Lightning callback),
+    /// scaled to 12,000 tensors (SDXL with EMA weights and Adam's two states per parameter),
+    /// still takes under half of it.
+    #[test]
+    fn a_large_training_checkpoint_fits_the_budget() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/single-file/sd1.ckpt");
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+        let mut pkl = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name("sd1/data.pkl").unwrap(), &mut pkl).unwrap();
+        let (v, _, used) = unpickler::load_measured(&pkl, 0, "sd1.ckpt", Mode::Checkpoint).unwrap();
+        let Some(Value::Dict(weights)) = v.get("state_dict") else {
+            panic!("{v:?}")
+        };
+        assert_eq!(weights.len(), 376);
+        assert!(
+            used * 12_000 / 376 < MAX_VALUE_BYTES / 2,
+            "{used} bytes for 376 tensors"
+        );
+    }
+
     #[test]
     fn deep_nesting_is_refused() {
         let mut p = vec![0x80, 2];

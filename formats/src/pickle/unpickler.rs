@@ -26,6 +26,17 @@ pub fn load(data: &[u8], start: usize, context: &str) -> Result<(Value, usize)> 
 
 /// [`load`] under `mode` (what globals besides the tensor allow-list become).
 pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result<(Value, usize)> {
+    let (value, end, _) = load_measured(data, start, context, mode)?;
+    Ok((value, end))
+}
+
+/// [`load_mode`], also returning how much of [`MAX_VALUE_BYTES`] the pickle used.
+pub(super) fn load_measured(
+    data: &[u8],
+    start: usize,
+    context: &str,
+    mode: Mode,
+) -> Result<(Value, usize, usize)> {
     let mut u = Unpickler {
         mode,
         data,
@@ -37,7 +48,7 @@ pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result
         context,
     };
     let value = u.run()?;
-    Ok((value, u.pos))
+    Ok((value, u.pos, MAX_VALUE_BYTES - u.bytes_left))
 }
 
 struct Unpickler<'a> {
@@ -144,7 +155,9 @@ impl<'a> Unpickler<'a> {
         self.charge(v.own_bytes())?;
         self.push_charged(v, depth)
     }
+    /// Pushes a value already charged for, charging its depth beside it on the stack.
     fn push_charged(&mut self, v: Value, depth: u32) -> Result<()> {
+        self.charge(std::mem::size_of::<(Value, u32)>() - SLOT)?;
         if depth > MAX_DEPTH {
             return Err(self.err(format!("values nested deeper than {MAX_DEPTH} levels")));
         }
@@ -647,13 +660,13 @@ impl<'a> Unpickler<'a> {
                     }
                     Some(_) => return Err(self.err("bad storage view")),
                 };
-                Ok(Value::Storage(StorageRef {
+                Ok(Value::Storage(Box::new(StorageRef {
                     key,
                     dtype,
                     numel,
                     location: location.clone(),
                     view,
-                }))
+                })))
             }
             _ => Err(self.err("persistent id is not a torch storage reference")),
         }

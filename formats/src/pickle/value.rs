@@ -19,9 +19,10 @@ pub enum Value {
     Set(Vec<Value>),
     /// An allow-listed callable or class not (yet) applied.
     Global(Global),
-    /// A storage reference produced by `persistent_load`.
-    Storage(StorageRef),
-    Tensor(TensorRef),
+    /// A storage reference produced by `persistent_load`. Storages and tensors are boxed: every
+    /// value is as large as the largest variant, and they are by far the largest.
+    Storage(Box<StorageRef>),
+    Tensor(Box<TensorRef>),
     /// An instance of an allowed class (e.g. `torch.nn.ParameterDict`) with its `__dict__` state.
     Object {
         class: Global,
@@ -116,9 +117,10 @@ impl Value {
             Value::Bytes(b) => b.capacity(),
             Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.capacity() * SLOT,
             Value::Dict(v) => v.capacity() * 2 * SLOT,
-            Value::Storage(s) => s.heap_bytes(),
+            Value::Storage(s) => std::mem::size_of::<StorageRef>() + s.heap_bytes(),
             Value::Tensor(t) => {
-                t.storage.heap_bytes()
+                std::mem::size_of::<TensorRef>()
+                    + t.storage.heap_bytes()
                     + (t.shape.capacity() + t.stride.capacity()) * std::mem::size_of::<usize>()
             }
             Value::Object { .. } => SLOT,
