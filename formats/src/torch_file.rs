@@ -117,6 +117,15 @@ impl TorchFile {
         Self::parse(name.to_string(), Bytes::Owned(bytes), pickle::Mode::Tensors)
     }
 
+    /// [`TorchFile::open_checkpoint`] of bytes in memory.
+    pub fn from_bytes_checkpoint(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(
+            name.to_string(),
+            Bytes::Owned(bytes),
+            pickle::Mode::Checkpoint,
+        )
+    }
+
     fn parse(name: String, bytes: Bytes, mode: pickle::Mode) -> Result<Self> {
         if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
             Self::parse_zip(name, bytes, mode)
