@@ -42,7 +42,10 @@ for f in glob.glob("fixtures/*/*.pt") + glob.glob("fixtures/*/*.bin") + glob.glo
         if n.endswith("data.pkl"):
             open(os.path.join(out, os.path.basename(f) + ".pkl"), "wb").write(z.read(n))
 def stub(module, name):
-    m = sys.modules.setdefault(module, types.ModuleType(module))
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):  # pickle imports the module, so its parents too
+        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    m = sys.modules[module]
     cls = type(name, (), {"__module__": module})
     setattr(m, name, cls)
     return cls
