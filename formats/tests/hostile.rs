@@ -177,7 +177,7 @@ fn random_bytes_and_mutated_files_never_panic() {
 
 #[test]
 fn two_hundred_thousand_tensors_open_and_list_in_seconds() {
-    // Reading each key's tensor by looking it up among all the keys took minutes (quadratic).
+    // Anything quadratic in the number of tensors takes minutes here.
     let n = 200_000;
     let tensors: Vec<(String, RawTensor)> = (0..n)
         .map(|i| {

@@ -1,4 +1,4 @@
-//! Hostile files that are small on disk but used to cost gigabytes: each case runs in a child
+//! Hostile files that are small on disk but could cost gigabytes: each case runs in a child
 //! process (this test binary, filtered to the one test) whose peak resident memory (`VmHWM`) must
 //! stay under [`LIMIT_MIB`]. The child also runs under an address-space limit, so a regression
 //! fails the test instead of exhausting the machine. The inputs are generated here, never

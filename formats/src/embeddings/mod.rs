@@ -567,7 +567,7 @@ fn classify(
         unreachable!("checked above")
     };
     if items.iter().all(|(_, v)| matches!(v, Node::Tensor(_))) {
-        // Each item's own value: looking every key up again among all of them was quadratic.
+        // Each item's own value: looking each key up among all of them would be quadratic.
         let mut embeddings = Vec::with_capacity(items.len());
         for (k, v) in items {
             let part = tensor_part(file, k, Some(v), Encoder::TextEncoder)?;
