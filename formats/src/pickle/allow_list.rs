@@ -106,15 +106,46 @@ impl Global {
 /// and loop states, OmegaConf configs, numpy scalars and arrays' metadata, argparse
 /// namespaces, and the original LDM/SGM code's own classes. `os`, `subprocess`, `builtins` and
 /// the like stay refused: a file naming them is not a checkpoint anyone should load.
-pub const INERT_MODULES: &[&str] =
-    &["pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "numpy", "argparse", "ldm", "sgm", "collections", "pathlib", "typing", "enum"];
+pub const INERT_MODULES: &[&str] = &[
+    "pytorch_lightning",
+    "lightning",
+    "lightning_fabric",
+    "omegaconf",
+    "numpy",
+    "argparse",
+    "ldm",
+    "sgm",
+    "collections",
+    "pathlib",
+    "typing",
+    "enum",
+];
 
 /// Whether `module.name` may be kept inert in a checkpoint: [`INERT_MODULES`] and their
 /// submodules, and builtin value types passed as arguments (`defaultdict(list)`).
 pub fn is_inert(module: &str, name: &str) -> bool {
     let builtin_type = matches!(module, "builtins" | "__builtin__")
-        && matches!(name, "list" | "dict" | "tuple" | "int" | "float" | "str" | "bool" | "bytes" | "complex" | "slice" | "range");
-    builtin_type || INERT_MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|rest| rest.starts_with('.')))
+        && matches!(
+            name,
+            "list"
+                | "dict"
+                | "tuple"
+                | "int"
+                | "float"
+                | "str"
+                | "bool"
+                | "bytes"
+                | "complex"
+                | "slice"
+                | "range"
+        );
+    builtin_type
+        || INERT_MODULES.iter().any(|m| {
+            module == *m
+                || module
+                    .strip_prefix(m)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
 }
 
 /// The `torch.<name>` dtype objects, aliases included.
@@ -142,13 +173,17 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
     };
     let bad = |what: &str| format!("{}: {what}", g.path());
     match g {
-        Global::OrderedDict => match args.as_slice() {
-            [] => Ok(Value::Dict(Vec::new())),
-            [Value::List(items)] => {
-                let mut pairs = Vec::new();
+        // The items are moved, never copied: the unpickler charged them once.
+        Global::OrderedDict => match <[Value; 1]>::try_from(args) {
+            Err(args) if args.is_empty() => Ok(Value::Dict(Vec::new())),
+            Ok([Value::List(items)]) => {
+                let mut pairs = Vec::with_capacity(items.len());
                 for item in items {
                     match item {
-                        Value::Tuple(kv) | Value::List(kv) if kv.len() == 2 => pairs.push((kv[0].clone(), kv[1].clone())),
+                        Value::Tuple(kv) | Value::List(kv) => match <[Value; 2]>::try_from(kv) {
+                            Ok([k, v]) => pairs.push((k, v)),
+                            Err(_) => return Err(bad("items must be (key, value) pairs")),
+                        },
                         _ => return Err(bad("items must be (key, value) pairs")),
                     }
                 }
@@ -174,7 +209,9 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
                 }
                 Ok(Value::Bytes(out))
             }
-            [Value::Str(s), Value::Str(enc)] if enc == "utf-8" || enc == "utf8" => Ok(Value::Bytes(s.as_bytes().to_vec())),
+            [Value::Str(s), Value::Str(enc)] if enc == "utf-8" || enc == "utf8" => {
+                Ok(Value::Bytes(s.as_bytes().to_vec()))
+            }
             _ => Err(bad("unsupported arguments")),
         },
         Global::RebuildTensorV2 | Global::RebuildTensor => {
@@ -184,18 +221,31 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
             let mut it = args.into_iter();
             let (storage, offset, size, stride) = (it.next(), it.next(), it.next(), it.next());
             let requires_grad = matches!(it.next(), Some(Value::Bool(true)));
-            let Some(Value::Storage(storage)) = storage else { return Err(bad("first argument must be a storage")) };
-            let offset = as_usize(offset.as_ref()).ok_or_else(|| bad("offset must be a non-negative int"))?;
-            let shape = usize_tuple(size.as_ref()).ok_or_else(|| bad("size must be a tuple of non-negative ints"))?;
-            let stride = usize_tuple(stride.as_ref()).ok_or_else(|| bad("stride must be a tuple of non-negative ints"))?;
+            let Some(Value::Storage(storage)) = storage else {
+                return Err(bad("first argument must be a storage"));
+            };
+            let offset = as_usize(offset.as_ref())
+                .ok_or_else(|| bad("offset must be a non-negative int"))?;
+            let shape = usize_tuple(size.as_ref())
+                .ok_or_else(|| bad("size must be a tuple of non-negative ints"))?;
+            let stride = usize_tuple(stride.as_ref())
+                .ok_or_else(|| bad("stride must be a tuple of non-negative ints"))?;
             if shape.len() != stride.len() {
-                return Err(bad(&format!("size {shape:?} and stride {stride:?} differ in length")));
+                return Err(bad(&format!(
+                    "size {shape:?} and stride {stride:?} differ in length"
+                )));
             }
-            let t = TensorRef { storage, offset, shape, stride, requires_grad };
+            let t = TensorRef {
+                storage: *storage,
+                offset,
+                shape,
+                stride,
+                requires_grad,
+            };
             if t.extent().is_none() {
                 return Err(bad("tensor view overflows"));
             }
-            Ok(Value::Tensor(t))
+            Ok(Value::Tensor(Box::new(t)))
         }
         Global::RebuildParameter | Global::RebuildParameterWithState => {
             let mut it = args.into_iter();
@@ -210,26 +260,34 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
         Global::RebuildFromTypeV2 => {
             let mut it = args.into_iter();
             match (it.next(), it.next(), it.next()) {
-                (Some(f @ Value::Global(_)), Some(Value::Global(Global::TensorClass | Global::ParameterClass)), Some(Value::Tuple(a))) => {
-                    call(f, a)
-                }
+                (
+                    Some(f @ Value::Global(_)),
+                    Some(Value::Global(Global::TensorClass | Global::ParameterClass)),
+                    Some(Value::Tuple(a)),
+                ) => call(f, a),
                 _ => Err(bad("only plain tensors and parameters can be rebuilt")),
             }
         }
         Global::Reconstructor => {
             let mut it = args.into_iter();
             match it.next() {
-                Some(Value::Global(cls @ Global::ParameterDict)) => {
-                    Ok(Value::Object { class: cls, state: Box::new(Value::None) })
-                }
+                Some(Value::Global(cls @ Global::ParameterDict)) => Ok(Value::Object {
+                    class: cls,
+                    state: Box::new(Value::None),
+                }),
                 Some(Value::Global(Global::OrderedDict)) => Ok(Value::Dict(Vec::new())),
                 _ => Err(bad("only allow-listed classes can be reconstructed")),
             }
         }
-        Global::ParameterDict => Ok(Value::Object { class: g, state: Box::new(Value::None) }),
-        Global::TensorClass | Global::ParameterClass | Global::Storage(_) | Global::DType(_) | Global::Object => {
-            Err(bad("cannot be called here"))
-        }
+        Global::ParameterDict => Ok(Value::Object {
+            class: g,
+            state: Box::new(Value::None),
+        }),
+        Global::TensorClass
+        | Global::ParameterClass
+        | Global::Storage(_)
+        | Global::DType(_)
+        | Global::Object => Err(bad("cannot be called here")),
     }
 }
 
@@ -237,7 +295,10 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
 pub(super) fn new_object(cls: Value, args: Value) -> Result<Value, String> {
     match cls {
         Value::Global(Global::OrderedDict) => Ok(Value::Dict(Vec::new())),
-        Value::Global(g @ Global::ParameterDict) => Ok(Value::Object { class: g, state: Box::new(Value::None) }),
+        Value::Global(g @ Global::ParameterDict) => Ok(Value::Object {
+            class: g,
+            state: Box::new(Value::None),
+        }),
         Value::Global(Global::Set) => call(Value::Global(Global::Set), vec![args]),
         other => Err(format!("cannot instantiate a {}", other.kind())),
     }

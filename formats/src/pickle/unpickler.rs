@@ -1,5 +1,5 @@
-//! The unpickler: a stack machine over the opcodes `torch.save` emits, bounded in depth,
-//! values built and bytes read.
+//! The unpickler: a stack machine over the opcodes `torch.save` emits, bounded in depth, in the
+//! memory its values take, and in the bytes it reads.
 use super::opcodes::OpCode;
 use super::value::as_usize;
 use super::{allow_list, Global, Mode, StorageRef, Value};
@@ -9,6 +9,15 @@ use std::collections::HashMap;
 /// Deepest nesting accepted (Python's own recursion limit is about as deep).
 pub const MAX_DEPTH: u32 = 512;
 
+/// Memory one pickle's values may take, counted as they are built and never given back: each
+/// value's slot, its text, bytes and item buffers, every copy the memo and `DUP` make, the
+/// memo's entries and the open `MARK`s. The `data.pkl` of a whole SD or SDXL training checkpoint,
+/// optimizer states included, decodes to a few MiB; a file needing more is hostile (memo copies
+/// of a large list, or megabytes of opcodes deflated into a small zip).
+pub const MAX_VALUE_BYTES: usize = 128 << 20;
+
+const SLOT: usize = std::mem::size_of::<Value>();
+
 /// Decodes one pickle starting at `data[start..]`. Returns the value and the position just
 /// after its `STOP`, so callers can read pickles written back to back (the legacy format).
 pub fn load(data: &[u8], start: usize, context: &str) -> Result<(Value, usize)> {
@@ -17,6 +26,17 @@ pub fn load(data: &[u8], start: usize, context: &str) -> Result<(Value, usize)> 
 
 /// [`load`] under `mode` (what globals besides the tensor allow-list become).
 pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result<(Value, usize)> {
+    let (value, end, _) = load_measured(data, start, context, mode)?;
+    Ok((value, end))
+}
+
+/// [`load_mode`], also returning how much of [`MAX_VALUE_BYTES`] the pickle used.
+pub(super) fn load_measured(
+    data: &[u8],
+    start: usize,
+    context: &str,
+    mode: Mode,
+) -> Result<(Value, usize, usize)> {
     let mut u = Unpickler {
         mode,
         data,
@@ -24,11 +44,11 @@ pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        nodes_left: data.len().saturating_sub(start).saturating_mul(16).max(1 << 16),
+        bytes_left: MAX_VALUE_BYTES,
         context,
     };
     let value = u.run()?;
-    Ok((value, u.pos))
+    Ok((value, u.pos, MAX_VALUE_BYTES - u.bytes_left))
 }
 
 struct Unpickler<'a> {
@@ -41,15 +61,17 @@ struct Unpickler<'a> {
     marks: Vec<usize>,
     /// `PUT`/`MEMOIZE` slots, with their values' depth.
     memo: HashMap<u32, (Value, u32)>,
-    /// Values that may still be built (16 per input byte, at least 64 Ki), so memo copies cannot
-    /// multiply a small file into a huge tree.
-    nodes_left: usize,
+    /// What is left of [`MAX_VALUE_BYTES`].
+    bytes_left: usize,
     context: &'a str,
 }
 
 impl<'a> Unpickler<'a> {
     fn err(&self, message: impl Into<String>) -> Error {
-        Error::format(format!("{} (pickle byte {})", self.context, self.pos), message)
+        Error::format(
+            format!("{} (pickle byte {})", self.context, self.pos),
+            message,
+        )
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -105,18 +127,37 @@ impl<'a> Unpickler<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| self.err("string is not valid UTF-8"))
     }
 
-    fn charge(&mut self, nodes: usize) -> Result<()> {
-        self.nodes_left = self
-            .nodes_left
-            .checked_sub(nodes)
-            .ok_or_else(|| self.err("too many values for the size of the file (memo copies blow up)"))?;
+    fn over_budget(&self) -> Error {
+        self.err(format!(
+            "too many values: decoding needs more than {} MiB (a real checkpoint's pickle needs a few; \
+             memo copies or a huge decompressed pickle blow up)",
+            MAX_VALUE_BYTES >> 20
+        ))
+    }
+    fn charge(&mut self, bytes: usize) -> Result<()> {
+        self.bytes_left = self
+            .bytes_left
+            .checked_sub(bytes)
+            .ok_or_else(|| self.over_budget())?;
         Ok(())
+    }
+    /// Charges a copy before it is made, given [`Value::tree_bytes`] of the original measured
+    /// against what is left (`None`: more than that).
+    fn charge_copy_of(&mut self, tree_bytes: Option<usize>) -> Result<()> {
+        let bytes = tree_bytes.ok_or_else(|| self.over_budget())?;
+        self.charge(bytes)
     }
     fn push(&mut self, v: Value) -> Result<()> {
         self.push_depth(v, 0)
     }
+    /// Pushes a newly built value, charging what it owns (its items were charged when built).
     fn push_depth(&mut self, v: Value, depth: u32) -> Result<()> {
-        self.charge(1)?;
+        self.charge(v.own_bytes())?;
+        self.push_charged(v, depth)
+    }
+    /// Pushes a value already charged for, charging its depth beside it on the stack.
+    fn push_charged(&mut self, v: Value, depth: u32) -> Result<()> {
+        self.charge(std::mem::size_of::<(Value, u32)>() - SLOT)?;
         if depth > MAX_DEPTH {
             return Err(self.err(format!("values nested deeper than {MAX_DEPTH} levels")));
         }
@@ -138,6 +179,14 @@ impl<'a> Unpickler<'a> {
         let msg = self.err("stack underflow");
         self.stack.last_mut().ok_or(msg)
     }
+    /// [`Value::tree_bytes`] of the top value, measured against what is left of the budget.
+    fn top_tree_bytes(&self) -> Result<Option<usize>> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        match self.stack.last() {
+            Some((v, _)) if self.stack.len() > floor => Ok(v.tree_bytes(self.bytes_left)),
+            _ => Err(self.err("stack underflow")),
+        }
+    }
     /// Items pushed since the last MARK, and the deepest of them.
     fn pop_mark(&mut self) -> Result<(Vec<Value>, u32)> {
         let m = self.marks.pop().ok_or_else(|| self.err("MARK expected"))?;
@@ -146,11 +195,22 @@ impl<'a> Unpickler<'a> {
         Ok((items.into_iter().map(|(v, _)| v).collect(), depth))
     }
     fn memo_get(&mut self, idx: u32) -> Result<()> {
-        let (v, d) = self.memo.get(&idx).cloned().ok_or_else(|| self.err(format!("memo key {idx} missing")))?;
-        self.charge(v.nodes())?;
-        self.push_depth(v, d)
+        let bytes = match self.memo.get(&idx) {
+            Some((v, _)) => v.tree_bytes(self.bytes_left),
+            None => return Err(self.err(format!("memo key {idx} missing"))),
+        };
+        self.charge_copy_of(bytes)?;
+        let (v, d) = self
+            .memo
+            .get(&idx)
+            .cloned()
+            .ok_or_else(|| self.err(format!("memo key {idx} missing")))?;
+        self.push_charged(v, d)
     }
     fn memo_put(&mut self, idx: u32) -> Result<()> {
+        let bytes = self.top_tree_bytes()?;
+        self.charge_copy_of(bytes)?;
+        self.charge(std::mem::size_of::<(u32, (Value, u32))>())?;
         let top = self.top_mut()?.clone();
         self.memo.insert(idx, top);
         Ok(())
@@ -158,7 +218,9 @@ impl<'a> Unpickler<'a> {
     fn global(&self, module: &str, name: &str) -> Result<Value> {
         match Global::lookup(module, name) {
             Some(g) => Ok(Value::Global(g)),
-            None if self.mode == Mode::Checkpoint && allow_list::is_inert(module, name) => Ok(Value::Inert(format!("{module}.{name}"))),
+            None if self.mode == Mode::Checkpoint && allow_list::is_inert(module, name) => {
+                Ok(Value::Inert(format!("{module}.{name}")))
+            }
             None => Err(Error::RefusedGlobal {
                 context: self.context.to_string(),
                 module: module.to_string(),
@@ -169,7 +231,8 @@ impl<'a> Unpickler<'a> {
 
     fn run(&mut self) -> Result<Value> {
         loop {
-            let op = OpCode::try_from(self.u8()?).map_err(|unknown| self.err(unknown.to_string()))?;
+            let op =
+                OpCode::try_from(self.u8()?).map_err(|unknown| self.err(unknown.to_string()))?;
             match op {
                 OpCode::Proto => {
                     let proto = self.u8()?;
@@ -184,7 +247,10 @@ impl<'a> Unpickler<'a> {
                     let (v, _) = self.pop()?;
                     return Ok(v);
                 }
-                OpCode::Mark => self.marks.push(self.stack.len()),
+                OpCode::Mark => {
+                    self.charge(std::mem::size_of::<usize>())?;
+                    self.marks.push(self.stack.len())
+                }
                 OpCode::Pop => {
                     self.pop()?;
                 }
@@ -192,9 +258,10 @@ impl<'a> Unpickler<'a> {
                     self.pop_mark()?;
                 }
                 OpCode::Dup => {
-                    let top = self.top_mut()?.clone();
-                    self.charge(top.0.nodes())?;
-                    self.stack.push(top);
+                    let bytes = self.top_tree_bytes()?;
+                    self.charge_copy_of(bytes)?;
+                    let (v, d) = self.top_mut()?.clone();
+                    self.push_charged(v, d)?
                 }
                 OpCode::None => self.push(Value::None)?,
                 OpCode::NewTrue => self.push(Value::Bool(true))?,
@@ -232,7 +299,9 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Long => {
                     let s = self.line_str()?.trim().trim_end_matches('L');
-                    let v = s.parse().map_err(|_| self.err(format!("LONG {s:?} out of range")))?;
+                    let v = s
+                        .parse()
+                        .map_err(|_| self.err(format!("LONG {s:?} out of range")))?;
                     self.push(Value::Int(v))?
                 }
                 OpCode::BinFloat => {
@@ -243,7 +312,9 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Float => {
                     let s = self.line_str()?.trim();
-                    let v = s.parse().map_err(|_| self.err(format!("bad FLOAT {s:?}")))?;
+                    let v = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad FLOAT {s:?}")))?;
                     self.push(Value::Float(v))?
                 }
                 OpCode::BinUnicode => {
@@ -267,7 +338,9 @@ impl<'a> Unpickler<'a> {
                 OpCode::Unicode => {
                     let l = self.line()?;
                     if l.contains(&b'\\') {
-                        return Err(self.err("escaped protocol-0 unicode strings are not supported"));
+                        return Err(
+                            self.err("escaped protocol-0 unicode strings are not supported")
+                        );
                     }
                     let s = self.utf8(l)?;
                     self.push(Value::Str(s))?
@@ -286,7 +359,12 @@ impl<'a> Unpickler<'a> {
                 }
                 // Python 2 byte strings: decoded as text when they are UTF-8 (how py2 pickles
                 // hold names), kept as bytes otherwise.
-                OpCode::BinString | OpCode::ShortBinString | OpCode::BinBytes | OpCode::ShortBinBytes | OpCode::BinBytes8 | OpCode::ByteArray8 => {
+                OpCode::BinString
+                | OpCode::ShortBinString
+                | OpCode::BinBytes
+                | OpCode::ShortBinBytes
+                | OpCode::BinBytes8
+                | OpCode::ByteArray8 => {
                     let n = match op {
                         OpCode::BinString | OpCode::BinBytes => self.u32()? as usize,
                         OpCode::ShortBinString | OpCode::ShortBinBytes => self.u8()? as usize,
@@ -294,7 +372,9 @@ impl<'a> Unpickler<'a> {
                     };
                     let b = self.take(n)?;
                     let v = match (op, std::str::from_utf8(b)) {
-                        (OpCode::BinString | OpCode::ShortBinString, Ok(s)) => Value::Str(s.to_string()),
+                        (OpCode::BinString | OpCode::ShortBinString, Ok(s)) => {
+                            Value::Str(s.to_string())
+                        }
                         _ => Value::Bytes(b.to_vec()),
                     };
                     self.push(v)?
@@ -360,7 +440,10 @@ impl<'a> Unpickler<'a> {
                     let (args, da) = self.pop()?;
                     let (func, _) = self.pop()?;
                     let Value::Tuple(args) = args else {
-                        return Err(self.err(format!("REDUCE arguments must be a tuple, got {}", args.kind())));
+                        return Err(self.err(format!(
+                            "REDUCE arguments must be a tuple, got {}",
+                            args.kind()
+                        )));
                     };
                     let v = match inert_instance(&func, &args) {
                         Some(v) => v,
@@ -400,11 +483,14 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Put => {
                     let s = self.line_str()?.trim();
-                    let i = s.parse().map_err(|_| self.err(format!("bad PUT index {s:?}")))?;
+                    let i = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad PUT index {s:?}")))?;
                     self.memo_put(i)?
                 }
                 OpCode::Memoize => {
-                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
+                    let i =
+                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
                     self.memo_put(i)?
                 }
                 OpCode::BinGet => {
@@ -417,13 +503,25 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Get => {
                     let s = self.line_str()?.trim();
-                    let i = s.parse().map_err(|_| self.err(format!("bad GET index {s:?}")))?;
+                    let i = s
+                        .parse()
+                        .map_err(|_| self.err(format!("bad GET index {s:?}")))?;
                     self.memo_get(i)?
                 }
-                OpCode::PersId => return Err(self.err("text persistent ids (protocol 0) are not used by torch.save")),
-                OpCode::Inst | OpCode::Obj => return Err(self.err("old-style class instances (INST/OBJ) are refused")),
-                OpCode::Ext1 | OpCode::Ext2 | OpCode::Ext4 => return Err(self.err("extension registry codes (EXT) are refused")),
-                OpCode::NextBuffer | OpCode::ReadonlyBuffer => return Err(self.err("out-of-band buffers are not supported")),
+                OpCode::PersId => {
+                    return Err(
+                        self.err("text persistent ids (protocol 0) are not used by torch.save")
+                    )
+                }
+                OpCode::Inst | OpCode::Obj => {
+                    return Err(self.err("old-style class instances (INST/OBJ) are refused"))
+                }
+                OpCode::Ext1 | OpCode::Ext2 | OpCode::Ext4 => {
+                    return Err(self.err("extension registry codes (EXT) are refused"))
+                }
+                OpCode::NextBuffer | OpCode::ReadonlyBuffer => {
+                    return Err(self.err("out-of-band buffers are not supported"))
+                }
             }
         }
     }
@@ -473,6 +571,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn extend_top(&mut self, items: Vec<Value>, depth: u32) -> Result<()> {
+        self.charge(items.len() * SLOT)?;
         let err = self.err("APPEND(S)/ADDITEMS target is not a list or set");
         let deep = self.err(format!("values nested deeper than {MAX_DEPTH} levels"));
         let top = self.top_mut()?;
@@ -490,6 +589,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn set_items(&mut self, pairs: Vec<(Value, Value)>, depth: u32) -> Result<()> {
+        self.charge(pairs.len() * 2 * SLOT)?;
         let err = self.err("SETITEM(S) target is not a dict");
         let deep = self.err(format!("values nested deeper than {MAX_DEPTH} levels"));
         let top = self.top_mut()?;
@@ -535,7 +635,9 @@ impl<'a> Unpickler<'a> {
             return Err(self.err(format!("persistent id must be a tuple, got {}", pid.kind())));
         };
         match items.as_slice() {
-            [Value::Str(tag), ty, key, Value::Str(location), n, rest @ ..] if tag == "storage" && rest.len() <= 1 => {
+            [Value::Str(tag), ty, key, Value::Str(location), n, rest @ ..]
+                if tag == "storage" && rest.len() <= 1 =>
+            {
                 let dtype = match ty {
                     Value::Global(Global::Storage(d)) => *d,
                     other => return Err(self.err(format!("unsupported storage type {other:?}"))),
@@ -545,17 +647,26 @@ impl<'a> Unpickler<'a> {
                     Value::Int(i) => i.to_string(),
                     _ => return Err(self.err("storage key must be a string")),
                 };
-                let numel = as_usize(Some(n)).ok_or_else(|| self.err("storage size must be a non-negative int"))?;
+                let numel = as_usize(Some(n))
+                    .ok_or_else(|| self.err("storage size must be a non-negative int"))?;
                 let view = match rest.first() {
                     None | Some(Value::None) => None,
                     Some(Value::Tuple(v)) if v.len() == 3 => {
-                        let off = as_usize(v.get(1)).ok_or_else(|| self.err("bad storage view offset"))?;
-                        let len = as_usize(v.get(2)).ok_or_else(|| self.err("bad storage view size"))?;
+                        let off = as_usize(v.get(1))
+                            .ok_or_else(|| self.err("bad storage view offset"))?;
+                        let len =
+                            as_usize(v.get(2)).ok_or_else(|| self.err("bad storage view size"))?;
                         Some((off, len))
                     }
                     Some(_) => return Err(self.err("bad storage view")),
                 };
-                Ok(Value::Storage(StorageRef { key, dtype, numel, location: location.clone(), view }))
+                Ok(Value::Storage(Box::new(StorageRef {
+                    key,
+                    dtype,
+                    numel,
+                    location: location.clone(),
+                    view,
+                })))
             }
             _ => Err(self.err("persistent id is not a torch storage reference")),
         }
@@ -568,7 +679,9 @@ impl<'a> Unpickler<'a> {
 fn inert_instance(func: &Value, args: &[Value]) -> Option<Value> {
     match (func, args.first()) {
         (Value::Inert(name), _) => Some(Value::Inert(name.clone())),
-        (Value::Global(Global::Reconstructor), Some(Value::Inert(name))) => Some(Value::Inert(name.clone())),
+        (Value::Global(Global::Reconstructor), Some(Value::Inert(name))) => {
+            Some(Value::Inert(name.clone()))
+        }
         _ => None,
     }
 }

@@ -19,11 +19,15 @@ pub enum Value {
     Set(Vec<Value>),
     /// An allow-listed callable or class not (yet) applied.
     Global(Global),
-    /// A storage reference produced by `persistent_load`.
-    Storage(StorageRef),
-    Tensor(TensorRef),
+    /// A storage reference produced by `persistent_load`. Storages and tensors are boxed: every
+    /// value is as large as the largest variant, and they are by far the largest.
+    Storage(Box<StorageRef>),
+    Tensor(Box<TensorRef>),
     /// An instance of an allowed class (e.g. `torch.nn.ParameterDict`) with its `__dict__` state.
-    Object { class: Global, state: Box<Value> },
+    Object {
+        class: Global,
+        state: Box<Value>,
+    },
     /// A class, function or instance outside the allow-list that a training checkpoint may
     /// carry beside its weights (PyTorch Lightning callbacks, OmegaConf configs, numpy scalars),
     /// read only in [`Mode::Checkpoint`]: its dotted name, kept as a label and never called.
@@ -45,7 +49,11 @@ impl Value {
     /// Looks a string key up in a dict (the last occurrence wins, like repeated `SETITEM`).
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Dict(items) => items.iter().rev().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            Value::Dict(items) => items
+                .iter()
+                .rev()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -64,7 +72,9 @@ impl Value {
     }
     /// Dict entries with duplicates removed (last wins), in first-insertion order.
     pub fn dict_entries(&self) -> Option<Vec<(&Value, &Value)>> {
-        let Value::Dict(items) = self else { return None };
+        let Value::Dict(items) = self else {
+            return None;
+        };
         let mut out: Vec<(&Value, &Value)> = Vec::with_capacity(items.len());
         let mut index: HashMap<String, usize> = HashMap::new();
         for (k, v) in items {
@@ -98,14 +108,48 @@ impl Value {
             Value::Object { .. } | Value::Inert(_) => "object",
         }
     }
-    /// Values in this tree (itself included): what a memo copy of it costs.
-    pub(super) fn nodes(&self) -> usize {
-        1 + match self {
-            Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.iter().map(Value::nodes).sum(),
-            Value::Dict(v) => v.iter().map(|(k, x)| k.nodes() + x.nodes()).sum(),
-            Value::Object { state, .. } => state.nodes(),
-            _ => 0,
+    /// Bytes this value takes by itself: its own slot plus the heap buffers it owns directly
+    /// (text, bytes, a container's item buffer), not its items'.
+    pub(super) fn own_bytes(&self) -> usize {
+        const SLOT: usize = std::mem::size_of::<Value>();
+        SLOT + match self {
+            Value::Str(s) | Value::Inert(s) => s.capacity(),
+            Value::Bytes(b) => b.capacity(),
+            Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.capacity() * SLOT,
+            Value::Dict(v) => v.capacity() * 2 * SLOT,
+            Value::Storage(s) => std::mem::size_of::<StorageRef>() + s.heap_bytes(),
+            Value::Tensor(t) => {
+                std::mem::size_of::<TensorRef>()
+                    + t.storage.heap_bytes()
+                    + (t.shape.capacity() + t.stride.capacity()) * std::mem::size_of::<usize>()
+            }
+            Value::Object { .. } => SLOT,
+            Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Global(_) => 0,
         }
+    }
+
+    /// Bytes of the whole tree (what a copy of it allocates), or `None` once past `limit`: the
+    /// walk stops there, so measuring never costs more than the copy would.
+    pub(super) fn tree_bytes(&self, limit: usize) -> Option<usize> {
+        let mut total = self.own_bytes();
+        if total > limit {
+            return None;
+        }
+        // Each item gets what is left, so `total` never passes `limit`.
+        let mut add = |v: &Value| -> Option<()> {
+            total += v.tree_bytes(limit - total)?;
+            Some(())
+        };
+        match self {
+            Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.iter().try_for_each(&mut add)?,
+            Value::Dict(v) => v.iter().try_for_each(|(k, x)| {
+                add(k)?;
+                add(x)
+            })?,
+            Value::Object { state, .. } => add(state)?,
+            _ => {}
+        }
+        Some(total)
     }
 }
 
@@ -120,6 +164,12 @@ pub struct StorageRef {
     pub location: String,
     /// Legacy storage views: (offset in elements into `key`'s storage, view length).
     pub view: Option<(usize, usize)>,
+}
+
+impl StorageRef {
+    fn heap_bytes(&self) -> usize {
+        self.key.capacity() + self.location.capacity()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,7 +207,9 @@ pub(super) fn as_usize(v: Option<&Value>) -> Option<usize> {
 
 pub(super) fn usize_tuple(v: Option<&Value>) -> Option<Vec<usize>> {
     match v {
-        Some(Value::Tuple(items) | Value::List(items)) => items.iter().map(|x| as_usize(Some(x))).collect(),
+        Some(Value::Tuple(items) | Value::List(items)) => {
+            items.iter().map(|x| as_usize(Some(x))).collect()
+        }
         _ => None,
     }
 }
