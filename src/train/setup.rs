@@ -1,7 +1,9 @@
-//! Everything before the first step: the inputs checked before any model loads, the model, the
-//! placeholder tokens and their rows (in both text encoders for SDXL, as
-//! `textual_inversion_sdxl.py`), a resumed checkpoint, AdamW and the LR schedule, the latent
-//! cache, and the random stream up to where the run is.
+//! Everything before the first step, in this order (`Trainer::start`): the inputs checked
+//! before any model loads, the model with the placeholder tokens and their rows (in both text
+//! encoders for SDXL, as `textual_inversion_sdxl.py`), the plan, the run state (fresh or from a
+//! checkpoint: rows, AdamW and the LR schedule), the latent cache, the reporting, and the
+//! random stream up to where the run is. The `Model` and `Data` made here stay as they are
+//! for the whole run.
 use super::config::{InitFrom, TrainConfig};
 use super::dataset::{captions, placeholder_string, Captions, Dataset};
 use super::draws::StepDraws;
