@@ -221,10 +221,45 @@ impl TrainArgs {
     /// The run these flags ask for; flags this tool does not offer are errors (or a log line
     /// when they would change nothing).
     pub fn config(&self) -> Result<TrainConfig> {
+        let num_vectors = self.num_vectors()?;
+        let init = self.init()?;
+        self.unavailable()?;
+        let cfg = TrainConfig {
+            model: self.model_file.source(&self.pretrained_model_name_or_path, self.revision.clone()),
+            variant: self.variant.clone(),
+            tokenizer_dir: self.tokenizer_name.clone(),
+            data: self.data(),
+            placeholder_token: self.placeholder_token.clone(),
+            init,
+            num_vectors,
+            optim: self.optim(),
+            precision: self.mixed_precision,
+            device: self.device,
+            allow_tf32: self.allow_tf32,
+            seed: self.seed,
+            cache_latents: !self.no_cache_latents,
+            gradient_checkpointing: self.gradient_checkpointing,
+            output: self.output(),
+            captions: self.captions(),
+            loss: self.loss(),
+            validation: self.validation(),
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// `--num_vectors`, or 0: as many as --initial_embedding holds (setup decides), else 1.
+    fn num_vectors(&self) -> Result<usize> {
         if let Some(n) = self.num_vectors.filter(|&n| n < 1) {
             bail!("--num_vectors has to be larger or equal to 1, but is {n}");
         }
-        let init = match (&self.initial_embedding, &self.initializer_text, &self.initializer_token) {
+        Ok(self.num_vectors.map_or(0, |n| n as usize))
+    }
+
+    /// Where the vectors start: --initial_embedding over --initializer_text over
+    /// --initializer_token (the ones not used are named in a warning).
+    fn init(&self) -> Result<InitFrom> {
+        Ok(match (&self.initial_embedding, &self.initializer_text, &self.initializer_token) {
             (Some(f), text, token) => {
                 if text.is_some() || token.is_some() {
                     tracing::warn!("--initial_embedding given: --initializer_token/--initializer_text are not used");
@@ -239,7 +274,12 @@ impl TrainArgs {
             }
             (None, None, Some(t)) => InitFrom::Token(t.clone()),
             (None, None, None) => bail!("the following arguments are required: --initializer_token (or --initializer_text, --initial_embedding)"),
-        };
+        })
+    }
+
+    /// The script's flags this tool does not act on: an error where the user expects an effect
+    /// (--push_to_hub), a log line where the result is the same.
+    fn unavailable(&self) -> Result<()> {
         if self.push_to_hub {
             bail!("--push_to_hub is not available: this tool does not upload. Train, then upload output_dir with `hf upload` (huggingface_hub's CLI)");
         }
@@ -249,82 +289,85 @@ impl TrainArgs {
         if self.enable_xformers_memory_efficient_attention {
             tracing::info!("--enable_xformers_memory_efficient_attention: attention already runs through scaled_dot_product_attention");
         }
-        let validation = self.validation_prompt.as_ref().map(|prompt| ValidationConfig {
+        Ok(())
+    }
+
+    fn data(&self) -> DataConfig {
+        DataConfig {
+            dir: self.train_data_dir.clone(),
+            order: if self.sort_images { ImageOrder::Sorted } else { ImageOrder::Directory },
+            resolution: self.resolution,
+            center_crop: self.center_crop,
+            repeats: self.repeats,
+            property: self.learnable_property,
+        }
+    }
+
+    fn optim(&self) -> OptimConfig {
+        OptimConfig {
+            batch_size: self.train_batch_size,
+            gradient_accumulation_steps: self.gradient_accumulation_steps,
+            max_train_steps: self.max_train_steps,
+            learning_rate: self.learning_rate,
+            scale_lr: self.scale_lr,
+            lr_schedule: self.lr_scheduler,
+            lr_warmup_steps: self.lr_warmup_steps,
+            lr_num_cycles: self.lr_num_cycles,
+            adam_beta1: self.adam_beta1,
+            adam_beta2: self.adam_beta2,
+            adam_weight_decay: self.adam_weight_decay,
+            adam_epsilon: self.adam_epsilon,
+        }
+    }
+
+    fn output(&self) -> OutputConfig {
+        OutputConfig {
+            dir: self.output_dir.clone(),
+            logging_dir: self.logging_dir.clone(),
+            report_to: self.report_to,
+            embedding_format: if self.no_safe_serialization { EmbeddingFormat::Bin } else { EmbeddingFormat::Safetensors },
+            save_steps: self.save_steps,
+            checkpointing_steps: self.checkpointing_steps,
+            checkpoints_total_limit: self.checkpoints_total_limit,
+            resume_from_checkpoint: self.resume_from_checkpoint.clone(),
+            save_as_full_pipeline: self.save_as_full_pipeline,
+            stats_json: self.stats_json.clone(),
+            extra_formats: self.save_format.clone(),
+        }
+    }
+
+    fn captions(&self) -> CaptionConfig {
+        CaptionConfig {
+            extension: self.caption_extension.clone(),
+            template_file: self.template_file.clone(),
+            shuffle_tags: self.shuffle_tags,
+            tag_dropout: self.tag_dropout,
+        }
+    }
+
+    fn loss(&self) -> LossConfig {
+        LossConfig {
+            kind: self.loss_type,
+            huber_c: self.huber_c,
+            huber_schedule: self.huber_schedule,
+            huber_scale: self.huber_scale,
+            snr_gamma: self.snr_gamma,
+            noise_offset: self.noise_offset,
+            max_grad_norm: self.max_grad_norm,
+        }
+    }
+
+    /// `--validation_prompt`, every --validation_steps updates (or the deprecated
+    /// --validation_epochs); None without a prompt.
+    fn validation(&self) -> Option<ValidationConfig> {
+        self.validation_prompt.as_ref().map(|prompt| ValidationConfig {
             prompt: prompt.clone(),
             num_images: self.num_validation_images,
             every: match self.validation_epochs {
                 Some(e) => ValidationEvery::Epochs(e),
                 None => ValidationEvery::Steps(self.validation_steps),
             },
-        });
-        let cfg = TrainConfig {
-            model: self.model_file.source(&self.pretrained_model_name_or_path, self.revision.clone()),
-            variant: self.variant.clone(),
-            tokenizer_dir: self.tokenizer_name.clone(),
-            data: DataConfig {
-                dir: self.train_data_dir.clone(),
-                order: if self.sort_images { ImageOrder::Sorted } else { ImageOrder::Directory },
-                resolution: self.resolution,
-                center_crop: self.center_crop,
-                repeats: self.repeats,
-                property: self.learnable_property,
-            },
-            placeholder_token: self.placeholder_token.clone(),
-            init,
-            // 0: as many as --initial_embedding holds (setup decides), else 1.
-            num_vectors: self.num_vectors.map_or(0, |n| n as usize),
-            optim: OptimConfig {
-                batch_size: self.train_batch_size,
-                gradient_accumulation_steps: self.gradient_accumulation_steps,
-                max_train_steps: self.max_train_steps,
-                learning_rate: self.learning_rate,
-                scale_lr: self.scale_lr,
-                lr_schedule: self.lr_scheduler,
-                lr_warmup_steps: self.lr_warmup_steps,
-                lr_num_cycles: self.lr_num_cycles,
-                adam_beta1: self.adam_beta1,
-                adam_beta2: self.adam_beta2,
-                adam_weight_decay: self.adam_weight_decay,
-                adam_epsilon: self.adam_epsilon,
-            },
-            precision: self.mixed_precision,
-            device: self.device,
-            allow_tf32: self.allow_tf32,
-            seed: self.seed,
-            cache_latents: !self.no_cache_latents,
-            gradient_checkpointing: self.gradient_checkpointing,
-            output: OutputConfig {
-                dir: self.output_dir.clone(),
-                logging_dir: self.logging_dir.clone(),
-                report_to: self.report_to,
-                embedding_format: if self.no_safe_serialization { EmbeddingFormat::Bin } else { EmbeddingFormat::Safetensors },
-                save_steps: self.save_steps,
-                checkpointing_steps: self.checkpointing_steps,
-                checkpoints_total_limit: self.checkpoints_total_limit,
-                resume_from_checkpoint: self.resume_from_checkpoint.clone(),
-                save_as_full_pipeline: self.save_as_full_pipeline,
-                stats_json: self.stats_json.clone(),
-                extra_formats: self.save_format.clone(),
-            },
-            captions: CaptionConfig {
-                extension: self.caption_extension.clone(),
-                template_file: self.template_file.clone(),
-                shuffle_tags: self.shuffle_tags,
-                tag_dropout: self.tag_dropout,
-            },
-            loss: LossConfig {
-                kind: self.loss_type,
-                huber_c: self.huber_c,
-                huber_schedule: self.huber_schedule,
-                huber_scale: self.huber_scale,
-                snr_gamma: self.snr_gamma,
-                noise_offset: self.noise_offset,
-                max_grad_norm: self.max_grad_norm,
-            },
-            validation,
-        };
-        cfg.check()?;
-        Ok(cfg)
+        })
     }
 }
 

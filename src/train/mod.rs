@@ -4,10 +4,16 @@
 //! triggers ([`on_update`]: saves, checkpoints, [`validation`]), the optimizer and LR schedules,
 //! checkpoints ([`state`]) and metrics.
 //!
-//! Where a second model family slots in (SDXL): [`config`] gains the SDXL script's flags, the
-//! dataset its `original_size`/crop coordinates per image, [`step`] the added conditioning
-//! (pooled embedding, time ids) and a second text encoder, [`setup`] the second tokenizer's
-//! placeholder tokens and rows, [`on_update`] the second embedding file.
+//! A run in progress is grouped by what changes each part: the run state a checkpoint holds
+//! or replays (`run_state`), the plan fixed at start (`plan`), the reporting (`reporting`), and
+//! the model and data that [`setup`] makes and nothing changes after.
+//!
+//! SDXL (`textual_inversion_sdxl.py`) runs through the same modules, chosen by the model's
+//! family rather than by flags: the dataset keeps each image's `original_size`, [`setup`] adds
+//! the placeholder tokens and rows to both tokenizers and text encoders, one AdamW trains both
+//! row tensors, [`trainer`] gives each item its second tokenizer's ids and time ids, [`step`]
+//! adds the conditioning (the second encoder's pooled embedding, the time ids), and
+//! [`on_update`] writes `learned_embeds_2` and the `{clip_l, clip_g}` file.
 pub mod config;
 pub mod dataset;
 pub mod draws;
@@ -19,6 +25,9 @@ pub mod metrics;
 pub mod on_update;
 pub mod optim;
 pub mod output;
+mod plan;
+mod reporting;
+mod run_state;
 pub mod script_rng;
 pub mod setup;
 pub mod state;

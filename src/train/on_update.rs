@@ -2,7 +2,7 @@
 //! `--save_steps` (SDXL: also `learned_embeds_2-steps-N`), `checkpoint-N` (pruned to
 //! `--checkpoints_total_limit`) every `--checkpointing_steps`, validation images every
 //! `--validation_steps`. Also where the embedding files are written.
-use super::state::{self, Checkpoint};
+use super::state;
 use super::trainer::Trainer;
 use crate::formats::embeddings::{self as emb_files, Embedding, Encoder, OutFormat, Part};
 use crate::libtorch_extras::CpuRngState;
@@ -68,7 +68,7 @@ impl Trainer<'_> {
         let out = &self.cfg.output;
         let suffix = step.map(|s| format!("-steps-{s}")).unwrap_or_default();
         let mut first = None;
-        for (i, rows) in self.trainable.iter().enumerate() {
+        for (i, rows) in self.run.rows.trainable.iter().enumerate() {
             let name = if i == 0 { "learned_embeds" } else { "learned_embeds_2" };
             let path = out.dir.join(format!("{name}{suffix}.{}", out.embedding_format.extension()));
             save_embeddings(&path, &self.cfg.placeholder_token, rows)?;
@@ -87,17 +87,18 @@ impl Trainer<'_> {
         let out = &self.cfg.output;
         let trigger = trigger_name(&self.cfg.placeholder_token);
         let extra: Vec<SaveFormat> = out.extra_formats.iter().copied().filter(|f| *f != SaveFormat::Diffusers).collect();
-        if self.trainable.len() == 2 {
+        let trainable = &self.run.rows.trainable;
+        if trainable.len() == 2 {
             if step.is_none() || !extra.is_empty() {
                 let suffix = step.map(|s| format!("-{s}")).unwrap_or_default();
-                save_sdxl_pair(&out.dir.join(format!("{trigger}{suffix}.safetensors")), &self.trainable)?;
+                save_sdxl_pair(&out.dir.join(format!("{trigger}{suffix}.safetensors")), trainable)?;
             }
             return Ok(());
         }
         // A1111's sd_checkpoint_name: the model's name (its last path component).
-        let described = self.repo.describe();
+        let described = self.model.repo.describe();
         let model = described.trim_end_matches('/').rsplit('/').next().unwrap_or(&described).to_string();
-        let step_n = step.unwrap_or(self.position.global_step);
+        let step_n = step.unwrap_or(self.run.position.global_step);
         for format in extra {
             let (format, file) = match (format, step) {
                 (SaveFormat::A1111, None) => (OutFormat::A1111, format!("{trigger}.pt")),
@@ -106,13 +107,13 @@ impl Trainer<'_> {
                 (SaveFormat::Kohya, Some(s)) => (OutFormat::Kohya, format!("{trigger}-step{s:08}.safetensors")),
                 (SaveFormat::Diffusers, _) => continue,
             };
-            save_extra(&out.dir.join(file), format, &trigger, &self.trainable[0], step_n, &model)?;
+            save_extra(&out.dir.join(file), format, &trigger, &trainable[0], step_n, &model)?;
         }
         Ok(())
     }
 
     pub(super) fn on_update(&mut self) -> Result<()> {
-        let gs = self.position.global_step;
+        let gs = self.run.position.global_step;
         let out = &self.cfg.output;
         if gs % out.save_steps == 0 {
             self.save_embeddings(Some(gs))?;
@@ -120,7 +121,7 @@ impl Trainer<'_> {
         if gs % out.checkpointing_steps == 0 {
             self.save_checkpoint()?;
         }
-        if self.validation_steps > 0 && gs % self.validation_steps == 0 {
+        if self.plan.validates_at(gs) {
             self.validate()?;
         }
         Ok(())
@@ -131,14 +132,8 @@ impl Trainer<'_> {
         if let Some(limit) = out.checkpoints_total_limit {
             state::prune(&out.dir, limit)?;
         }
-        let dir = out.dir.join(format!("checkpoint-{}", self.position.global_step));
-        let mut optimizer = self.opt.state()?;
-        if let Some(s) = &self.scaler {
-            optimizer.extend(s.state().into_iter().map(|(k, t)| (format!("scaler.{k}"), t)));
-        }
-        let rows = self.trainable.iter().map(Tensor::detach).collect();
-        let checkpoint = Checkpoint { position: self.position.clone(), rows, optimizer, scheduler: self.lr_sched.state() };
-        state::save(&dir, &checkpoint)?;
+        let dir = out.dir.join(format!("checkpoint-{}", self.run.position.global_step));
+        state::save(&dir, &self.run.checkpoint()?)?;
         tracing::info!("Saved state to {}", dir.display());
         Ok(())
     }
@@ -146,22 +141,22 @@ impl Trainer<'_> {
     /// A failed validation never ends the run: the embeddings are what the user waits for
     /// (libtorch failures arrive as panics: caught too).
     fn validate(&mut self) -> Result<()> {
-        self.validate_at(self.position.global_step)
+        self.validate_at(self.run.position.global_step)
     }
 
     /// textual_inversion_sdxl.py's last validation, after training.
     pub(super) fn validate_final(&mut self) -> Result<()> {
-        self.validate_at(self.position.global_step)
+        self.validate_at(self.run.position.global_step)
     }
 
     fn validate_at(&mut self, gs: u64) -> Result<()> {
         let Some(v) = &self.cfg.validation else { return Ok(()) };
-        let seed = self.position.seed;
+        let seed = self.run.position.seed;
         // The script draws validation latents from a generator of its own; ours come from the
         // global CPU generator (on a GPU, from the device's), so its state is put back after.
         let training_stream = CpuRngState::save()?;
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            super::validation::validate(&self.models, v, &self.cfg.output.dir, seed, gs).and_then(|images| self.metrics.log_image_tensor(gs, &images))
+            super::validation::validate(&self.model.models, v, &self.cfg.output.dir, seed, gs).and_then(|images| self.report.log_images(gs, &images))
         }));
         match run {
             Ok(Ok(())) => {}

@@ -1,18 +1,20 @@
-//! Everything before the first step: the inputs checked before any model loads, the model, the
-//! placeholder tokens and their rows (in both text encoders for SDXL, as
-//! `textual_inversion_sdxl.py`), a resumed checkpoint, AdamW and the LR schedule, the latent
-//! cache, and the random stream up to where the run is.
+//! Everything before the first step, in this order (`Trainer::start`): the inputs checked
+//! before any model loads, the model with the placeholder tokens and their rows (in both text
+//! encoders for SDXL, as `textual_inversion_sdxl.py`), the plan, the run state (fresh or from a
+//! checkpoint: rows, AdamW and the LR schedule), the latent cache, the reporting, and the
+//! random stream up to where the run is. The `Model` and `Data` made here stay as they are
+//! for the whole run.
 use super::config::{InitFrom, TrainConfig};
 use super::dataset::{captions, placeholder_string, Captions, Dataset};
 use super::draws::StepDraws;
-use super::grad_scaler::GradScaler;
 use super::latent_cache::LatentCache;
-use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
-use super::metrics::Metrics;
-use super::optim::{AdamW, AdamWConfig};
+use super::plan::Plan;
+use super::reporting::Reporting;
+use super::run_state::{Rows, RunState, Stream};
 use super::script_rng::StreamShape;
 use super::state::{self, Checkpoint, Position};
 use super::trainer::Trainer;
+use crate::models::repo::ModelRepo;
 use crate::models::stable_diffusion::{self as sd, LoadOptions, WeightOptions};
 use crate::pipeline::Models;
 use crate::schedulers::DdpmScheduler;
@@ -163,20 +165,6 @@ fn find_checkpoint(cfg: &TrainConfig, n: usize) -> Result<Option<Checkpoint>> {
     Ok(Some(checkpoint))
 }
 
-/// The optimizer-state tensors of a checkpoint: AdamW's (no prefix) or the loss scaler's
-/// (`scaler.` prefix).
-fn split_optimizer_state(checkpoint: &Checkpoint, scaler: bool) -> Vec<(String, Tensor)> {
-    checkpoint
-        .optimizer
-        .iter()
-        .filter_map(|(k, t)| match (k.strip_prefix("scaler."), scaler) {
-            (Some(rest), true) => Some((rest.to_string(), t.shallow_clone())),
-            (None, false) => Some((k.clone(), t.shallow_clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The most the latent cache may hold (mean and std of every image, flipped and not).
 pub const LATENT_CACHE_BYTES: i64 = 1 << 30;
 
@@ -198,42 +186,76 @@ fn latent_cache_fits(models: &Models, dataset: &Dataset, kind: Kind) -> bool {
     true
 }
 
-impl<'c> Trainer<'c> {
-    /// Loads and prepares everything; nothing is trained yet.
-    pub(super) fn start(cfg: &'c TrainConfig) -> Result<Self> {
-        let started = std::time::Instant::now();
-        cfg.check()?;
-        // Everything the user controls is checked before any model loads.
-        let data = &cfg.data;
-        let repo = cfg.model.resolve()?;
-        if let (true, Some(file)) = (cfg.output.save_as_full_pipeline, repo.single_file()) {
-            bail!(
-                "--save_as_full_pipeline copies the model folder's weight files, and {} is a single file: convert it first (`textual-inversion convert-model {} DIR`) and train from DIR",
-                file.path.display(),
-                file.path.display()
-            );
-        }
-        let xl = sd::family(&repo)?.is_xl();
-        // textual_inversion_sdxl.py resizes straight to the square (its crop is then a no-op).
-        if xl && data.center_crop {
-            tracing::warn!("--center_crop has no effect on SDXL: textual_inversion_sdxl.py resizes every image straight to the resolution");
-        }
-        let caption_ext = captions::caption_extension(&cfg.captions);
-        let dataset = Dataset::load_with(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
-        let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
-        super::output::prepare(cfg, &repo, xl)?;
-        crate::device::ensure_available(cfg.device)?;
-        // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
-        if cfg.allow_tf32 {
-            crate::libtorch_extras::set_allow_tf32(true)?;
-        }
-        let kind = cfg.precision.kind();
-        let seed = cfg.seed.unwrap_or_else(|| {
-            let s = crate::seed::clock_seed();
-            tracing::info!("no --seed given: using {s}");
-            s
-        });
+/// The model trained: its tokenizers hold the placeholder tokens and its text encoders their
+/// rows; the noise schedule of its training. Stays as [`Model::load`] and [`Data::prepare`]
+/// leave it.
+pub(super) struct Model {
+    pub(super) repo: ModelRepo,
+    pub(super) models: Models,
+    pub(super) ddpm: DdpmScheduler,
+    /// `P, P_1, ...` and their ids in each tokenizer.
+    pub(super) tokens: Vec<String>,
+    pub(super) token_ids: Vec<Vec<i64>>,
+}
 
+/// The training data, as loaded.
+pub(super) struct Data {
+    pub(super) dataset: Dataset,
+    /// Each item's caption (template, caption file, tags).
+    pub(super) captions: Captions,
+    /// All placeholder tokens, as captions write the concept.
+    pub(super) placeholder: String,
+    pub(super) cache: LatentCache,
+}
+
+/// What the user controls, checked before any model loads.
+struct Inputs {
+    repo: ModelRepo,
+    dataset: Dataset,
+    captions: Captions,
+    /// `--seed`, or one from the clock.
+    seed: u64,
+}
+
+/// The configuration, the model's files, the images and captions; then the output folder made
+/// ready, the device, TF32 and the seed.
+fn check_inputs(cfg: &TrainConfig) -> Result<Inputs> {
+    cfg.check()?;
+    let data = &cfg.data;
+    let repo = cfg.model.resolve()?;
+    if let (true, Some(file)) = (cfg.output.save_as_full_pipeline, repo.single_file()) {
+        bail!(
+            "--save_as_full_pipeline copies the model folder's weight files, and {} is a single file: convert it first (`textual-inversion convert-model {} DIR`) and train from DIR",
+            file.path.display(),
+            file.path.display()
+        );
+    }
+    let xl = sd::family(&repo)?.is_xl();
+    // textual_inversion_sdxl.py resizes straight to the square (its crop is then a no-op).
+    if xl && data.center_crop {
+        tracing::warn!("--center_crop has no effect on SDXL: textual_inversion_sdxl.py resizes every image straight to the resolution");
+    }
+    let caption_ext = captions::caption_extension(&cfg.captions);
+    let dataset = Dataset::load_with(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
+    let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
+    super::output::prepare(cfg, &repo, xl)?;
+    crate::device::ensure_available(cfg.device)?;
+    // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
+    if cfg.allow_tf32 {
+        crate::libtorch_extras::set_allow_tf32(true)?;
+    }
+    let seed = cfg.seed.unwrap_or_else(|| {
+        let s = crate::seed::clock_seed();
+        tracing::info!("no --seed given: using {s}");
+        s
+    });
+    Ok(Inputs { repo, dataset, captions, seed })
+}
+
+impl Model {
+    /// Loads the model of `repo` and adds the placeholder tokens; returns it with the number
+    /// of vectors and each text encoder's starting rows ([`initial_vectors`]).
+    fn load(cfg: &TrainConfig, repo: ModelRepo) -> Result<(Self, usize, Vec<Tensor>)> {
         let load = LoadOptions {
             weights: WeightOptions { variant: cfg.variant.clone(), use_safetensors: None },
             text_encoder_variant: false,
@@ -245,60 +267,43 @@ impl<'c> Trainer<'c> {
         let (n, init_rows) = initial_vectors(cfg, &models)?;
         let (tokens, token_ids) = add_placeholder_tokens(cfg, n, &mut models)?;
         let ddpm = DdpmScheduler::new(&models.scheduler_config)?;
+        Ok((Model { repo, models, ddpm, tokens, token_ids }, n, init_rows))
+    }
+}
 
-        // Steps and epochs, as the script's arithmetic (one process).
-        let optim = &cfg.optim;
-        let batches_per_epoch = dataset.len().div_ceil(optim.batch_size) as u64;
-        let updates_per_epoch = batches_per_epoch.div_ceil(optim.gradient_accumulation_steps);
-        let num_epochs = optim.max_train_steps.div_ceil(updates_per_epoch);
-        let validation_steps = cfg.validation.as_ref().map_or(0, |v| v.every.steps(dataset.len()));
-        let lr = optim.base_lr();
-
-        // State: fresh or resumed.
-        let resumed = find_checkpoint(cfg, n)?;
-        let (rows, position) = match &resumed {
-            Some(checkpoint) => {
-                if checkpoint.rows.len() != init_rows.len() {
-                    bail!("the checkpoint holds rows for {} text encoder(s); this model has {}", checkpoint.rows.len(), init_rows.len());
-                }
-                (checkpoint.rows.iter().map(|r| r.to_kind(Kind::Float)).collect::<Vec<_>>(), checkpoint.position.clone())
+/// The run's position and rows: a resumed checkpoint's, else step 0 (from `seed`) and
+/// `init_rows`. The rows go into the text encoders, which train them, and AdamW with the LR
+/// schedule over them (their states from the checkpoint).
+fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows: &[Tensor], seed: u64) -> Result<(Position, Rows)> {
+    let resumed = find_checkpoint(cfg, n)?;
+    let (rows, position) = match &resumed {
+        Some(checkpoint) => {
+            if checkpoint.rows.len() != init_rows.len() {
+                bail!("the checkpoint holds rows for {} text encoder(s); this model has {}", checkpoint.rows.len(), init_rows.len());
             }
-            None => (
-                init_rows.iter().map(|r| r.detach().to_kind(Kind::Float)).collect(),
-                Position { global_step: 0, micro_step: 0, accumulation: 0, seed, placeholder_token: cfg.placeholder_token.clone(), num_vectors: n },
-            ),
-        };
-        let seed = position.seed;
-        let mut trainable = Vec::new();
-        for (text, rows) in models.stacks_mut().into_iter().zip(rows) {
-            text.encoder.set_new_rows(rows.to_device(cfg.device).set_requires_grad(true))?;
-            trainable.push(text.encoder.new_rows().context("placeholder rows")?.shallow_clone());
+            (checkpoint.rows.iter().map(|r| r.to_kind(Kind::Float)).collect::<Vec<_>>(), checkpoint.position.clone())
         }
-        let initial_rows: Vec<Tensor> = trainable.iter().map(|t| t.detach().copy()).collect();
-        let adam_cfg = AdamWConfig { lr, beta1: optim.adam_beta1, beta2: optim.adam_beta2, eps: optim.adam_epsilon, weight_decay: optim.adam_weight_decay };
-        // One AdamW over every encoder's rows, as the SDXL script's one optimizer over both.
-        let mut opt = AdamW::new(trainable.iter().map(Tensor::shallow_clone).collect(), adam_cfg)?;
-        let schedule = LrSchedule::new(
-            optim.lr_schedule,
-            &ScheduleArgs {
-                num_warmup_steps: optim.lr_warmup_steps,
-                num_training_steps: optim.max_train_steps as i64,
-                num_cycles: optim.lr_num_cycles,
-                learning_rate: lr,
-            },
-        )?;
-        let mut lr_sched = LrScheduler::new(schedule, lr);
-        let mut scaler = (kind == Kind::Half).then(GradScaler::default);
-        if let Some(checkpoint) = &resumed {
-            opt.load_state(&split_optimizer_state(checkpoint, false))?;
-            lr_sched.load_state(&checkpoint.scheduler)?;
-            if let Some(s) = scaler.as_mut() {
-                s.load_state(&split_optimizer_state(checkpoint, true))?;
-            }
-        }
-        opt.set_lr(lr_sched.lr());
+        None => (
+            init_rows.iter().map(|r| r.detach().to_kind(Kind::Float)).collect(),
+            Position { global_step: 0, micro_step: 0, accumulation: 0, seed, placeholder_token: cfg.placeholder_token.clone(), num_vectors: n },
+        ),
+    };
+    let mut trainable = Vec::new();
+    for (text, rows) in models.stacks_mut().into_iter().zip(rows) {
+        text.encoder.set_new_rows(rows.to_device(cfg.device).set_requires_grad(true))?;
+        trainable.push(text.encoder.new_rows().context("placeholder rows")?.shallow_clone());
+    }
+    let rows = Rows::new(trainable, &cfg.optim, cfg.precision.kind(), resumed.as_ref())?;
+    Ok((position, rows))
+}
 
-        let cache_latents = cfg.cache_latents && latent_cache_fits(&models, &dataset, kind);
+impl Data {
+    /// The latent cache (when it fits: [`latent_cache_fits`]) and the placeholder string;
+    /// the VAE parts training no longer needs let go.
+    fn prepare(cfg: &TrainConfig, dataset: Dataset, captions: Captions, model: &mut Model) -> Result<Self> {
+        let kind = cfg.precision.kind();
+        let models = &mut model.models;
+        let cache_latents = cfg.cache_latents && latent_cache_fits(models, &dataset, kind);
         let cache = if cache_latents { LatentCache::build(&models.vae, &dataset, cfg.device, kind)? } else { LatentCache::default() };
         // What training no longer needs goes (the VAE is a tenth of SD 1.5's weights): the
         // encoder once every latent is cached, the decoder when nothing is validated.
@@ -308,62 +313,41 @@ impl<'c> Trainer<'c> {
         if cfg.validation.is_none() {
             models.vae.release_decoder();
         }
-        let placeholder = placeholder_string(&tokens);
-        tracing::info!("***** Running training *****");
-        tracing::info!("  Num examples = {}", dataset.len());
-        tracing::info!("  Num Epochs = {num_epochs}");
-        tracing::info!("  Instantaneous batch size per device = {}", optim.batch_size);
-        tracing::info!("  Total train batch size (w. parallel, distributed & accumulation) = {}", optim.batch_size as u64 * optim.gradient_accumulation_steps);
-        tracing::info!("  Gradient Accumulation steps = {}", optim.gradient_accumulation_steps);
-        tracing::info!("  Total optimization steps = {}", optim.max_train_steps);
-        let metrics = Metrics::new(&cfg.output.dir, &cfg.output.logging_dir, cfg.output.report_to)?;
-        let bar = crate::progress::bar(optim.max_train_steps, "Steps {pos}/{len} [{bar:30}] {per_sec} ETA {eta} {msg}");
-        bar.set_position(position.global_step);
-        if position.global_step >= optim.max_train_steps {
-            // The script would still run one more update here (its stop check follows the step).
-            tracing::info!("the checkpoint is already at step {} of {}: nothing to train", position.global_step, optim.max_train_steps);
-        }
+        let placeholder = placeholder_string(&model.tokens);
+        Ok(Data { dataset, captions, placeholder, cache })
+    }
+}
 
+/// What the script's random stream depends on: the seed, the resized embedding matrices, the
+/// data order's and captions' draws, each step's shapes.
+fn step_draws(cfg: &TrainConfig, model: &Model, data: &Data, seed: u64, n: usize) -> StepDraws {
+    let models = &model.models;
+    StepDraws {
+        kind: cfg.precision.kind(),
+        latent_size: cfg.data.resolution as i64 / models.vae_scale_factor(),
+        num_train_timesteps: model.ddpm.num_train_timesteps(),
+        seed,
+        resized: models.stacks().iter().map(|t| (t.encoder.base_vocab() + n as i64, t.encoder.hidden_size())).collect(),
+        num_vectors: n as i64,
+        shape: StreamShape { len: data.dataset.len(), batch_size: cfg.optim.batch_size, templates: data.captions.num_templates(), tags: data.captions.tag_draws() },
+        noise_offset: cfg.loss.noise_offset > 0.0,
+    }
+}
+
+impl<'c> Trainer<'c> {
+    /// Loads and prepares everything; nothing is trained yet.
+    pub(super) fn start(cfg: &'c TrainConfig) -> Result<Self> {
+        let started = std::time::Instant::now();
+        let Inputs { repo, dataset, captions, seed } = check_inputs(cfg)?;
+        let (mut model, n, init_rows) = Model::load(cfg, repo)?;
+        let plan = Plan::new(cfg, dataset.len());
+        let (position, rows) = restore_or_start(cfg, &mut model.models, n, &init_rows, seed)?;
+        let data = Data::prepare(cfg, dataset, captions, &mut model)?;
+        plan.log(cfg, data.dataset.len());
+        let report = Reporting::start(cfg, started, position.global_step, &rows.trainable)?;
         // The script's random stream, from set_seed on: replayed without computing up to the
         // checkpoint when resuming, so a resumed run continues the very same draws.
-        let draws = StepDraws {
-            kind,
-            latent_size: data.resolution as i64 / models.vae_scale_factor(),
-            num_train_timesteps: ddpm.num_train_timesteps(),
-            seed,
-            resized: models.stacks().iter().map(|t| (t.encoder.base_vocab() + n as i64, t.encoder.hidden_size())).collect(),
-            num_vectors: n as i64,
-            shape: StreamShape { len: dataset.len(), batch_size: optim.batch_size, templates: captions.num_templates(), tags: captions.tag_draws() },
-            noise_offset: cfg.loss.noise_offset > 0.0,
-        };
-        let (stream, epoch) = draws.replay(position.micro_step);
-        Ok(Trainer {
-            cfg,
-            repo,
-            dataset,
-            models,
-            ddpm,
-            tokens,
-            token_ids,
-            trainable,
-            opt,
-            lr_sched,
-            scaler,
-            position,
-            cache,
-            captions,
-            placeholder,
-            draws,
-            stream,
-            epoch,
-            num_epochs,
-            validation_steps,
-            metrics,
-            bar,
-            losses: Vec::new(),
-            started,
-            step_times: Vec::new(),
-            initial_rows,
-        })
+        let stream = Stream::replay(step_draws(cfg, &model, &data, position.seed, n), position.micro_step);
+        Ok(Trainer { cfg, model, data, run: RunState { position, rows, stream }, plan, report })
     }
 }
