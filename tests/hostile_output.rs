@@ -340,3 +340,36 @@ fn a_folder_of_thousands_of_images_trains_in_bounded_memory() {
     eprintln!("peak RSS: 4 images {} MiB, 6000 images {} MiB", small >> 20, large >> 20);
     assert!(large < small + (300 << 20), "peak RSS {} MiB for 6000 images against {} MiB for 4: memory grows with the folder", large >> 20, small >> 20);
 }
+
+#[test]
+fn a_file_of_twenty_thousand_embeddings_loads_in_linear_time() {
+    use textual_inversion::formats::{safetensors_io, DType, RawTensor};
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(repo().join("fixtures/tiny-sd/text_encoder/config.json")).unwrap()).unwrap();
+    let width = cfg["hidden_size"].as_u64().unwrap() as usize;
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("many.safetensors");
+    let tensors: Vec<(String, RawTensor)> = (0..20_000)
+        .map(|i| {
+            let row: Vec<u8> = (0..width).flat_map(|k| ((i * 7 + k) as f32 * 1e-4).to_le_bytes()).collect();
+            (format!("<tok{i}>"), RawTensor::new(DType::F32, vec![width], row).unwrap())
+        })
+        .collect();
+    safetensors_io::save(&path, &tensors, None).unwrap();
+    let start = Instant::now();
+    let o = bin()
+        .args(["generate", "--model"])
+        .arg(repo().join("fixtures/tiny-sd"))
+        .arg("--embedding")
+        .arg(&path)
+        .args(["--prompt", "a <tok19999>", "--num_inference_steps", "1", "--height", "32", "--width", "32", "--seed", "1", "--output_dir"])
+        .arg(d.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", stderr(&o));
+    eprintln!("20000 embeddings loaded and used in {secs:.1} s");
+    // Adding them one by one (one tokenizer call and one concatenation of every row so far
+    // per embedding) took minutes.
+    assert!(secs < 60.0, "{secs:.1} s");
+}

@@ -99,9 +99,8 @@ pub fn load(specs: &[EmbeddingSpec], tokenizer: &mut ClipTokenizer, text_encoder
     let mut loaded = Vec::new();
     for spec in specs {
         for (file, _) in resolve_files(&spec.path)? {
-            for (part, token) in single_encoder_parts(spec, &file, text_encoder.hidden_size())? {
-                loaded.push(add_token(tokenizer, text_encoder, &token, &part, &file, spec)?);
-            }
+            let parts = single_encoder_parts(spec, &file, text_encoder.hidden_size())?;
+            loaded.extend(add_tokens(tokenizer, text_encoder, &parts, &file, spec)?);
         }
     }
     Ok(loaded)
@@ -117,10 +116,13 @@ pub fn load_into(specs: &[EmbeddingSpec], stacks: &mut [&mut TextStack]) -> Resu
     }
     for spec in specs {
         for (file, folder_slot) in resolve_files(&spec.path)? {
-            for (slot, part, token) in xl_parts(spec, &file, folder_slot)? {
-                let stack = &mut stacks[slot];
-                let t = add_token(&mut stack.tokenizer, &mut stack.encoder, &token, &part, &file, spec)?;
-                stack.tokens.push(t);
+            let parts = xl_parts(spec, &file, folder_slot)?;
+            for (slot, stack) in stacks.iter_mut().enumerate() {
+                let mine: Vec<(Part, String)> = parts.iter().filter(|(s, _, _)| *s == slot).map(|(_, p, t)| (p.clone(), t.clone())).collect();
+                if !mine.is_empty() {
+                    let loaded = add_tokens(&mut stack.tokenizer, &mut stack.encoder, &mine, &file, spec)?;
+                    stack.tokens.extend(loaded);
+                }
             }
         }
     }
@@ -194,39 +196,59 @@ fn xl_parts(spec: &EmbeddingSpec, file: &Path, folder_slot: Option<usize>) -> Re
     Ok(out)
 }
 
-/// Adds `token` (and `token_1, ...` for several vectors) to the tokenizer and its rows to the
-/// text encoder, refusing what would not fit.
-fn add_token(tokenizer: &mut ClipTokenizer, text_encoder: &mut ClipTextModel, token: &str, part: &Part, file: &Path, spec: &EmbeddingSpec) -> Result<LoadedToken> {
+/// Adds each `(part, token)` of one file — `token` (and `token_1, ...` for several vectors) to
+/// the tokenizer and its rows to the text encoder — refusing what would not fit. One file's
+/// tokens are added in one call and its rows in one concatenation, so a file of many
+/// embeddings loads in time linear in its size.
+fn add_tokens(tokenizer: &mut ClipTokenizer, text_encoder: &mut ClipTextModel, parts: &[(Part, String)], file: &Path, spec: &EmbeddingSpec) -> Result<Vec<LoadedToken>> {
     let name = file.display().to_string();
     let width = text_encoder.hidden_size() as usize;
-    if part.width() != width {
-        let family = embeddings::model_family(part.width());
-        let which = if part.encoder == Encoder::TextEncoder { "this model's text encoder".to_string() } else { format!("the {} encoder", part.encoder.key()) };
-        bail!("{name}: token {token} has {}-wide vectors ({family}) but {which} is {width} wide", part.width());
+    let mut all_tokens: Vec<String> = Vec::new();
+    let mut rows = Vec::with_capacity(parts.len());
+    let mut loaded = Vec::with_capacity(parts.len());
+    let mut seen = std::collections::HashSet::new();
+    for (part, token) in parts {
+        if part.width() != width {
+            let family = embeddings::model_family(part.width());
+            let which = if part.encoder == Encoder::TextEncoder { "this model's text encoder".to_string() } else { format!("the {} encoder", part.encoder.key()) };
+            bail!("{name}: token {token} has {}-wide vectors ({family}) but {which} is {width} wide", part.width());
+        }
+        let tokens = vector_tokens(token, part.vectors());
+        if tokenizer.token_id(token).is_some() || !seen.insert(token.clone()) {
+            bail!("{name}: token {token} is already in the tokenizer's vocabulary; choose another with {}:OTHER", spec.path.display());
+        }
+        if tokens.len() > 1 && (tokenizer.token_id(&tokens[1]).is_some() || tokens[1..].iter().any(|t| seen.contains(t))) {
+            bail!("{name}: multi-vector token [{}] is already in the tokenizer's vocabulary", tokens.join(", "));
+        }
+        seen.extend(tokens[1..].iter().cloned());
+        rows.push(to_tch(&part.tensor)?.reshape([part.vectors() as i64, width as i64]));
+        loaded.push(LoadedToken { token: token.to_string(), vectors: tokens.len(), file: file.to_path_buf() });
+        all_tokens.extend(tokens);
     }
-    let tokens = vector_tokens(token, part.vectors());
-    if tokenizer.token_id(token).is_some() {
-        bail!("{name}: token {token} is already in the tokenizer's vocabulary; choose another with {}:OTHER", spec.path.display());
-    }
-    if tokens.len() > 1 && tokenizer.token_id(&tokens[1]).is_some() {
-        bail!("{name}: multi-vector token [{}] is already in the tokenizer's vocabulary", tokens.join(", "));
+    if loaded.is_empty() {
+        return Ok(loaded);
     }
     let expected = text_encoder.base_vocab() + text_encoder.new_rows().map_or(0, |r| r.size()[0]);
     if tokenizer.len() as i64 != expected {
         bail!("the tokenizer has {} tokens but the text encoder {expected} rows: they do not belong together", tokenizer.len());
     }
-    let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    let refs: Vec<&str> = all_tokens.iter().map(String::as_str).collect();
     let ids = tokenizer.add_tokens(&refs).with_context(|| format!("adding the tokens of {name}"))?;
     if ids.first() != Some(&expected) {
-        bail!("new tokens got ids {ids:?}, expected them to follow the vocabulary at {expected}");
+        bail!("new tokens got ids {:?}, expected them to follow the vocabulary at {expected}", &ids[..ids.len().min(8)]);
     }
-    let mut rows = to_tch(&part.tensor)?.reshape([part.vectors() as i64, width as i64]);
+    // As loading them one by one would leave them: in the last embedding's element type.
+    let kind = rows[rows.len() - 1].kind();
+    let mut all = Vec::with_capacity(rows.len() + 1);
     if let Some(existing) = text_encoder.new_rows() {
-        rows = Tensor::cat(&[existing.to_kind(rows.kind()), rows], 0);
+        all.push(existing.to_kind(kind));
     }
-    text_encoder.set_new_rows(rows)?;
-    tracing::info!("loaded textual inversion embedding {token} ({} vector{}) from {name}", tokens.len(), if tokens.len() == 1 { "" } else { "s" });
-    Ok(LoadedToken { token: token.to_string(), vectors: tokens.len(), file: file.to_path_buf() })
+    all.extend(rows.iter().map(|r| r.to_kind(kind)));
+    text_encoder.set_new_rows(Tensor::cat(&all, 0))?;
+    for t in &loaded {
+        tracing::info!("loaded textual inversion embedding {} ({} vector{}) from {name}", t.token, t.vectors, if t.vectors == 1 { "" } else { "s" });
+    }
+    Ok(loaded)
 }
 
 /// diffusers' `maybe_convert_prompt`: every multi-vector token `P` in the prompt becomes
