@@ -90,7 +90,10 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
         if let Some(src) = repo.get(&rel)? {
             let dst = out.join(&rel);
             std::fs::create_dir_all(dst.parent().unwrap_or(out))?;
-            std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            // Read like any config (a regular file, bounded), never copied blindly: a FIFO or a
+            // link to /dev/zero in the config folder would make the copy endless.
+            let bytes = crate::formats::regular::read(&src, crate::formats::regular::CONFIG_MAX_BYTES)?;
+            std::fs::write(&dst, bytes).with_context(|| format!("writing {}", dst.display()))?;
         }
     }
     // The scheduler config carries the prediction type the checkpoint is read with.

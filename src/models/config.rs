@@ -7,8 +7,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::path::Path;
 
+use crate::formats::regular;
+
+/// Reads a JSON config: only a regular file of at most [`regular::CONFIG_MAX_BYTES`].
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = regular::read_to_string(path, regular::CONFIG_MAX_BYTES)?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))
 }
 

@@ -290,7 +290,8 @@ fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec
     let head = {
         use std::io::Read;
         let mut buf = [0u8; 16];
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // Only a regular file is mapped: a FIFO would block, a device map endless zeros.
+        let mut f = crate::formats::regular::open(path)?;
         let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
         buf[..n].to_vec()
     };

@@ -96,7 +96,8 @@ pub struct SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        // Only a regular file, of bounded size: a FIFO or /dev/zero would never end.
+        let text = crate::formats::regular::read_to_string(path, crate::formats::regular::CONFIG_MAX_BYTES)?;
         Self::from_json(&text).with_context(|| format!("{}: not a valid scheduler config", path.display()))
     }
 

@@ -203,7 +203,12 @@ fn file_prediction_type(path: &Path, ck: &Checkpoint, arch: Arch) -> Option<(Str
         return Some((p.into(), "the file's modelspec.prediction_type".into()));
     }
     let yaml = path.with_extension("yaml");
-    if let Ok(text) = std::fs::read_to_string(&yaml) {
+    // Read only when it is a regular file (a FIFO or device there would never end), and small.
+    let text = yaml.exists().then(|| crate::formats::regular::read_to_string(&yaml, crate::formats::regular::CONFIG_MAX_BYTES));
+    if let Some(Err(e)) = &text {
+        tracing::warn!("{e}: not read (the prediction type comes from elsewhere)");
+    }
+    if let Some(Ok(text)) = text {
         let v = text.lines().any(|l| {
             let l = l.trim();
             l.strip_prefix("parameterization:").is_some_and(|v| matches!(v.trim().trim_matches(['"', '\'']), "v"))
