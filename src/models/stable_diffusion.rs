@@ -118,10 +118,12 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     let text_weights = if options.text_encoder_variant { weights.clone() } else { WeightOptions { variant: None, ..weights.clone() } };
     let text_placement = Placement { device: options.device, kind: Kind::Float };
     let text_encoder = load_text_encoder_from(repo, "text_encoder", &text_weights, text_placement)?;
+    check_pair(&tokenizer, &text_encoder, "text_encoder")?;
     let second = match family {
         Family::Xl { .. } => {
             let tokenizer_2 = load_tokenizer_from(repo, "tokenizer_2")?;
             let encoder_2 = load_text_encoder_from(repo, "text_encoder_2", &text_weights, text_placement)?;
+            check_pair(&tokenizer_2, &encoder_2, "text_encoder_2")?;
             if !encoder_2.has_projection() {
                 bail!("{}: text_encoder_2 has no text_projection (SDXL's second encoder is a CLIPTextModelWithProjection)", repo.describe());
             }
@@ -131,7 +133,7 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     };
     let placement = Placement { device: options.device, kind: options.precision.kind() };
     let unet = load_unet(repo, weights, placement)?;
-    let vae_cfg: VaeConfig = config::read(&repo.require("vae/config.json")?)?;
+    let vae_cfg: VaeConfig = config::load(&repo.require("vae/config.json")?)?;
     // SDXL's pipeline decodes in fp32 when the VAE says force_upcast and runs in fp16 (SDXL's
     // VAE overflows fp16); ours keeps that VAE in fp32 from the start.
     let vae_placement = if family.is_xl() && options.precision == Precision::Fp16 && vae_cfg.force_upcast.unwrap_or(false) {
@@ -148,7 +150,29 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     Ok(Components { family, tokenizer, text_encoder, second, unet, vae, vae_kind, scheduler_config })
 }
 
-/// `scheduler/scheduler_config.json`.
+/// A tokenizer and the text encoder it feeds must agree: every id it gives is a row of the
+/// encoder's embedding and every sequence it pads to fits the encoder's positions; otherwise the
+/// first prompt would index past a tensor inside libtorch.
+fn check_pair(tokenizer: &super::tokenizer::ClipTokenizer, encoder: &ClipTextModel, folder: &str) -> Result<()> {
+    let c = &encoder.config;
+    if tokenizer.model_max_length() as i64 > c.max_position_embeddings {
+        bail!(
+            "{}: model_max_length {} is more than the {} positions of {folder} (its config's max_position_embeddings)",
+            tokenizer.folder().join("tokenizer_config.json").display(),
+            tokenizer.model_max_length(),
+            c.max_position_embeddings
+        );
+    }
+    if let Some(id) = tokenizer.max_id().filter(|&id| i64::from(id) >= c.vocab_size) {
+        bail!(
+            "{}: the tokenizer has token id {id}, but {folder} has only {} rows (its config's vocab_size): they do not belong together",
+            tokenizer.folder().display(),
+            c.vocab_size
+        );
+    }
+    Ok(())
+}
+
 /// `scheduler/scheduler_config.json`, with the prediction type `--prediction_type` or a
 /// single-file checkpoint sets.
 pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
@@ -212,16 +236,14 @@ fn load_weights(repo: &ModelRepo, component: &str, opts: &WeightOptions, placeme
 
 pub fn load_unet(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<UNet2DConditionModel> {
     let cfg_path = repo.require("unet/config.json")?;
-    let cfg: UNetConfig = config::read(&cfg_path)?;
-    cfg.validate(&cfg_path)?;
-    UNet2DConditionModel::load(&load_weights(repo, "unet", opts, placement)?, &cfg).context("loading the UNet")
+    let cfg: UNetConfig = config::load(&cfg_path)?;
+    UNet2DConditionModel::load(&load_weights(repo, "unet", opts, placement)?, &cfg).with_context(|| format!("loading the UNet ({})", cfg_path.display()))
 }
 
 pub fn load_vae(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<AutoencoderKL> {
     let cfg_path = repo.require("vae/config.json")?;
-    let cfg: VaeConfig = config::read(&cfg_path)?;
-    cfg.validate(&cfg_path)?;
-    AutoencoderKL::load(&load_weights(repo, "vae", opts, placement)?, &cfg).context("loading the VAE")
+    let cfg: VaeConfig = config::load(&cfg_path)?;
+    AutoencoderKL::load(&load_weights(repo, "vae", opts, placement)?, &cfg).with_context(|| format!("loading the VAE ({})", cfg_path.display()))
 }
 
 pub fn load_text_encoder(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
@@ -231,9 +253,8 @@ pub fn load_text_encoder(repo: &ModelRepo, opts: &WeightOptions, placement: Plac
 /// A CLIP text encoder from `folder` (`text_encoder`, or SDXL's `text_encoder_2`).
 pub fn load_text_encoder_from(repo: &ModelRepo, folder: &str, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
     let cfg_path = repo.require(&format!("{folder}/config.json"))?;
-    let cfg: ClipTextConfig = config::read(&cfg_path)?;
-    cfg.validate(&cfg_path)?;
-    ClipTextModel::load(&load_weights(repo, folder, opts, placement)?, &cfg).with_context(|| format!("loading {folder}"))
+    let cfg: ClipTextConfig = config::load(&cfg_path)?;
+    ClipTextModel::load(&load_weights(repo, folder, opts, placement)?, &cfg).with_context(|| format!("loading {folder} ({})", cfg_path.display()))
 }
 
 pub fn load_tokenizer(repo: &ModelRepo) -> Result<super::tokenizer::ClipTokenizer> {

@@ -56,6 +56,8 @@ impl Spec {
 /// A CLIP BPE tokenizer loaded from a diffusers `tokenizer/` folder, with transformers 5's
 /// padding, truncation and added-token (placeholder) behaviour.
 pub struct ClipTokenizer {
+    /// The folder it was read from, for messages.
+    dir: std::path::PathBuf,
     tok: Tokenizer,
     max_len: usize,
     bos: u32,
@@ -117,7 +119,18 @@ impl ClipTokenizer {
         let post = RobertaProcessing::new((eos_s, eos), (bos_s, bos)).trim_offsets(false).add_prefix_space(false);
         tok.with_post_processor(Some(post));
         let max_len = model_max_length(&config).with_context(|| config_path.display().to_string())?;
-        Ok(Self { tok, max_len, bos, eos, pad: (pad, specials[3].content().to_string()) })
+        Ok(Self { dir: dir.to_path_buf(), tok, max_len, bos, eos, pad: (pad, specials[3].content().to_string()) })
+    }
+
+    /// The folder the tokenizer was read from.
+    pub fn folder(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The highest id it can give (vocabulary and added tokens); the text encoder it feeds must
+    /// have a row for it.
+    pub fn max_id(&self) -> Option<u32> {
+        self.tok.get_vocab(true).into_values().max()
     }
 
     /// Adds placeholder tokens like transformers' `tokenizer.add_tokens([...])` (matched anywhere
@@ -401,13 +414,16 @@ fn added_token(v: &Value, special: bool) -> Result<AddedToken> {
 }
 
 /// `model_max_length` from tokenizer_config.json; 77 when absent or transformers' "no limit" value.
+/// At most [`crate::models::config::MAX_POSITIONS`]: every prompt is padded to it (and the text
+/// encoder must have that many positions, which the model loader checks).
 fn model_max_length(config: &Map<String, Value>) -> Result<usize> {
     let Some(v) = config.get("model_max_length") else {
         return Ok(DEFAULT_MAX_LEN);
     };
+    let max = crate::models::config::MAX_POSITIONS as f64;
     match v.as_f64() {
         Some(x) if x > 1e6 => Ok(DEFAULT_MAX_LEN),
-        Some(x) if x >= 2.0 && x.fract() == 0.0 => Ok(x as usize),
-        _ => bail!("model_max_length {v} is not a length of at least 2 (BOS + EOS)"),
+        Some(x) if (2.0..=max).contains(&x) && x.fract() == 0.0 => Ok(x as usize),
+        _ => bail!("model_max_length {v} is not a length from 2 (BOS + EOS) to {max} (or above 1e6: no limit)"),
     }
 }

@@ -105,19 +105,20 @@ impl SingleFile {
         let whole = |name: Option<String>| name.map(|n| vec![(n, View::Whole)]).unwrap_or_default();
         let weights = match component {
             "unet" => {
-                let cfg: UNetConfig = config::read(&config_path("config.json")?)?;
+                // Validated before its layer counts size the key layout.
+                let cfg: UNetConfig = config::load(&config_path("config.json")?)?;
                 let blocks = cfg.block_out_channels.len();
                 let layers: Vec<usize> = (0..blocks).map(|b| cfg.layers_per_block.get(b).unwrap_or(2).max(0) as usize).collect();
                 let layout = ldm_keys::UNetLayout::new(&layers);
                 only(UNET, &|k, _| whole(layout.key(k)))?
             }
             "vae" => {
-                let cfg: VaeConfig = config::read(&config_path("config.json")?)?;
+                let cfg: VaeConfig = config::load(&config_path("config.json")?)?;
                 let blocks = cfg.block_out_channels.len();
                 only(VAE, &|k, _| whole(ldm_keys::vae_key(k, blocks)))?
             }
             "text_encoder" | "text_encoder_2" => {
-                let cfg: ClipTextConfig = config::read(&config_path("config.json")?)?;
+                let cfg: ClipTextConfig = config::load(&config_path("config.json")?)?;
                 let layers = cfg.num_hidden_layers.max(0) as usize;
                 let (prefix, open_clip) = match (component, self.arch) {
                     ("text_encoder", Arch::Sd1) => (SD1_TEXT, false),
