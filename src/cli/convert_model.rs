@@ -114,7 +114,9 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
 /// mis-shaped), then writes its tensors under diffusers' names.
 fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &Path, kind: Option<Kind>) -> Result<()> {
     let weights = file.weights(component, Placement::cpu_f32())?;
-    let stored_kind = weights.keys().first().and_then(|k| weights.stored_tensor(k).ok()).map(|t| t.kind()).unwrap_or(Kind::Float);
+    // From the header: nothing is read before the model check below has compared every
+    // tensor's shape with the config's (a stored view can claim terabytes).
+    let stored_kind = weights.keys().first().and_then(|k| weights.stored_dtype(k)).map(crate::tensors::kind).unwrap_or(Kind::Float);
     // Built in the stored precision, the model points into the mapped file: no copy.
     let placement = Placement { device: Device::Cpu, kind: stored_kind };
     let opts = WeightOptions::default();
