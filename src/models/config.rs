@@ -314,11 +314,10 @@ impl UNetConfig {
         }
         match self.addition_embed_type.as_deref() {
             None => {}
-            Some("text_time") => {
-                if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() {
-                    bail!("{}: addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim", file.display());
-                }
+            Some("text_time") if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() => {
+                bail!("{}: addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim", file.display());
             }
+            Some("text_time") => {}
             Some(other) => fail(format!("addition_embed_type {other:?} (only SDXL's \"text_time\")"))?,
         }
         for (name, v) in [

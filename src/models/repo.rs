@@ -68,6 +68,9 @@ impl ModelSource {
 }
 
 /// A model: a local folder, a Hub repository at a revision, or a single-file checkpoint.
+// One per run (or per --config): the Hub variant's size does not matter, boxing it would only
+// add indirection to every match.
+#[allow(clippy::large_enum_variant)]
 pub enum ModelRepo {
     Local(PathBuf),
     Hub { id: String, revision: String, cache: hf_hub::Cache, snapshot: Option<PathBuf>, api: Option<hf_hub::api::sync::ApiRepo> },

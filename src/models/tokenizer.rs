@@ -269,7 +269,7 @@ fn saved_tokens(
         }
     }
     for slot in specials.iter_mut().flatten() {
-        if let Some(t) = decoder.values().filter(|t: &&AddedToken| t.content == slot.content()).last() {
+        if let Some(t) = decoder.values().rfind(|t: &&AddedToken| t.content == slot.content()) {
             *slot = Spec::Token(t.clone());
         }
     }

@@ -32,7 +32,8 @@ impl Placement {
 
 enum Source {
     Safetensors(SafetensorsFile),
-    Torch(TorchFile),
+    /// Boxed: the parsed pickle tree makes it several times larger than a mapped safetensors.
+    Torch(Box<TorchFile>),
 }
 
 /// Where one tensor's bytes are.
@@ -387,7 +388,7 @@ fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec
         for (key, t) in tensors {
             entries.push((key, Entry::Torch { file: idx, tensor: t.clone() }));
         }
-        Ok((Source::Torch(tf), entries))
+        Ok((Source::Torch(Box::new(tf)), entries))
     } else {
         let st = SafetensorsFile::open(path)?;
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(st.bytes())

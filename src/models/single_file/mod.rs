@@ -16,6 +16,10 @@ use super::weights::{Checkpoint, Placement, View, Weights};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
+/// What a component's layout gives for a stored key (its prefix removed) and shape: the
+/// diffusers names it provides, each with the view it is read through.
+type KeyMap<'a> = &'a dyn Fn(&str, &[i64]) -> Vec<(String, View)>;
+
 /// The model types this tool reads, with diffusers' names for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -99,7 +103,7 @@ impl SingleFile {
     pub fn weights(&self, component: &str, placement: Placement) -> Result<Weights> {
         let ck = &self.checkpoint;
         let config_path = |f: &str| self.config.require(&format!("{component}/{f}"));
-        let only = |prefix: &'static str, map: &dyn Fn(&str, &[i64]) -> Vec<(String, View)>| {
+        let only = |prefix: &'static str, map: KeyMap<'_>| {
             ck.component(component, placement, |k, shape| k.strip_prefix(prefix).map(|r| map(r, shape)).unwrap_or_default())
         };
         let whole = |name: Option<String>| name.map(|n| vec![(n, View::Whole)]).unwrap_or_default();
