@@ -270,6 +270,33 @@ fn hostile_config_values_are_refused_by_name() {
 }
 
 #[test]
+fn hostile_scheduler_betas_are_refused_by_name() {
+    // A beta of 5 made every alpha negative: a finite schedule that generated noise (exit 0).
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, (field, value)) in [
+        ("beta_end", serde_json::json!(5.0)),
+        ("trained_betas", serde_json::json!([0.5, -1.0])),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (model, _) = edited(
+            tmp.path(),
+            &format!("m{i}"),
+            "scheduler",
+            "scheduler_config.json",
+            |v| {
+                v[field] = value;
+                v["num_train_timesteps"] = 2.into();
+                v["steps_offset"] = 0.into();
+            },
+        );
+        generate(&model, &tmp.path().join("out"))
+            .assert_error(field, &["scheduler_config.json", field]);
+    }
+}
+
+#[test]
 fn layer_counts_are_those_of_the_weights() {
     // In range, but not what the weight files hold: said before anything is built.
     let tmp = tempfile::tempdir().unwrap();
