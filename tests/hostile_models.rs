@@ -407,6 +407,25 @@ fn the_tokenizer_must_fit_its_text_encoder() {
 }
 
 #[test]
+fn the_parts_must_fit_each_other() {
+    // SDXL's first text encoder (hidden size 16) in the SD model, whose UNet attends to 32-wide
+    // text: the first denoising step's matrix product panicked inside libtorch.
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, target) = model_with(tmp.path(), "mixed", "", "text_encoder");
+    std::os::unix::fs::symlink(fixtures().join("tiny-sdxl/text_encoder"), &target).unwrap();
+    let o = generate(&model, &tmp.path().join("out"));
+    o.assert_error(
+        "mixed",
+        &[
+            model.join("unet/config.json").to_str().unwrap(),
+            "cross_attention_dim is 32",
+            "hidden_size",
+            "16",
+        ],
+    );
+}
+
+#[test]
 fn only_regular_files_are_read() {
     let tmp = tempfile::tempdir().unwrap();
     let fifo = |p: &Path| mkfifo(p);

@@ -217,6 +217,11 @@ impl ClipTextModel {
         self.final_layer_norm.forward(xs)
     }
 
+    /// Width of [`ClipTextModel::pooled`]: the projection's output, else the hidden size.
+    pub fn pooled_width(&self) -> i64 {
+        self.text_projection.as_ref().map_or(self.config.hidden_size, |p| p.weight.size()[0])
+    }
+
     /// Whether this is a `CLIPTextModelWithProjection` (has `text_projection`).
     pub fn has_projection(&self) -> bool {
         self.text_projection.is_some()

@@ -146,6 +146,7 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     if family.is_xl() != unet.takes_added_conditioning() {
         bail!("{}: the pipeline is {family:?} but its UNet {} SDXL's added conditioning", repo.describe(), if unet.takes_added_conditioning() { "has" } else { "lacks" });
     }
+    check_widths(repo, &text_encoder, second.as_ref().map(|(_, e)| e), &unet, &vae)?;
     let scheduler_config = load_scheduler_config(repo)?;
     Ok(Components { family, tokenizer, text_encoder, second, unet, vae, vae_kind, scheduler_config })
 }
@@ -169,6 +170,37 @@ fn check_pair(tokenizer: &super::tokenizer::ClipTokenizer, encoder: &ClipTextMod
             tokenizer.folder().display(),
             c.vocab_size
         );
+    }
+    Ok(())
+}
+
+/// The widths where one part feeds another must agree, or the first denoising step multiplies
+/// mismatched matrices inside libtorch: the text encoders' hidden states (concatenated for
+/// SDXL) are the UNet's cross-attention context, SDXL's pooled embedding and time ids its
+/// added embedding's input, and the VAE's latents its input and output.
+fn check_widths(repo: &ModelRepo, text: &ClipTextModel, text_2: Option<&ClipTextModel>, unet: &UNet2DConditionModel, vae: &AutoencoderKL) -> Result<()> {
+    let u = &unet.config;
+    let unet_config = || repo.get("unet/config.json").ok().flatten().map_or_else(|| "unet/config.json".into(), |p| p.display().to_string());
+    let context = text.hidden_size() + text_2.map_or(0, |t| t.hidden_size());
+    let encoders = if text_2.is_some() { "text_encoder's and text_encoder_2's hidden_size together" } else { "text_encoder's hidden_size" };
+    for i in 0..u.block_out_channels.len() {
+        if let Some(d) = u.cross_attention_dim.get(i).filter(|&d| d != context) {
+            bail!("{}: cross_attention_dim is {d} but the {encoders} is {context}", unet_config());
+        }
+    }
+    if let (Some((time_dim, input)), Some(t2)) = (u.text_time(), text_2) {
+        let want = t2.pooled_width() + 6 * time_dim;
+        if input != want {
+            bail!(
+                "{}: projection_class_embeddings_input_dim is {input}, but text_encoder_2's pooled width {} plus 6 time ids of addition_time_embed_dim {time_dim} is {want}",
+                unet_config(),
+                t2.pooled_width()
+            );
+        }
+    }
+    let latent = vae.config.latent_channels;
+    if u.in_channels != latent || u.out_channels != latent {
+        bail!("{}: in_channels {} and out_channels {} must be the VAE's latent_channels ({latent})", unet_config(), u.in_channels, u.out_channels);
     }
     Ok(())
 }
