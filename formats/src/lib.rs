@@ -6,6 +6,7 @@
 //!   their storages turned into [`RawTensor`]s; and a writer whose files
 //!   `torch.load(weights_only=True)` reads.
 //! - [`safetensors_io`]: memory-mapped safetensors reading, atomic writing with metadata.
+//! - [`regular`]: opening only regular files (never a FIFO or device), reading up to a bound.
 //! - [`embeddings`]: every embedding layout in the wild, detected by content.
 //!
 //! This crate has no libtorch dependency, so its readers can be fuzzed and tested quickly; the
@@ -15,6 +16,7 @@ pub mod atomic;
 pub mod embeddings;
 pub mod error;
 pub mod pickle;
+pub mod regular;
 pub mod safetensors_io;
 pub mod tensor;
 pub mod torch_file;

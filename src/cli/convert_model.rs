@@ -90,7 +90,10 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
         if let Some(src) = repo.get(&rel)? {
             let dst = out.join(&rel);
             std::fs::create_dir_all(dst.parent().unwrap_or(out))?;
-            std::fs::copy(&src, &dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            // Read like any config (a regular file, bounded), never copied blindly: a FIFO or a
+            // link to /dev/zero in the config folder would make the copy endless.
+            let bytes = crate::formats::regular::read(&src, crate::formats::regular::CONFIG_MAX_BYTES)?;
+            std::fs::write(&dst, bytes).with_context(|| format!("writing {}", dst.display()))?;
         }
     }
     // The scheduler config carries the prediction type the checkpoint is read with.
@@ -111,7 +114,9 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
 /// mis-shaped), then writes its tensors under diffusers' names.
 fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &Path, kind: Option<Kind>) -> Result<()> {
     let weights = file.weights(component, Placement::cpu_f32())?;
-    let stored_kind = weights.keys().first().and_then(|k| weights.stored_tensor(k).ok()).map(|t| t.kind()).unwrap_or(Kind::Float);
+    // From the header: nothing is read before the model check below has compared every
+    // tensor's shape with the config's (a stored view can claim terabytes).
+    let stored_kind = weights.keys().first().and_then(|k| weights.stored_dtype(k)).map(crate::tensors::kind).unwrap_or(Kind::Float);
     // Built in the stored precision, the model points into the mapped file: no copy.
     let placement = Placement { device: Device::Cpu, kind: stored_kind };
     let opts = WeightOptions::default();

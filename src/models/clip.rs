@@ -93,9 +93,23 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Builds the model from `w`, accepting keys with the `text_model.` prefix (every real
     /// checkpoint, transformers 4) and without it (transformers 5).
+    /// Like [`super::unet::UNet2DConditionModel::load`], the config is checked against the
+    /// weights' keys and headers before anything is allocated.
     pub fn load(w: &Weights, config: &ClipTextConfig) -> Result<Self> {
+        config.validate(std::path::Path::new("the text encoder config"))?;
+        let prefixed = w.contains("text_model.embeddings.token_embedding.weight");
+        let layers = if prefixed { "text_model.encoder.layers" } else { "encoder.layers" };
+        w.expect_count(layers, config.num_hidden_layers, "num_hidden_layers")?;
+        // position_ids is a buffer.
+        w.check(&["position_ids"], || Self::build(w, config, prefixed))?;
+        let model = Self::build(w, config, prefixed)?;
+        w.finish(&["position_ids"])?;
+        Ok(model)
+    }
+
+    fn build(w: &Weights, config: &ClipTextConfig, prefixed: bool) -> Result<Self> {
         let root = w.root();
-        let p = if w.contains("text_model.embeddings.token_embedding.weight") { root.pp("text_model") } else { root };
+        let p = if prefixed { root.pp("text_model") } else { root };
         let act = config.activation()?;
         let d = config.hidden_size;
         let e = p.pp("embeddings");
@@ -114,8 +128,6 @@ impl ClipTextModel {
             config: config.clone(),
             _backing: w.backing(),
         };
-        // position_ids is a buffer.
-        w.finish(&["position_ids"])?;
         Ok(model)
     }
 
@@ -203,6 +215,11 @@ impl ClipTextModel {
 
     pub fn final_layer_norm(&self, xs: &Tensor) -> Tensor {
         self.final_layer_norm.forward(xs)
+    }
+
+    /// Width of [`ClipTextModel::pooled`]: the projection's output, else the hidden size.
+    pub fn pooled_width(&self) -> i64 {
+        self.text_projection.as_ref().map_or(self.config.hidden_size, |p| p.weight.size()[0])
     }
 
     /// Whether this is a `CLIPTextModelWithProjection` (has `text_projection`).

@@ -1,16 +1,72 @@
 //! Each component's `config.json`, through serde, with diffusers'/transformers' defaults.
 //!
 //! Fields we do not implement are still read, and any value other than the one we support is a
-//! clear error (never silently ignored): see each `validate`.
+//! clear error (never silently ignored): see each `validate`. Every number a file controls is
+//! checked against a range before anything is built from it (a zero group count divides by
+//! zero, a negative width reaches libtorch, a billion layers is a 200 GB allocation); how many
+//! layers there are is checked again against the weight files by the model loaders.
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use std::ops::RangeInclusive;
 use std::path::Path;
 
+use crate::formats::regular;
+
+/// Widths (channels, hidden sizes, embedding dimensions): the largest real ones are 5120
+/// (OpenCLIP bigG's MLP); the bound keeps every product of two of them far from overflowing.
+pub const MAX_WIDTH: i64 = 1 << 16;
+/// Layers of one block or of a text encoder (real models: at most 32).
+pub const MAX_LAYERS: i64 = 1024;
+/// UNet and VAE blocks (real models: 3 or 4; each halves the resolution).
+pub const MAX_BLOCKS: usize = 8;
+/// Vocabulary rows (CLIP: 49408; the largest multilingual tokenizers: about 250k).
+pub const MAX_VOCAB: i64 = 1 << 20;
+/// Text positions (CLIP: 77; long-context CLIP variants: a few hundred).
+pub const MAX_POSITIONS: i64 = 1 << 14;
+/// The UNet's `sample_size` in latent pixels (SDXL: 128): the default image is 8x that.
+pub const MAX_SAMPLE_SIZE: i64 = 1024;
+
+/// Reads a JSON config: only a regular file of at most [`regular::CONFIG_MAX_BYTES`].
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = regular::read_to_string(path, regular::CONFIG_MAX_BYTES)?;
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))
 }
+
+/// A config whose values can be checked on their own, before any model is built from it.
+pub trait Validate {
+    /// Fails naming `file`, the field and what was expected.
+    fn validate(&self, file: &Path) -> Result<()>;
+}
+
+/// [`read`] then [`Validate::validate`]: what every loader uses, so that nothing is built from
+/// an unchecked value.
+pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T> {
+    let config: T = read(path)?;
+    config.validate(path)?;
+    Ok(config)
+}
+
+/// `value` of `field` in `range`, or an error naming the file, the field and the range.
+fn in_range(file: &Path, field: &str, value: i64, range: RangeInclusive<i64>) -> Result<()> {
+    if !range.contains(&value) {
+        bail!("{}: {field} is {value}; expected {} to {}", file.display(), range.start(), range.end());
+    }
+    Ok(())
+}
+
+/// A finite `value` of `field` in `range`, or an error naming the file, the field and the range.
+fn number(file: &Path, field: &str, value: f64, range: RangeInclusive<f64>) -> Result<()> {
+    if !value.is_finite() || !range.contains(&value) {
+        bail!("{}: {field} is {value}; expected a number from {:e} to {:e}", file.display(), range.start(), range.end());
+    }
+    Ok(())
+}
+
+/// Scale factors (divided by): positive.
+const POSITIVE: RangeInclusive<f64> = f64::MIN_POSITIVE..=1e6;
+/// Normalisation epsilons.
+const EPS: RangeInclusive<f64> = 0.0..=1.0;
 
 /// A value given either once for all blocks or once per block.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -31,6 +87,16 @@ impl<T: Clone> PerBlock<T> {
         match self {
             PerBlock::One(_) => true,
             PerBlock::Each(v) => v.len() == n,
+        }
+    }
+}
+
+impl PerBlock<i64> {
+    /// Every value in `range` (see [`in_range`]); `field` names the list.
+    fn in_range(&self, file: &Path, field: &str, range: RangeInclusive<i64>) -> Result<()> {
+        match self {
+            PerBlock::One(v) => in_range(file, field, *v, range),
+            PerBlock::Each(v) => v.iter().enumerate().try_for_each(|(i, v)| in_range(file, &format!("{field}[{i}]"), *v, range.clone())),
         }
     }
 }
@@ -199,10 +265,14 @@ impl UNetConfig {
         self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).get(block)
     }
 
+    /// Checks every value before anything is built from it (see the module documentation).
     pub fn validate(&self, file: &Path) -> Result<()> {
         let n = self.block_out_channels.len();
         let fail = |what: String| -> Result<()> { bail!("{}: {what} is not supported", file.display()) };
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+        if n == 0 || n > MAX_BLOCKS {
+            bail!("{}: block_out_channels has {n} entries; expected 1 to {MAX_BLOCKS} blocks", file.display());
+        }
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
             bail!("{}: down_block_types, up_block_types and block_out_channels must have the same length", file.display());
         }
         for t in &self.down_block_types {
@@ -244,11 +314,10 @@ impl UNetConfig {
         }
         match self.addition_embed_type.as_deref() {
             None => {}
-            Some("text_time") => {
-                if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() {
-                    bail!("{}: addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim", file.display());
-                }
+            Some("text_time") if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() => {
+                bail!("{}: addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim", file.display());
             }
+            Some("text_time") => {}
             Some(other) => fail(format!("addition_embed_type {other:?} (only SDXL's \"text_time\")"))?,
         }
         for (name, v) in [
@@ -289,13 +358,37 @@ impl UNetConfig {
         if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
             fail("even conv_in/conv_out kernels".into())?;
         }
+        in_range(file, "conv_in_kernel", self.conv_in_kernel, 1..=31)?;
+        in_range(file, "conv_out_kernel", self.conv_out_kernel, 1..=31)?;
+        in_range(file, "in_channels", self.in_channels, 1..=MAX_WIDTH)?;
+        in_range(file, "out_channels", self.out_channels, 1..=MAX_WIDTH)?;
+        if let Some(s) = self.sample_size {
+            in_range(file, "sample_size", s, 1..=MAX_SAMPLE_SIZE)?;
+        }
+        // 1: padding all round; 0: diffusers' asymmetric padding (right and bottom by one).
+        in_range(file, "downsample_padding", self.downsample_padding, 0..=1)?;
+        number(file, "norm_eps", self.norm_eps, EPS)?;
+        number(file, "mid_block_scale_factor", self.mid_block_scale_factor, POSITIVE)?;
+        number(file, "freq_shift", self.freq_shift, -1e6..=1e6)?;
+        self.layers_per_block.in_range(file, "layers_per_block", 1..=MAX_LAYERS)?;
+        self.transformer_layers_per_block.in_range(file, "transformer_layers_per_block", 1..=MAX_LAYERS)?;
+        self.cross_attention_dim.in_range(file, "cross_attention_dim", 1..=MAX_WIDTH)?;
+        let heads_field = if self.num_attention_heads.is_some() { "num_attention_heads" } else { "attention_head_dim" };
+        self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).in_range(file, heads_field, 1..=MAX_WIDTH)?;
+        if let Some((dim, input)) = self.text_time() {
+            in_range(file, "addition_time_embed_dim", dim, 1..=MAX_WIDTH)?;
+            in_range(file, "projection_class_embeddings_input_dim", input, 1..=MAX_WIDTH)?;
+        }
+        let groups = self.norm_num_groups.unwrap_or(32);
+        in_range(file, "norm_num_groups", groups, 1..=MAX_WIDTH)?;
         for (i, &c) in self.block_out_channels.iter().enumerate() {
+            in_range(file, &format!("block_out_channels[{i}]"), c, 1..=MAX_WIDTH)?;
             let heads = self.heads(i).unwrap_or(1);
-            if heads <= 0 || c % heads != 0 {
-                bail!("{}: block {i} has {c} channels, not divisible into {heads} attention heads", file.display());
+            if c % heads != 0 {
+                bail!("{}: block {i} has {c} channels (block_out_channels[{i}]), not divisible into {heads} attention heads ({heads_field})", file.display());
             }
-            if c % self.norm_num_groups.unwrap_or(32) != 0 {
-                bail!("{}: block {i} has {c} channels, not divisible into norm_num_groups", file.display());
+            if c % groups != 0 {
+                bail!("{}: block {i} has {c} channels (block_out_channels[{i}]), not divisible into norm_num_groups {groups}", file.display());
             }
         }
         Ok(())
@@ -360,9 +453,14 @@ impl VaeConfig {
     pub fn mid_attention(&self) -> bool {
         self.mid_block_add_attention.unwrap_or(true)
     }
+
+    /// Checks every value before anything is built from it (see the module documentation).
     pub fn validate(&self, file: &Path) -> Result<()> {
         let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+        if n == 0 || n > MAX_BLOCKS {
+            bail!("{}: block_out_channels has {n} entries; expected 1 to {MAX_BLOCKS} blocks", file.display());
+        }
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
             bail!("{}: down_block_types, up_block_types and block_out_channels must have the same length", file.display());
         }
         if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
@@ -377,8 +475,20 @@ impl VaeConfig {
         if self.shift_factor.is_some_and(|s| s != 0.0) || self.latents_mean.as_ref().is_some_and(|v| !v.is_null()) {
             bail!("{}: shift_factor / latents_mean are not supported (SD 3 and Flux VAEs)", file.display());
         }
-        if let Some(&c) = self.block_out_channels.iter().find(|&&c| c % self.norm_num_groups != 0) {
-            bail!("{}: {c} channels are not divisible into {} groups", file.display(), self.norm_num_groups);
+        in_range(file, "in_channels", self.in_channels, 1..=MAX_WIDTH)?;
+        in_range(file, "out_channels", self.out_channels, 1..=MAX_WIDTH)?;
+        in_range(file, "latent_channels", self.latent_channels, 1..=MAX_WIDTH)?;
+        in_range(file, "layers_per_block", self.layers_per_block, 1..=MAX_LAYERS)?;
+        in_range(file, "norm_num_groups", self.norm_num_groups, 1..=MAX_WIDTH)?;
+        if let Some(s) = self.sample_size {
+            in_range(file, "sample_size", s, 1..=MAX_SAMPLE_SIZE * 8)?;
+        }
+        number(file, "scaling_factor", self.scaling_factor, POSITIVE)?;
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            in_range(file, &format!("block_out_channels[{i}]"), c, 1..=MAX_WIDTH)?;
+            if c % self.norm_num_groups != 0 {
+                bail!("{}: {c} channels (block_out_channels[{i}]) are not divisible into norm_num_groups {}", file.display(), self.norm_num_groups);
+            }
         }
         Ok(())
     }
@@ -451,10 +561,23 @@ impl ClipTextConfig {
             other => bail!("hidden_act {other:?} is not supported (quick_gelu, gelu)"),
         })
     }
+
+    /// Checks every value before anything is built from it (see the module documentation).
     pub fn validate(&self, file: &Path) -> Result<()> {
         self.activation().with_context(|| file.display().to_string())?;
-        if self.num_attention_heads <= 0 || self.hidden_size % self.num_attention_heads != 0 {
-            bail!("{}: hidden_size {} is not divisible into {} heads", file.display(), self.hidden_size, self.num_attention_heads);
+        in_range(file, "vocab_size", self.vocab_size, 1..=MAX_VOCAB)?;
+        in_range(file, "hidden_size", self.hidden_size, 1..=MAX_WIDTH)?;
+        in_range(file, "intermediate_size", self.intermediate_size, 1..=MAX_WIDTH)?;
+        in_range(file, "num_hidden_layers", self.num_hidden_layers, 1..=MAX_LAYERS)?;
+        in_range(file, "num_attention_heads", self.num_attention_heads, 1..=self.hidden_size)?;
+        // BOS and EOS take two positions.
+        in_range(file, "max_position_embeddings", self.max_position_embeddings, 2..=MAX_POSITIONS)?;
+        number(file, "layer_norm_eps", self.layer_norm_eps, EPS)?;
+        if let Some(p) = self.projection_dim {
+            in_range(file, "projection_dim", p, 1..=MAX_WIDTH)?;
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!("{}: hidden_size {} is not divisible into {} heads (num_attention_heads)", file.display(), self.hidden_size, self.num_attention_heads);
         }
         if let Some(a) = &self.architectures {
             if a.iter().any(|a| a != "CLIPTextModel" && a != "CLIPTextModelWithProjection") {
@@ -464,3 +587,14 @@ impl ClipTextConfig {
         Ok(())
     }
 }
+
+macro_rules! validate_impl {
+    ($($t:ty),*) => {$(
+        impl Validate for $t {
+            fn validate(&self, file: &Path) -> Result<()> {
+                <$t>::validate(self, file)
+            }
+        }
+    )*};
+}
+validate_impl!(UNetConfig, VaeConfig, ClipTextConfig);

@@ -68,6 +68,9 @@ impl ModelSource {
 }
 
 /// A model: a local folder, a Hub repository at a revision, or a single-file checkpoint.
+// One per run (or per --config): the Hub variant's size does not matter, boxing it would only
+// add indirection to every match.
+#[allow(clippy::large_enum_variant)]
 pub enum ModelRepo {
     Local(PathBuf),
     Hub { id: String, revision: String, cache: hf_hub::Cache, snapshot: Option<PathBuf>, api: Option<hf_hub::api::sync::ApiRepo> },
@@ -144,13 +147,16 @@ impl ModelRepo {
             ModelRepo::SingleFile(f) => f.config.get(file),
             ModelRepo::Overridden { inner, .. } => inner.get(file),
             ModelRepo::Local(root) => {
+                // Anything there but a folder is the file: its reader refuses what is not a
+                // regular file (a FIFO, a link to a device) by name, rather than this saying
+                // the model has no such file.
                 let p = root.join(file);
-                Ok(p.is_file().then_some(p))
+                Ok((p.exists() && !p.is_dir()).then_some(p))
             }
             ModelRepo::Hub { cache, id, revision, snapshot, api } => {
                 if let Some(s) = snapshot {
                     let p = s.join(file);
-                    if p.is_file() {
+                    if p.exists() && !p.is_dir() {
                         return Ok(Some(p));
                     }
                 }
@@ -258,7 +264,7 @@ fn shard_files(index: &Path) -> Result<Vec<String>> {
     struct Index {
         weight_map: std::collections::BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let text = crate::formats::regular::read_to_string(index, crate::formats::regular::CONFIG_MAX_BYTES)?;
     let idx: Index = serde_json::from_str(&text).with_context(|| format!("{}: not a checkpoint index", index.display()))?;
     let mut files: Vec<String> = idx.weight_map.into_values().collect();
     files.sort();

@@ -43,7 +43,8 @@ impl ResnetBlock2D {
         let _span = tracing::trace_span!("resnet").entered();
         let mut h = self.conv1.forward(&self.norm1.forward(xs).silu());
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            h = h + proj.forward(&temb.silu()).unsqueeze(-1).unsqueeze(-1);
+            // Not `+=`: tch's AddAssign adds in place; this keeps the out-of-place add.
+            h = &h + proj.forward(&temb.silu()).unsqueeze(-1).unsqueeze(-1);
         }
         let h = self.conv2.forward(&self.norm2.forward(&h).silu());
         let skip = match &self.conv_shortcut {

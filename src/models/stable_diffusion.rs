@@ -118,10 +118,12 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     let text_weights = if options.text_encoder_variant { weights.clone() } else { WeightOptions { variant: None, ..weights.clone() } };
     let text_placement = Placement { device: options.device, kind: Kind::Float };
     let text_encoder = load_text_encoder_from(repo, "text_encoder", &text_weights, text_placement)?;
+    check_pair(&tokenizer, &text_encoder, "text_encoder")?;
     let second = match family {
         Family::Xl { .. } => {
             let tokenizer_2 = load_tokenizer_from(repo, "tokenizer_2")?;
             let encoder_2 = load_text_encoder_from(repo, "text_encoder_2", &text_weights, text_placement)?;
+            check_pair(&tokenizer_2, &encoder_2, "text_encoder_2")?;
             if !encoder_2.has_projection() {
                 bail!("{}: text_encoder_2 has no text_projection (SDXL's second encoder is a CLIPTextModelWithProjection)", repo.describe());
             }
@@ -131,7 +133,7 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     };
     let placement = Placement { device: options.device, kind: options.precision.kind() };
     let unet = load_unet(repo, weights, placement)?;
-    let vae_cfg: VaeConfig = config::read(&repo.require("vae/config.json")?)?;
+    let vae_cfg: VaeConfig = config::load(&repo.require("vae/config.json")?)?;
     // SDXL's pipeline decodes in fp32 when the VAE says force_upcast and runs in fp16 (SDXL's
     // VAE overflows fp16); ours keeps that VAE in fp32 from the start.
     let vae_placement = if family.is_xl() && options.precision == Precision::Fp16 && vae_cfg.force_upcast.unwrap_or(false) {
@@ -144,11 +146,65 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     if family.is_xl() != unet.takes_added_conditioning() {
         bail!("{}: the pipeline is {family:?} but its UNet {} SDXL's added conditioning", repo.describe(), if unet.takes_added_conditioning() { "has" } else { "lacks" });
     }
+    check_widths(repo, &text_encoder, second.as_ref().map(|(_, e)| e), &unet, &vae)?;
     let scheduler_config = load_scheduler_config(repo)?;
     Ok(Components { family, tokenizer, text_encoder, second, unet, vae, vae_kind, scheduler_config })
 }
 
-/// `scheduler/scheduler_config.json`.
+/// A tokenizer and the text encoder it feeds must agree: every id it gives is a row of the
+/// encoder's embedding and every sequence it pads to fits the encoder's positions; otherwise the
+/// first prompt would index past a tensor inside libtorch.
+fn check_pair(tokenizer: &super::tokenizer::ClipTokenizer, encoder: &ClipTextModel, folder: &str) -> Result<()> {
+    let c = &encoder.config;
+    if tokenizer.model_max_length() as i64 > c.max_position_embeddings {
+        bail!(
+            "{}: model_max_length {} is more than the {} positions of {folder} (its config's max_position_embeddings)",
+            tokenizer.folder().join("tokenizer_config.json").display(),
+            tokenizer.model_max_length(),
+            c.max_position_embeddings
+        );
+    }
+    if let Some(id) = tokenizer.max_id().filter(|&id| i64::from(id) >= c.vocab_size) {
+        bail!(
+            "{}: the tokenizer has token id {id}, but {folder} has only {} rows (its config's vocab_size): they do not belong together",
+            tokenizer.folder().display(),
+            c.vocab_size
+        );
+    }
+    Ok(())
+}
+
+/// The widths where one part feeds another must agree, or the first denoising step multiplies
+/// mismatched matrices inside libtorch: the text encoders' hidden states (concatenated for
+/// SDXL) are the UNet's cross-attention context, SDXL's pooled embedding and time ids its
+/// added embedding's input, and the VAE's latents its input and output.
+fn check_widths(repo: &ModelRepo, text: &ClipTextModel, text_2: Option<&ClipTextModel>, unet: &UNet2DConditionModel, vae: &AutoencoderKL) -> Result<()> {
+    let u = &unet.config;
+    let unet_config = || repo.get("unet/config.json").ok().flatten().map_or_else(|| "unet/config.json".into(), |p| p.display().to_string());
+    let context = text.hidden_size() + text_2.map_or(0, |t| t.hidden_size());
+    let encoders = if text_2.is_some() { "text_encoder's and text_encoder_2's hidden_size together" } else { "text_encoder's hidden_size" };
+    for i in 0..u.block_out_channels.len() {
+        if let Some(d) = u.cross_attention_dim.get(i).filter(|&d| d != context) {
+            bail!("{}: cross_attention_dim is {d} but the {encoders} is {context}", unet_config());
+        }
+    }
+    if let (Some((time_dim, input)), Some(t2)) = (u.text_time(), text_2) {
+        let want = t2.pooled_width() + 6 * time_dim;
+        if input != want {
+            bail!(
+                "{}: projection_class_embeddings_input_dim is {input}, but text_encoder_2's pooled width {} plus 6 time ids of addition_time_embed_dim {time_dim} is {want}",
+                unet_config(),
+                t2.pooled_width()
+            );
+        }
+    }
+    let latent = vae.config.latent_channels;
+    if u.in_channels != latent || u.out_channels != latent {
+        bail!("{}: in_channels {} and out_channels {} must be the VAE's latent_channels ({latent})", unet_config(), u.in_channels, u.out_channels);
+    }
+    Ok(())
+}
+
 /// `scheduler/scheduler_config.json`, with the prediction type `--prediction_type` or a
 /// single-file checkpoint sets.
 pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
@@ -212,16 +268,14 @@ fn load_weights(repo: &ModelRepo, component: &str, opts: &WeightOptions, placeme
 
 pub fn load_unet(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<UNet2DConditionModel> {
     let cfg_path = repo.require("unet/config.json")?;
-    let cfg: UNetConfig = config::read(&cfg_path)?;
-    cfg.validate(&cfg_path)?;
-    UNet2DConditionModel::load(&load_weights(repo, "unet", opts, placement)?, &cfg).context("loading the UNet")
+    let cfg: UNetConfig = config::load(&cfg_path)?;
+    UNet2DConditionModel::load(&load_weights(repo, "unet", opts, placement)?, &cfg).with_context(|| format!("loading the UNet ({})", cfg_path.display()))
 }
 
 pub fn load_vae(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<AutoencoderKL> {
     let cfg_path = repo.require("vae/config.json")?;
-    let cfg: VaeConfig = config::read(&cfg_path)?;
-    cfg.validate(&cfg_path)?;
-    AutoencoderKL::load(&load_weights(repo, "vae", opts, placement)?, &cfg).context("loading the VAE")
+    let cfg: VaeConfig = config::load(&cfg_path)?;
+    AutoencoderKL::load(&load_weights(repo, "vae", opts, placement)?, &cfg).with_context(|| format!("loading the VAE ({})", cfg_path.display()))
 }
 
 pub fn load_text_encoder(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
@@ -231,9 +285,8 @@ pub fn load_text_encoder(repo: &ModelRepo, opts: &WeightOptions, placement: Plac
 /// A CLIP text encoder from `folder` (`text_encoder`, or SDXL's `text_encoder_2`).
 pub fn load_text_encoder_from(repo: &ModelRepo, folder: &str, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
     let cfg_path = repo.require(&format!("{folder}/config.json"))?;
-    let cfg: ClipTextConfig = config::read(&cfg_path)?;
-    cfg.validate(&cfg_path)?;
-    ClipTextModel::load(&load_weights(repo, folder, opts, placement)?, &cfg).with_context(|| format!("loading {folder}"))
+    let cfg: ClipTextConfig = config::load(&cfg_path)?;
+    ClipTextModel::load(&load_weights(repo, folder, opts, placement)?, &cfg).with_context(|| format!("loading {folder} ({})", cfg_path.display()))
 }
 
 pub fn load_tokenizer(repo: &ModelRepo) -> Result<super::tokenizer::ClipTokenizer> {

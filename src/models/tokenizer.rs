@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
+use crate::formats::regular;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
@@ -55,6 +56,8 @@ impl Spec {
 /// A CLIP BPE tokenizer loaded from a diffusers `tokenizer/` folder, with transformers 5's
 /// padding, truncation and added-token (placeholder) behaviour.
 pub struct ClipTokenizer {
+    /// The folder it was read from, for messages.
+    dir: std::path::PathBuf,
     tok: Tokenizer,
     max_len: usize,
     bos: u32,
@@ -76,11 +79,10 @@ impl ClipTokenizer {
             Some(j) => bpe_from_tokenizer_json(j).with_context(|| json_path.display().to_string())?,
             None => {
                 let (v, m) = (dir.join("vocab.json"), dir.join("merges.txt"));
-                if let Some(f) = [&v, &m].into_iter().find(|f| !f.is_file()) {
+                if let Some(f) = [&v, &m].into_iter().find(|f| !f.exists()) {
                     bail!("{}: no tokenizer.json, and {} is missing", dir.display(), f.display());
                 }
-                BPE::read_file(&v.to_string_lossy(), &m.to_string_lossy())
-                    .map_err(|e| anyhow!("reading {} and {}: {e}", v.display(), m.display()))?
+                (read_vocab(&v)?, read_merges(&m)?)
             }
         };
         let (specials, decoder) = saved_tokens(dir, &config, json.as_ref())?;
@@ -117,7 +119,18 @@ impl ClipTokenizer {
         let post = RobertaProcessing::new((eos_s, eos), (bos_s, bos)).trim_offsets(false).add_prefix_space(false);
         tok.with_post_processor(Some(post));
         let max_len = model_max_length(&config).with_context(|| config_path.display().to_string())?;
-        Ok(Self { tok, max_len, bos, eos, pad: (pad, specials[3].content().to_string()) })
+        Ok(Self { dir: dir.to_path_buf(), tok, max_len, bos, eos, pad: (pad, specials[3].content().to_string()) })
+    }
+
+    /// The folder the tokenizer was read from.
+    pub fn folder(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The highest id it can give (vocabulary and added tokens); the text encoder it feeds must
+    /// have a row for it.
+    pub fn max_id(&self) -> Option<u32> {
+        self.tok.get_vocab(true).into_values().max()
     }
 
     /// Adds placeholder tokens like transformers' `tokenizer.add_tokens([...])` (matched anywhere
@@ -256,7 +269,7 @@ fn saved_tokens(
         }
     }
     for slot in specials.iter_mut().flatten() {
-        if let Some(t) = decoder.values().filter(|t: &&AddedToken| t.content == slot.content()).last() {
+        if let Some(t) = decoder.values().rfind(|t: &&AddedToken| t.content == slot.content()) {
             *slot = Spec::Token(t.clone());
         }
     }
@@ -301,11 +314,47 @@ fn read_object(path: &Path) -> Result<Option<Map<String, Value>>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_text(path)?;
     match serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))? {
         Value::Object(m) => Ok(Some(m)),
         _ => bail!("{}: expected a JSON object", path.display()),
     }
+}
+
+/// A tokenizer file's text: only a regular file, of at most [`regular::CONFIG_MAX_BYTES`].
+fn read_text(path: &Path) -> Result<String> {
+    Ok(regular::read_to_string(path, regular::CONFIG_MAX_BYTES)?)
+}
+
+/// `vocab.json`, as the `tokenizers` crate's `BPE::read_file` reads it (entries whose value is
+/// not a number are skipped), but from bytes read through [`read_text`] (that function opens
+/// the path itself, which hangs on a FIFO) and refusing ids beyond u32 (it truncates them).
+fn read_vocab(path: &Path) -> Result<Vocab> {
+    let json: Value = serde_json::from_str(&read_text(path)?).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let Value::Object(map) = json else { bail!("{}: expected a JSON object of token ids", path.display()) };
+    map.into_iter()
+        .filter_map(|(token, id)| match id {
+            Value::Number(n) => Some((token, n)),
+            _ => None,
+        })
+        .map(|(token, id)| match id.as_u64().and_then(|i| u32::try_from(i).ok()) {
+            Some(id) => Ok((token, id)),
+            None => bail!("{}: token {token:?} has id {id}; expected 0 to {}", path.display(), u32::MAX),
+        })
+        .collect()
+}
+
+/// `merges.txt` as `BPE::read_file` reads it: one "a b" pair a line, `#version` lines skipped.
+fn read_merges(path: &Path) -> Result<Merges> {
+    read_text(path)?
+        .lines()
+        .filter(|l| !l.starts_with("#version"))
+        .enumerate()
+        .map(|(rank, line)| match line.split(' ').collect::<Vec<_>>()[..] {
+            [a, b] => Ok((a.to_string(), b.to_string())),
+            _ => bail!("{}: merge {} is not a pair \"a b\": {line:?}", path.display(), rank + 1),
+        })
+        .collect()
 }
 
 /// vocab and merges of tokenizer.json's BPE model (merges as "a b" strings or ["a", "b"] pairs).
@@ -365,13 +414,16 @@ fn added_token(v: &Value, special: bool) -> Result<AddedToken> {
 }
 
 /// `model_max_length` from tokenizer_config.json; 77 when absent or transformers' "no limit" value.
+/// At most [`crate::models::config::MAX_POSITIONS`]: every prompt is padded to it (and the text
+/// encoder must have that many positions, which the model loader checks).
 fn model_max_length(config: &Map<String, Value>) -> Result<usize> {
     let Some(v) = config.get("model_max_length") else {
         return Ok(DEFAULT_MAX_LEN);
     };
+    let max = crate::models::config::MAX_POSITIONS as f64;
     match v.as_f64() {
         Some(x) if x > 1e6 => Ok(DEFAULT_MAX_LEN),
-        Some(x) if x >= 2.0 && x.fract() == 0.0 => Ok(x as usize),
-        _ => bail!("model_max_length {v} is not a length of at least 2 (BOS + EOS)"),
+        Some(x) if (2.0..=max).contains(&x) && x.fract() == 0.0 => Ok(x as usize),
+        _ => bail!("model_max_length {v} is not a length from 2 (BOS + EOS) to {max} (or above 1e6: no limit)"),
     }
 }

@@ -6,7 +6,7 @@ use super::nn::{Conv2d, GroupNorm};
 use super::resnet::ResnetConfig;
 use super::unet_blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 use super::weights::Weights;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use tch::Tensor;
 
 mod checkpointing;
@@ -47,8 +47,55 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    /// Builds the UNet; `config` must have passed [`UNetConfig::validate`].
+    /// Builds the UNet; `config` must have passed [`UNetConfig::validate`]. The layer counts
+    /// are checked against the weights' keys and every tensor's name and shape against their
+    /// headers first, so a config that does not fit fails before anything is allocated.
     pub fn load(w: &Weights, config: &UNetConfig) -> Result<Self> {
+        // Again here, for callers that built the config themselves: nothing below may see an
+        // unchecked value.
+        config.validate(std::path::Path::new("the UNet config"))?;
+        Self::check_counts(w, config)?;
+        w.check(&[], || Self::build(w, config))?;
+        let unet = Self::build(w, config)?;
+        w.finish(&[])?;
+        Ok(unet)
+    }
+
+    /// Block and layer counts: the config's must be those of the weights (see
+    /// [`Weights::expect_count`]), which bounds what the config can make [`Self::build`] build.
+    fn check_counts(w: &Weights, c: &UNetConfig) -> Result<()> {
+        let n = c.block_out_channels.len();
+        w.expect_count("down_blocks", n as i64, "block_out_channels")?;
+        w.expect_count("up_blocks", n as i64, "block_out_channels")?;
+        let per = |v: &super::config::PerBlock<i64>, i: usize, what: &str| v.get(i).with_context(|| format!("unet config: {what} has no entry for block {i}"));
+        let transformers = |prefix: String, layers: i64, want: i64| -> Result<()> {
+            for j in 0..layers {
+                w.expect_count(&format!("{prefix}.{j}.transformer_blocks"), want, "transformer_layers_per_block")?;
+            }
+            Ok(())
+        };
+        for i in 0..n {
+            let layers = per(&c.layers_per_block, i, "layers_per_block")?;
+            let t = per(&c.transformer_layers_per_block, i, "transformer_layers_per_block")?;
+            let down = format!("down_blocks.{i}");
+            w.expect_count(&format!("{down}.resnets"), layers, "layers_per_block")?;
+            if c.down_block_types[i] == "CrossAttnDownBlock2D" {
+                w.expect_count(&format!("{down}.attentions"), layers, "layers_per_block")?;
+                transformers(format!("{down}.attentions"), layers, t)?;
+            }
+            let r = n - 1 - i;
+            let (layers, t) = (per(&c.layers_per_block, r, "layers_per_block")? + 1, per(&c.transformer_layers_per_block, r, "transformer_layers_per_block")?);
+            let up = format!("up_blocks.{i}");
+            w.expect_count(&format!("{up}.resnets"), layers, "layers_per_block (+1 in up blocks)")?;
+            if c.up_block_types[i] == "CrossAttnUpBlock2D" {
+                w.expect_count(&format!("{up}.attentions"), layers, "layers_per_block (+1 in up blocks)")?;
+                transformers(format!("{up}.attentions"), layers, t)?;
+            }
+        }
+        transformers("mid_block.attentions".into(), 1, per(&c.transformer_layers_per_block, n - 1, "transformer_layers_per_block")?)
+    }
+
+    fn build(w: &Weights, config: &UNetConfig) -> Result<Self> {
         let c = config;
         let p = w.root();
         let n = c.block_out_channels.len();
@@ -106,7 +153,6 @@ impl UNet2DConditionModel {
             config: c.clone(),
             _backing: w.backing(),
         };
-        w.finish(&[])?;
         Ok(unet)
     }
 

@@ -166,20 +166,36 @@ pub struct AutoencoderKL {
 }
 
 impl AutoencoderKL {
+    /// Builds the VAE; like [`super::unet::UNet2DConditionModel::load`], the config is checked
+    /// against the weights' keys and headers before anything is allocated.
     pub fn load(w: &Weights, config: &VaeConfig) -> Result<Self> {
+        config.validate(std::path::Path::new("the VAE config"))?;
+        let n = config.block_out_channels.len() as i64;
+        let layers = config.layers_per_block;
+        for (coder, blocks, resnets) in [("encoder.down_blocks", n, layers), ("decoder.up_blocks", n, layers + 1)] {
+            w.expect_count(coder, blocks, "block_out_channels")?;
+            for i in 0..blocks {
+                w.expect_count(&format!("{coder}.{i}.resnets"), resnets, "layers_per_block")?;
+            }
+        }
+        w.check(&[], || Self::build(w, config))?;
+        let vae = Self::build(w, config);
+        w.finish(&[])?;
+        Ok(vae)
+    }
+
+    fn build(w: &Weights, config: &VaeConfig) -> Self {
         let p = w.root();
         let resnet = ResnetConfig { groups: config.norm_num_groups, eps: 1e-6, temb_channels: None, output_scale_factor: 1.0 };
         let l = config.latent_channels;
         let quant_conv = config.use_quant_conv.then(|| Conv2d::load(&p.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0));
         let post_quant_conv = config.use_post_quant_conv.then(|| Conv2d::load(&p.pp("post_quant_conv"), l, l, 1, 1, 0));
-        let vae = AutoencoderKL {
+        AutoencoderKL {
             encoder: Some((Encoder::load(&p.pp("encoder"), config, resnet), quant_conv)),
             decoder: Some((Decoder::load(&p.pp("decoder"), config, resnet), post_quant_conv)),
             config: config.clone(),
             backing: Some(w.backing()),
-        };
-        w.finish(&[])?;
-        Ok(vae)
+        }
     }
 
     /// Pixels in [-1, 1] `[batch, 3, H, W]` → posterior over `[batch, latent, H/8, W/8]`.

@@ -32,7 +32,8 @@ impl Placement {
 
 enum Source {
     Safetensors(SafetensorsFile),
-    Torch(TorchFile),
+    /// Boxed: the parsed pickle tree makes it several times larger than a mapped safetensors.
+    Torch(Box<TorchFile>),
 }
 
 /// Where one tensor's bytes are.
@@ -57,6 +58,23 @@ pub enum View {
 }
 
 impl Entry {
+    fn dtype(&self) -> DType {
+        match self {
+            Entry::Safetensors { dtype, .. } => *dtype,
+            Entry::Torch { tensor, .. } => tensor.storage.dtype,
+            Entry::Derived { base, .. } => base.dtype(),
+        }
+    }
+
+    /// A torch.save tensor (under any view) and how many elements its storage holds.
+    fn torch_view(&self) -> Option<(&crate::formats::pickle::TensorRef, usize)> {
+        match self {
+            Entry::Torch { tensor, .. } => Some((tensor, tensor.storage.view.map_or(tensor.storage.numel, |(_, len)| len))),
+            Entry::Derived { base, .. } => base.torch_view(),
+            Entry::Safetensors { .. } => None,
+        }
+    }
+
     fn shape(&self) -> Vec<i64> {
         match self {
             Entry::Safetensors { shape, .. } => shape.clone(),
@@ -99,6 +117,8 @@ pub struct Weights {
     problems: RefCell<Vec<String>>,
     /// Whether a tensor handed out points into a mapped file (see [`Weights::backing`]).
     borrowed: std::cell::Cell<bool>,
+    /// Inside [`Weights::check`]: names and shapes are compared, nothing is read or allocated.
+    dry: std::cell::Cell<bool>,
 }
 
 impl Weights {
@@ -134,6 +154,7 @@ impl Weights {
             used: RefCell::new(BTreeSet::new()),
             problems: RefCell::new(Vec::new()),
             borrowed: std::cell::Cell::new(false),
+            dry: std::cell::Cell::new(false),
         }
     }
 
@@ -167,6 +188,49 @@ impl Weights {
         self.entries.get(key).map(Entry::shape)
     }
 
+    /// The dtype a tensor is stored in, if present (read from the header: nothing is loaded).
+    pub fn stored_dtype(&self, key: &str) -> Option<DType> {
+        self.entries.get(key).map(Entry::dtype)
+    }
+
+    /// How many numbered children `prefix.0`, `prefix.1`, ... the stored keys have: one more
+    /// than the highest index found (0 when none). A model's layer counts must equal it, which
+    /// bounds what a config can make the loader build by what the weight files really hold.
+    pub fn count(&self, prefix: &str) -> u64 {
+        let head = format!("{prefix}.");
+        let index = |k: &str| k.strip_prefix(&head)?.split('.').next()?.parse::<u64>().ok();
+        self.entries.keys().filter_map(|k| index(k)).max().map_or(0, |i| i.saturating_add(1))
+    }
+
+    /// Fails, naming `field` and the weight file, unless the weights have exactly `want`
+    /// numbered children under `prefix` (see [`Weights::count`]).
+    pub fn expect_count(&self, prefix: &str, want: i64, field: &str) -> Result<()> {
+        let have = self.count(prefix);
+        if u64::try_from(want).ok() != Some(have) {
+            bail!("{}: the config's {field} asks for {want} of {prefix}.*, the weights have {have}", self.name);
+        }
+        Ok(())
+    }
+
+    /// Runs `build` (a model's constructor over these weights) with every tensor replaced by a
+    /// placeholder that costs no memory, then fails with every missing, mis-shaped and
+    /// unexpected tensor (see [`Weights::finish`]): a config that does not fit the weight files
+    /// is reported from their headers alone, before a byte is read or allocated. `build` must
+    /// ask for exactly the tensors the real build asks for; it is run again afterwards for real.
+    pub fn check<T>(&self, ignore: &[&str], build: impl FnOnce() -> T) -> Result<()> {
+        // What an earlier build of these weights asked for does not count.
+        self.used.borrow_mut().clear();
+        self.problems.borrow_mut().clear();
+        self.dry.set(true);
+        drop(build());
+        self.dry.set(false);
+        let result = self.finish(ignore);
+        self.used.borrow_mut().clear();
+        self.problems.borrow_mut().clear();
+        self.borrowed.set(false);
+        result
+    }
+
     /// All keys, sorted (for prefix detection and messages).
     pub fn keys(&self) -> Vec<&str> {
         let mut k: Vec<&str> = self.entries.keys().map(String::as_str).collect();
@@ -183,27 +247,36 @@ impl Weights {
 
     /// Like [`Weights::get`] with an explicit kind (e.g. norms kept in f32).
     pub fn get_kind(&self, key: &str, shape: &[i64], kind: Kind) -> Tensor {
-        match self.try_get(key, shape, kind) {
+        let result = if self.dry.get() { self.lookup(key, shape).map(|_| placeholder(shape, kind)) } else { self.try_get(key, shape, kind) };
+        match result {
             Ok(t) => t,
             Err(e) => {
                 self.problems.borrow_mut().push(format!("{e:#}"));
-                Tensor::zeros(shape, (kind, self.placement.device))
+                placeholder(shape, kind)
             }
         }
     }
 
-    fn try_get(&self, key: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+    /// The entry under `key` if its stored shape is `shape` (or the same up to size-1
+    /// dimensions: then also `true`, it needs a reshape), marked used.
+    fn lookup(&self, key: &str, shape: &[i64]) -> Result<(&Entry, bool)> {
         let entry = self.entries.get(key).with_context(|| format!("missing tensor {key} (expected shape {shape:?})"))?;
+        // Asked for: reported as mis-shaped if it is, not also as unexpected.
+        self.used.borrow_mut().insert(key.to_string());
         let stored = entry.shape();
         // Linear layers stored as 1x1 convolutions (old VAE attention checkpoints) and the reverse.
-        let reshape = stored != shape && stored.iter().product::<i64>() == shape.iter().product::<i64>() && {
+        let reshape = stored != shape && numel(&stored) == numel(shape) && numel(shape).is_some() && {
             let trim = |s: &[i64]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
             trim(&stored) == trim(shape)
         };
         if stored != shape && !reshape {
             bail!("tensor {key} has shape {stored:?}, expected {shape:?}");
         }
-        self.used.borrow_mut().insert(key.to_string());
+        Ok((entry, reshape))
+    }
+
+    fn try_get(&self, key: &str, shape: &[i64], kind: Kind) -> Result<Tensor> {
+        let (entry, reshape) = self.lookup(key, shape)?;
         let t = self.stored(entry)?;
         let t = if reshape { t.f_reshape(shape)? } else { t };
         let stored_at = t.data_ptr() as usize;
@@ -216,8 +289,21 @@ impl Weights {
     }
 
     /// The stored tensor under `key`, in the file's dtype, on the CPU (for `convert-model`).
+    /// Densely copied: a stored view that repeats its storage's elements (stride 0) could
+    /// claim terabytes from a few bytes, so one larger than its storage is refused (no real
+    /// checkpoint saves one; a model's loader checks the shapes of those it uses anyway).
     pub fn stored_tensor(&self, key: &str) -> Result<Tensor> {
         let entry = self.entries.get(key).with_context(|| format!("{}: no tensor {key}", self.name))?;
+        if let Some((tensor, elements)) = entry.torch_view() {
+            let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+            if numel(&shape).is_none_or(|n| n as u64 > elements as u64) {
+                bail!(
+                    "{}: tensor {key} of shape {shape:?} (strides {:?}) is a view of more elements than its {elements}-element storage holds: refusing to expand it",
+                    self.name,
+                    tensor.stride
+                );
+            }
+        }
         self.used.borrow_mut().insert(key.to_string());
         Ok(self.stored(entry)?.f_contiguous()?)
     }
@@ -290,7 +376,8 @@ fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec
     let head = {
         use std::io::Read;
         let mut buf = [0u8; 16];
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // Only a regular file is mapped: a FIFO would block, a device map endless zeros.
+        let mut f = crate::formats::regular::open(path)?;
         let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
         buf[..n].to_vec()
     };
@@ -301,7 +388,7 @@ fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec
         for (key, t) in tensors {
             entries.push((key, Entry::Torch { file: idx, tensor: t.clone() }));
         }
-        Ok((Source::Torch(tf), entries))
+        Ok((Source::Torch(Box::new(tf)), entries))
     } else {
         let st = SafetensorsFile::open(path)?;
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(st.bytes())
@@ -366,6 +453,19 @@ impl Checkpoint {
         }
         Ok(Weights::with_entries(format!("{name} ({component})"), self.all.sources.clone(), entries, placement))
     }
+}
+
+/// The element count of `shape`; `None` for a negative dimension or an overflow.
+fn numel(shape: &[i64]) -> Option<i64> {
+    shape.iter().try_fold(1i64, |n, &d| if d < 0 { None } else { n.checked_mul(d) })
+}
+
+/// What a module gets for a tensor that is missing, mis-shaped or not read yet (in
+/// [`Weights::check`]): one zero expanded to `shape`, so a wrong config costs no memory before
+/// [`Weights::finish`] reports it. Always on the CPU: it is never computed with.
+fn placeholder(shape: &[i64], kind: Kind) -> Tensor {
+    let zero = Tensor::zeros([], (kind, Device::Cpu));
+    zero.f_expand(shape, false).unwrap_or(zero)
 }
 
 /// A CPU tensor over `bytes` of the mapped file without copying them (when aligned for the

@@ -96,7 +96,8 @@ pub struct SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        // Only a regular file, of bounded size: a FIFO or /dev/zero would never end.
+        let text = crate::formats::regular::read_to_string(path, crate::formats::regular::CONFIG_MAX_BYTES)?;
         Self::from_json(&text).with_context(|| format!("{}: not a valid scheduler config", path.display()))
     }
 
@@ -351,6 +352,25 @@ impl SchedulerConfig {
                 }
             }
         };
+        // Each step keeps 1 - beta of the signal: a beta outside (0, 1) gives a negative or
+        // zero alpha, whose products and logarithms make every later value meaningless (NaN
+        // sigmas, or a finite schedule that only draws noise). Checked where they are used.
+        let in_unit = |v: f64| v > 0.0 && v < 1.0;
+        match &self.trained_betas {
+            Some(b) => {
+                if let Some((i, v)) = b.iter().enumerate().find(|(_, v)| !in_unit(**v)) {
+                    bail!("trained_betas[{i}] is {v}; every beta must be between 0 and 1, both excluded ({name})");
+                }
+            }
+            None if matches!(beta_schedule, BetaSchedule::Linear | BetaSchedule::ScaledLinear | BetaSchedule::Sigmoid) => {
+                for (field, v) in [("beta_start", self.beta_start.unwrap_or(0.0001)), ("beta_end", self.beta_end.unwrap_or(0.02))] {
+                    if !in_unit(v) {
+                        bail!("{field} is {v}; a beta must be between 0 and 1, both excluded ({name})");
+                    }
+                }
+            }
+            None => {}
+        }
         let prediction_type = choose(name, "prediction_type", self.prediction_type.as_deref().unwrap_or("epsilon"), class.predictions)?;
         let timestep_spacing = match &self.timestep_spacing {
             Some(s) if class.samples => choose(

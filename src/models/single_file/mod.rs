@@ -16,6 +16,10 @@ use super::weights::{Checkpoint, Placement, View, Weights};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
+/// What a component's layout gives for a stored key (its prefix removed) and shape: the
+/// diffusers names it provides, each with the view it is read through.
+type KeyMap<'a> = &'a dyn Fn(&str, &[i64]) -> Vec<(String, View)>;
+
 /// The model types this tool reads, with diffusers' names for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -99,25 +103,26 @@ impl SingleFile {
     pub fn weights(&self, component: &str, placement: Placement) -> Result<Weights> {
         let ck = &self.checkpoint;
         let config_path = |f: &str| self.config.require(&format!("{component}/{f}"));
-        let only = |prefix: &'static str, map: &dyn Fn(&str, &[i64]) -> Vec<(String, View)>| {
+        let only = |prefix: &'static str, map: KeyMap<'_>| {
             ck.component(component, placement, |k, shape| k.strip_prefix(prefix).map(|r| map(r, shape)).unwrap_or_default())
         };
         let whole = |name: Option<String>| name.map(|n| vec![(n, View::Whole)]).unwrap_or_default();
         let weights = match component {
             "unet" => {
-                let cfg: UNetConfig = config::read(&config_path("config.json")?)?;
+                // Validated before its layer counts size the key layout.
+                let cfg: UNetConfig = config::load(&config_path("config.json")?)?;
                 let blocks = cfg.block_out_channels.len();
                 let layers: Vec<usize> = (0..blocks).map(|b| cfg.layers_per_block.get(b).unwrap_or(2).max(0) as usize).collect();
                 let layout = ldm_keys::UNetLayout::new(&layers);
                 only(UNET, &|k, _| whole(layout.key(k)))?
             }
             "vae" => {
-                let cfg: VaeConfig = config::read(&config_path("config.json")?)?;
+                let cfg: VaeConfig = config::load(&config_path("config.json")?)?;
                 let blocks = cfg.block_out_channels.len();
                 only(VAE, &|k, _| whole(ldm_keys::vae_key(k, blocks)))?
             }
             "text_encoder" | "text_encoder_2" => {
-                let cfg: ClipTextConfig = config::read(&config_path("config.json")?)?;
+                let cfg: ClipTextConfig = config::load(&config_path("config.json")?)?;
                 let layers = cfg.num_hidden_layers.max(0) as usize;
                 let (prefix, open_clip) = match (component, self.arch) {
                     ("text_encoder", Arch::Sd1) => (SD1_TEXT, false),
@@ -203,7 +208,12 @@ fn file_prediction_type(path: &Path, ck: &Checkpoint, arch: Arch) -> Option<(Str
         return Some((p.into(), "the file's modelspec.prediction_type".into()));
     }
     let yaml = path.with_extension("yaml");
-    if let Ok(text) = std::fs::read_to_string(&yaml) {
+    // Read only when it is a regular file (a FIFO or device there would never end), and small.
+    let text = yaml.exists().then(|| crate::formats::regular::read_to_string(&yaml, crate::formats::regular::CONFIG_MAX_BYTES));
+    if let Some(Err(e)) = &text {
+        tracing::warn!("{e}: not read (the prediction type comes from elsewhere)");
+    }
+    if let Some(Ok(text)) = text {
         let v = text.lines().any(|l| {
             let l = l.trim();
             l.strip_prefix("parameterization:").is_some_and(|v| matches!(v.trim().trim_matches(['"', '\'']), "v"))
