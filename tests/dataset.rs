@@ -344,3 +344,18 @@ fn no_usable_image_is_an_error_naming_the_folder() {
     let err = format!("{:#}", Dataset::load(&missing, 64, false, 1).err().unwrap());
     assert!(err.contains("nope"), "{err}");
 }
+
+/// FIFOs and links to devices in a training folder are skipped by name, never read (a FIFO
+/// would block, `/dev/zero` never ends).
+#[test]
+fn special_files_in_the_folder_are_skipped_unread() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(dir().join("images/toy-2.png"), d.path().join("a.png")).unwrap();
+    let fifo = std::ffi::CString::new(d.path().join("pipe.png").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", d.path().join("zero.png")).unwrap();
+    let ds = Dataset::load(d.path(), 32, true, 1).unwrap();
+    assert_eq!(ds.num_images(), 1);
+    let reasons: Vec<String> = ds.skipped().iter().map(|s| s.reason.clone()).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+}

@@ -51,6 +51,8 @@ pub fn run(args: ConvertModelArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let tmp = tempfile::Builder::new().prefix(".tmp-convert-").tempdir_in(&parent).with_context(|| format!("creating a folder in {}", parent.display()))?;
+    // Removed on SIGINT/SIGTERM too, not only when dropped.
+    let _tracked = crate::formats::atomic::track(tmp.path());
     write_folder(&repo, file, tmp.path(), kind)?;
     let tmp = tmp.keep();
     if let Err(e) = std::fs::rename(&tmp, &args.output) {

@@ -56,7 +56,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn read_json(path: &Path) -> Result<Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+    serde_json::from_str(&crate::formats::regular::read_to_string(path, crate::formats::regular::CONFIG_MAX_BYTES)?)
         .with_context(|| format!("{}: not JSON", path.display()))
 }
 
@@ -67,7 +67,8 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
 
 /// All tensors of a weight file, in file order.
 fn read_tensors(path: &Path) -> Result<Vec<(String, RawTensor)>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    // The base text encoder's weights, as large as they really are; a regular file only.
+    let bytes = crate::formats::regular::read(path, u64::MAX)?;
     if crate::formats::torch_file::sniff(&bytes) {
         let tf = TorchFile::from_bytes(&path.display().to_string(), bytes)?;
         return tf.tensors().into_iter().map(|(k, t)| Ok((k, tf.tensor(t)?))).collect();

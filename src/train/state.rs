@@ -134,7 +134,7 @@ fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
 }
 
 pub fn load(dir: &Path) -> Result<Checkpoint> {
-    let state = std::fs::read_to_string(dir.join("state.json")).with_context(|| format!("reading {}/state.json", dir.display()))?;
+    let state = crate::formats::regular::read_to_string(&dir.join("state.json"), crate::formats::regular::CONFIG_MAX_BYTES).with_context(|| format!("reading {}/state.json", dir.display()))?;
     let position: Position = serde_json::from_str(&state).with_context(|| format!("{}/state.json is not a checkpoint state", dir.display()))?;
     let mut rows = Vec::new();
     for i in 0..2 {
@@ -150,7 +150,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let mut optimizer = Vec::new();
     let mut scheduler = Vec::new();
     let path = dir.join("training_state.safetensors");
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    // The optimizer's moments of a few rows: kilobytes; a regular file only.
+    let bytes = crate::formats::regular::read(&path, 256 << 20)?;
     for (k, t) in crate::formats::safetensors_io::read_all(&path.display().to_string(), &bytes)? {
         let t = crate::tensors::to_tch(&t)?;
         if let Some(k) = k.strip_prefix("optimizer.") {

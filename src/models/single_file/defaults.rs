@@ -56,6 +56,7 @@ pub fn folder_in(cache: &std::path::Path, arch: Arch) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root).with_context(|| format!("creating a folder in {}", root.display()))?;
+    let _tracked = crate::formats::atomic::track(tmp.path());
     let mut all: Vec<(String, &str)> = files.iter().map(|(f, text)| (f.to_string(), *text)).collect();
     for tokenizer in ["tokenizer", "tokenizer_2"] {
         if files.iter().any(|(f, _)| f.starts_with(&format!("{tokenizer}/"))) {

@@ -47,7 +47,7 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
     if len > MAX_TEXT_BYTES {
         bail!("{what} {} is {len} bytes; at most {MAX_TEXT_BYTES} are read", path.display());
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let bytes = crate::formats::regular::read(path, MAX_TEXT_BYTES).with_context(|| format!("cannot read {what} {}", path.display()))?;
     String::from_utf8(bytes).with_context(|| format!("{what} {} is not UTF-8 text", path.display()))
 }
 

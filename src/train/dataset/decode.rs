@@ -45,7 +45,8 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
     if len > MAX_FILE_BYTES {
         bail!("file of {} MB is too large to be an image", len >> 20);
     }
-    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read: {e}"))?;
+    // Only a regular file, and never more than its size said (a FIFO or a device is refused).
+    let bytes = crate::formats::regular::read(path, MAX_FILE_BYTES).map_err(|e| anyhow!("cannot read: {e}"))?;
     // By content, like Pillow: a caption named .jpg is not a JPEG.
     let format = image::guess_format(&bytes).map_err(|_| anyhow!("not an image (unrecognised content)"))?;
     let header_mode = match format {
