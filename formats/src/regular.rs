@@ -31,13 +31,7 @@ pub fn open(path: &Path) -> Result<File> {
     let file = options.open(path).map_err(|e| Error::io(path, e))?;
     let kind = file.metadata().map_err(|e| Error::io(path, e))?.file_type();
     if !kind.is_file() {
-        return Err(Error::format(
-            path.display().to_string(),
-            format!(
-                "not a regular file (it is {}): refusing to read it",
-                describe(&kind)
-            ),
-        ));
+        return Err(Error::format(path.display().to_string(), format!("not a regular file (it is {}): refusing to read it", describe(&kind))));
     }
     Ok(file)
 }
@@ -47,20 +41,13 @@ pub fn open(path: &Path) -> Result<File> {
 pub fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
     let file = open(path)?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let too_large = |n: u64| {
-        Error::too_large(
-            path.display().to_string(),
-            format!("{n} bytes is more than the {max_bytes} bytes a file of this kind may have"),
-        )
-    };
+    let too_large = |n: u64| Error::too_large(path.display().to_string(), format!("{n} bytes is more than the {max_bytes} bytes a file of this kind may have"));
     if len > max_bytes {
         return Err(too_large(len));
     }
     // `take`: a file growing while it is read still stops at the bound.
     let mut bytes = Vec::with_capacity(len as usize);
-    file.take(max_bytes + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
+    file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > max_bytes {
         return Err(too_large(bytes.len() as u64));
     }
@@ -69,8 +56,7 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
 
 /// [`read`] as UTF-8 text (an error naming the file where it is not).
 pub fn read_to_string(path: &Path, max_bytes: u64) -> Result<String> {
-    String::from_utf8(read(path, max_bytes)?)
-        .map_err(|e| Error::format(path.display().to_string(), format!("not UTF-8 text: {e}")))
+    String::from_utf8(read(path, max_bytes)?).map_err(|e| Error::format(path.display().to_string(), format!("not UTF-8 text: {e}")))
 }
 
 fn describe(kind: &std::fs::FileType) -> &'static str {
@@ -107,6 +93,8 @@ mod tests {
         let f = dir.path().join("a.json");
         std::fs::write(&f, "{}").unwrap();
         assert_eq!(read_to_string(&f, 2).unwrap(), "{}");
+        // No bound at all (the size of what is really there) must not wrap around.
+        assert_eq!(read(&f, u64::MAX).unwrap(), b"{}");
         #[cfg(unix)]
         {
             let link = dir.path().join("link.json");
@@ -121,10 +109,7 @@ mod tests {
         let f = dir.path().join("big.json");
         std::fs::write(&f, vec![b' '; 100]).unwrap();
         let e = read(&f, 99).unwrap_err().to_string();
-        assert!(
-            e.contains("big.json") && e.contains("100 bytes") && e.contains("99 bytes"),
-            "{e}"
-        );
+        assert!(e.contains("big.json") && e.contains("100 bytes") && e.contains("99 bytes"), "{e}");
     }
 
     #[cfg(unix)]
@@ -134,10 +119,7 @@ mod tests {
         let zero = dir.path().join("zero.json");
         std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
         let e = read(&zero, 1 << 20).unwrap_err().to_string();
-        assert!(
-            e.contains("zero.json") && e.contains("character device"),
-            "{e}"
-        );
+        assert!(e.contains("zero.json") && e.contains("character device"), "{e}");
         let fifo = dir.path().join("fifo.json");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
