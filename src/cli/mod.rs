@@ -20,6 +20,8 @@ pub struct Cli {
     pub verbose: u8,
 }
 
+/// Parsed once per process, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Versions, libtorch, CUDA/cuDNN availability, threads.
@@ -117,9 +119,7 @@ mod tests {
         let parse = |flag: &str| {
             let m = command().try_get_matches_from(["textual-inversion", "inspect", "x.pt"]).unwrap();
             let _ = Cli::from_arg_matches(&m).unwrap();
-            let m = command()
-                .try_get_matches_from(["textual-inversion", "generate", "--model", "m", "--prompt", "p", flag, "7"])
-                .unwrap();
+            let m = command().try_get_matches_from(["textual-inversion", "generate", "--model", "m", "--prompt", "p", flag, "7"]).unwrap();
             match Cli::from_arg_matches(&m).unwrap().command {
                 Command::Generate(g) => g.steps,
                 _ => unreachable!(),

@@ -288,10 +288,10 @@ impl TrainConfig {
         if l.kind != LossKind::L2 && !(l.huber_c > 0.0 && l.huber_c <= 1.0) {
             bail!("--huber_c must be in (0, 1], got {}", l.huber_c);
         }
-        if l.snr_gamma.is_some_and(|g| !(g > 0.0)) {
+        if l.snr_gamma.is_some_and(|g| g.is_nan() || g <= 0.0) {
             bail!("--snr_gamma must be positive");
         }
-        if l.max_grad_norm.is_some_and(|n| !(n > 0.0)) {
+        if l.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
             bail!("--max_grad_norm must be positive");
         }
         if !l.noise_offset.is_finite() || l.noise_offset < 0.0 {

@@ -68,7 +68,14 @@ pub fn loss(encoders: &[&ClipTextModel], unet: &UNet2DConditionModel, ddpm: &Ddp
 }
 
 /// [`loss`] with `--loss_type`, `--snr_gamma` and the huber settings of `objective`.
-pub fn loss_with(encoders: &[&ClipTextModel], unet: &UNet2DConditionModel, ddpm: &DdpmScheduler, x: &StepInputs, kind: Kind, objective: &LossConfig) -> Result<Tensor> {
+pub fn loss_with(
+    encoders: &[&ClipTextModel],
+    unet: &UNet2DConditionModel,
+    ddpm: &DdpmScheduler,
+    x: &StepInputs,
+    kind: Kind,
+    objective: &LossConfig,
+) -> Result<Tensor> {
     let _span = tracing::trace_span!("train_step").entered();
     let (noisy, target) = noisy_and_target(ddpm, x, kind)?;
     let cond = text_conditioning(encoders, x, kind)?;
@@ -80,6 +87,7 @@ pub fn loss_with(encoders: &[&ClipTextModel], unet: &UNet2DConditionModel, ddpm:
 /// `(loss * scale).backward()`). With `recompute` (`--gradient_checkpointing`) the UNet keeps
 /// only its blocks' inputs and recomputes each block during the backward pass (see
 /// `models/unet/checkpointing.rs`): less memory, one more forward pass of compute.
+#[allow(clippy::too_many_arguments)] // the step's inputs, each used once: a struct would only rename them
 pub fn loss_and_backward(
     encoders: &[&ClipTextModel],
     unet: &UNet2DConditionModel,
@@ -107,7 +115,8 @@ pub fn loss_and_backward(
     let grads = unet_pass.backward(&grad_pred)?;
     let mut total = (&cond.hidden * grads.context).sum(Kind::Float);
     if let (Some(added), Some(g)) = (&cond.added, grads.text_embeds) {
-        total = total + (&added.text_embeds * g.to_kind(added.text_embeds.kind())).sum(Kind::Float);
+        // Out of place, as the script's `+` (tch's `+=` would add into `total` in place).
+        total = total.f_add(&(&added.text_embeds * g.to_kind(added.text_embeds.kind())).sum(Kind::Float))?;
     }
     total.backward();
     Ok(loss.detach())
@@ -145,7 +154,11 @@ pub fn loss_of(pred: &Tensor, target: &Tensor, timesteps: &Tensor, ddpm: &DdpmSc
         LossKind::Huber | LossKind::SmoothL1 => {
             let c = huber_c(timesteps, ddpm, objective)?.reshape([b, 1, 1, 1]).to_device(p.device());
             let r = ((&p - &t).square() + c.square()).sqrt() - &c;
-            if objective.kind == LossKind::Huber { r * c * 2.0 } else { r * 2.0 }
+            if objective.kind == LossKind::Huber {
+                r * c * 2.0
+            } else {
+                r * 2.0
+            }
         }
     };
     let dims: Vec<i64> = (1..per_element.dim() as i64).collect();
