@@ -13,9 +13,7 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     println!("cargo:rustc-env=TI_LIBTORCH_LIB={lib}");
     // torch-sys checked the version exactly; the file is absent when torch came from Python.
-    let version = std::fs::read_to_string(Path::new(&lib).join("../build-version"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|_| "2.11.0".to_string());
+    let version = std::fs::read_to_string(Path::new(&lib).join("../build-version")).map(|v| v.trim().to_string()).unwrap_or_else(|_| "2.11.0".to_string());
     println!("cargo:rustc-env=TI_LIBTORCH_VERSION={version}");
     // The headers sit beside lib/ in every route (the CPU subset, the full wheel, a python's
     // torch). PyPI's torch 2.11 is built with the C++11 ABI, as torch-sys assumes by default.

@@ -62,10 +62,7 @@ pub fn runtime_info() -> RuntimeInfo {
 /// Path of a shared library mapped into this process.
 pub fn loaded_library(name: &str) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.rsplit('/').next() == Some(name))
-        .map(String::from)
+    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.rsplit('/').next() == Some(name)).map(String::from)
 }
 
 static CUDA_INIT: std::sync::Once = std::sync::Once::new();
@@ -239,8 +236,7 @@ impl Precision {
 
     /// Parses a precision name as the script's flags and ours spell them.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
-        <Self as clap::ValueEnum>::from_str(s.trim(), true)
-            .map_err(|_| anyhow::anyhow!("unknown precision {s:?}: expected fp32 (no), fp16 or bf16"))
+        <Self as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| anyhow::anyhow!("unknown precision {s:?}: expected fp32 (no), fp16 or bf16"))
     }
 }
 

@@ -10,7 +10,6 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
 }
 
-
 fn inspect_json(files: &[&Path]) -> (bool, serde_json::Value) {
     let out = bin().arg("inspect").arg("--json").args(files).output().unwrap();
     (out.status.success(), serde_json::from_slice(&out.stdout).expect("JSON on stdout"))
@@ -118,8 +117,7 @@ fn generate_writes_the_diffusers_image_with_metadata() {
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     reader.next_frame(&mut buf).unwrap();
-    let text: std::collections::HashMap<String, String> =
-        reader.info().uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
+    let text: std::collections::HashMap<String, String> = reader.info().uncompressed_latin1_text.iter().map(|c| (c.keyword.clone(), c.text.clone())).collect();
     assert_eq!(text["prompt"], "a photo of a cat");
     assert_eq!(text["negative_prompt"], "blurry, ugly");
     assert_eq!(text["seed"], "42");
@@ -133,7 +131,11 @@ fn generate_writes_the_diffusers_image_with_metadata() {
     let worst = buf.iter().zip(&want_pixels).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
     assert!(worst <= 1, "the PNG differs from diffusers' image by {worst}/255");
     // A second run numbers its file after the first.
-    let out = bin().args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--num_inference_steps", "2", "--seed", "7", "--scheduler", "euler_a", "--output_dir"]).arg(dir.path()).output().unwrap();
+    let out = bin()
+        .args(["generate", "--model", &tiny_sd(), "--prompt", "x", "--num_inference_steps", "2", "--seed", "7", "--scheduler", "euler_a", "--output_dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("0001-7.png").exists());
 }
@@ -163,7 +165,24 @@ fn generate_refuses_embeddings_that_do_not_fit() {
 fn generate_in_bf16_and_with_another_scheduler_runs() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
-        .args(["generate", "--model", &tiny_sd(), "--prompt", "a cat", "--num-inference-steps", "3", "--seed", "1", "--dtype", "bf16", "--scheduler", "dpm++2m", "--num_images_per_prompt", "2", "--output-dir"])
+        .args([
+            "generate",
+            "--model",
+            &tiny_sd(),
+            "--prompt",
+            "a cat",
+            "--num-inference-steps",
+            "3",
+            "--seed",
+            "1",
+            "--dtype",
+            "bf16",
+            "--scheduler",
+            "dpm++2m",
+            "--num_images_per_prompt",
+            "2",
+            "--output-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -184,7 +203,9 @@ fn cuda_backend_registers_with_a_cuda_libtorch() {
         .or_else(|| env("HOME").map(|h| h.join(".cache/textual-inversion")));
     let full = env("TI_FULL_LIBTORCH").or_else(|| cache.map(|c| c.join("libtorch-2.11.0-full")));
     let Some(lib) = full.map(|f| f.join("lib")).filter(|l| l.join("libtorch_cuda.so").exists()) else {
-        eprintln!("skipped cuda_backend_registers_with_a_cuda_libtorch: no CUDA libtorch (TI_FULL_LIBTORCH, or TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh)");
+        eprintln!(
+            "skipped cuda_backend_registers_with_a_cuda_libtorch: no CUDA libtorch (TI_FULL_LIBTORCH, or TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh)"
+        );
         return;
     };
     let out = bin().args(["info", "--json"]).env("LD_LIBRARY_PATH", &lib).output().unwrap();

@@ -42,18 +42,12 @@ fn sentence(s: &str) -> String {
 }
 
 fn help_text(arg: &Arg) -> String {
-    arg.get_long_help()
-        .or(arg.get_help())
-        .map(|h| sentence(&h.to_string()))
-        .unwrap_or_default()
+    arg.get_long_help().or(arg.get_help()).map(|h| sentence(&h.to_string())).unwrap_or_default()
 }
 
 /// Flags (present or not, or counted): clap's implicit `false`/`0` default says nothing.
 fn is_flag(arg: &Arg) -> bool {
-    matches!(
-        arg.get_action(),
-        ArgAction::SetTrue | ArgAction::SetFalse | ArgAction::Count
-    )
+    matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse | ArgAction::Count)
 }
 
 fn is_builtin(arg: &Arg) -> bool {
@@ -61,18 +55,12 @@ fn is_builtin(arg: &Arg) -> bool {
 }
 
 fn takes_value(arg: &Arg) -> bool {
-    arg.get_num_args()
-        .map(|n| n.takes_values())
-        .unwrap_or_else(|| arg.get_action().takes_values())
+    arg.get_num_args().map(|n| n.takes_values()).unwrap_or_else(|| arg.get_action().takes_values())
 }
 
 fn value_names(arg: &Arg) -> String {
     match arg.get_value_names() {
-        Some(names) => names
-            .iter()
-            .map(|n| format!("<{n}>"))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(names) => names.iter().map(|n| format!("<{n}>")).collect::<Vec<_>>().join(" "),
         None => format!("<{}>", arg.get_id().as_str().to_uppercase()),
     }
 }
@@ -80,11 +68,7 @@ fn value_names(arg: &Arg) -> String {
 /// The first column: how the argument is written on the command line.
 fn names(arg: &Arg) -> String {
     if arg.is_positional() {
-        let dots = if matches!(arg.get_action(), ArgAction::Append) {
-            "..."
-        } else {
-            ""
-        };
+        let dots = if matches!(arg.get_action(), ArgAction::Append) { "..." } else { "" };
         return format!("`{}{dots}`", value_names(arg));
     }
     let mut out = Vec::new();
@@ -105,14 +89,7 @@ fn row(arg: &Arg) -> String {
     } else {
         String::new()
     };
-    let defaults: Vec<String> = if is_flag(arg) {
-        &[][..]
-    } else {
-        arg.get_default_values()
-    }
-    .iter()
-    .map(|v| format!("`{}`", v.to_string_lossy()))
-    .collect();
+    let defaults: Vec<String> = if is_flag(arg) { &[][..] } else { arg.get_default_values() }.iter().map(|v| format!("`{}`", v.to_string_lossy())).collect();
     let mut notes = Vec::new();
     if arg.is_required_set() {
         notes.push("Required.".to_string());
@@ -124,26 +101,12 @@ fn row(arg: &Arg) -> String {
     if matches!(arg.get_action(), ArgAction::Count) {
         notes.push("Repeatable (counts).".to_string());
     }
-    let mut aliases: Vec<String> = arg
-        .get_all_short_aliases()
-        .unwrap_or_default()
-        .iter()
-        .map(|a| format!("`-{a}`"))
-        .collect();
-    aliases.extend(
-        arg.get_all_aliases()
-            .unwrap_or_default()
-            .iter()
-            .map(|a| format!("`--{a}`")),
-    );
+    let mut aliases: Vec<String> = arg.get_all_short_aliases().unwrap_or_default().iter().map(|a| format!("`-{a}`")).collect();
+    aliases.extend(arg.get_all_aliases().unwrap_or_default().iter().map(|a| format!("`--{a}`")));
     if !aliases.is_empty() {
         notes.push(format!("Also {}.", aliases.join(", ")));
     }
-    let possible: Vec<_> = arg
-        .get_possible_values()
-        .into_iter()
-        .filter(|p| !p.is_hide_set())
-        .collect();
+    let possible: Vec<_> = arg.get_possible_values().into_iter().filter(|p| !p.is_hide_set()).collect();
     let with_help = possible.iter().any(|p| p.get_help().is_some());
     let choices = if possible.is_empty() {
         String::new()
@@ -151,34 +114,17 @@ fn row(arg: &Arg) -> String {
         let items: Vec<String> = possible
             .iter()
             .map(|p| match p.get_help() {
-                Some(h) => format!(
-                    "`{}`: {}",
-                    p.get_name(),
-                    cell(h.to_string().trim_end_matches('.'))
-                ),
+                Some(h) => format!("`{}`: {}", p.get_name(), cell(h.to_string().trim_end_matches('.'))),
                 None => format!("`{}`", p.get_name()),
             })
             .collect();
         format!("Values: {}.", items.join("; "))
     } else {
-        let items: Vec<String> = possible
-            .iter()
-            .map(|p| format!("`{}`", p.get_name()))
-            .collect();
+        let items: Vec<String> = possible.iter().map(|p| format!("`{}`", p.get_name())).collect();
         format!("Values: {}.", items.join(", "))
     };
-    let description = [help_text(arg), choices, notes.join(" ")]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!(
-        "| {} | {} | {} | {} |\n",
-        names(arg),
-        value,
-        defaults.join(", "),
-        description
-    )
+    let description = [help_text(arg), choices, notes.join(" ")].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+    format!("| {} | {} | {} | {} |\n", names(arg), value, defaults.join(", "), description)
 }
 
 fn table(out: &mut String, args: &[&Arg]) {
@@ -189,10 +135,7 @@ fn table(out: &mut String, args: &[&Arg]) {
 }
 
 fn about(cmd: &Command) -> String {
-    cmd.get_long_about()
-        .or(cmd.get_about())
-        .map(|a| a.to_string().trim().to_string())
-        .unwrap_or_default()
+    cmd.get_long_about().or(cmd.get_about()).map(|a| a.to_string().trim().to_string()).unwrap_or_default()
 }
 
 /// The whole of `docs/cli.md`, from the clap definitions alone (no terminal width, no
@@ -209,49 +152,24 @@ fn render() -> String {
     out.push_str("Every option is also accepted in the other spelling listed under *Also* (the training script's ");
     out.push_str("`snake_case` names and their `kebab-case` forms). Every command takes `-h`/`--help` and `-V`/`--version`.\n\n");
     out.push_str("| Command | What it does |\n|---|---|\n");
-    let subs: Vec<&Command> = root
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-        .collect();
+    let subs: Vec<&Command> = root.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help").collect();
     for sub in &subs {
         let title = format!("{name} {}", sub.get_name());
-        writeln!(
-            out,
-            "| [`{}`](#{}) | {} |",
-            sub.get_name(),
-            slug(&title),
-            sentence(&sub.get_about().map(|a| a.to_string()).unwrap_or_default())
-        )
-        .unwrap();
+        writeln!(out, "| [`{}`](#{}) | {} |", sub.get_name(), slug(&title), sentence(&sub.get_about().map(|a| a.to_string()).unwrap_or_default())).unwrap();
     }
     out.push_str("\n## Global options\n\n");
-    let globals: Vec<&Arg> = root
-        .get_arguments()
-        .filter(|a| !is_builtin(a) && !a.is_hide_set())
-        .collect();
+    let globals: Vec<&Arg> = root.get_arguments().filter(|a| !is_builtin(a) && !a.is_hide_set()).collect();
     table(&mut out, &globals);
     for sub in subs {
         writeln!(out, "\n## {name} {}\n", sub.get_name()).unwrap();
         writeln!(out, "{}\n", sentence(&about(sub))).unwrap();
         let aliases = sub.get_all_aliases().collect::<Vec<_>>();
         if !aliases.is_empty() {
-            writeln!(
-                out,
-                "Also: {}.\n",
-                aliases
-                    .iter()
-                    .map(|a| format!("`{a}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-            .unwrap();
+            writeln!(out, "Also: {}.\n", aliases.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")).unwrap();
         }
         let usage = sub.clone().render_usage().to_string();
         writeln!(out, "```text\n{}\n```\n", usage.trim_end()).unwrap();
-        let args: Vec<&Arg> = sub
-            .get_arguments()
-            .filter(|a| !is_builtin(a) && !a.is_hide_set() && !a.is_global_set())
-            .collect();
+        let args: Vec<&Arg> = sub.get_arguments().filter(|a| !is_builtin(a) && !a.is_hide_set() && !a.is_global_set()).collect();
         table(&mut out, &args);
     }
     out
@@ -259,12 +177,7 @@ fn render() -> String {
 
 /// GitHub's heading anchor for plain text.
 fn slug(heading: &str) -> String {
-    heading
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
+    heading.to_lowercase().chars().filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ').map(|c| if c == ' ' { '-' } else { c }).collect()
 }
 
 #[test]
@@ -278,17 +191,8 @@ fn cli_reference_is_current() {
     }
     let current = std::fs::read_to_string(&path).unwrap_or_default();
     if current != rendered {
-        let line = current
-            .lines()
-            .zip(rendered.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or_else(|| current.lines().count().min(rendered.lines().count()));
-        let show = |text: &str| {
-            text.lines()
-                .nth(line)
-                .unwrap_or("(end of file)")
-                .to_string()
-        };
+        let line = current.lines().zip(rendered.lines()).position(|(a, b)| a != b).unwrap_or_else(|| current.lines().count().min(rendered.lines().count()));
+        let show = |text: &str| text.lines().nth(line).unwrap_or("(end of file)").to_string();
         panic!(
             "docs/cli.md is stale: the clap definitions changed (first difference at line {}:\n  file:     {}\n  rendered: {}\n). \
              Rerun with UPDATE_DOCS=1 to rewrite it: UPDATE_DOCS=1 scripts/cargo.sh test --release --test docs_cli_reference",
@@ -306,29 +210,13 @@ fn the_reference_names_every_long_option() {
     let mut root = textual_inversion::cli::command();
     root.build();
     for sub in root.get_subcommands() {
-        assert!(
-            rendered.contains(&format!("## textual-inversion {}\n", sub.get_name()))
-                || sub.get_name() == "help",
-            "{}",
-            sub.get_name()
-        );
-        for arg in sub
-            .get_arguments()
-            .filter(|a| !is_builtin(a) && !a.is_hide_set())
-        {
+        assert!(rendered.contains(&format!("## textual-inversion {}\n", sub.get_name())) || sub.get_name() == "help", "{}", sub.get_name());
+        for arg in sub.get_arguments().filter(|a| !is_builtin(a) && !a.is_hide_set()) {
             if let Some(long) = arg.get_long() {
-                assert!(
-                    rendered.contains(&format!("`--{long}`")),
-                    "{} --{long}",
-                    sub.get_name()
-                );
+                assert!(rendered.contains(&format!("`--{long}`")), "{} --{long}", sub.get_name());
             }
             for alias in arg.get_all_aliases().unwrap_or_default() {
-                assert!(
-                    rendered.contains(&format!("`--{alias}`")),
-                    "{} --{alias}",
-                    sub.get_name()
-                );
+                assert!(rendered.contains(&format!("`--{alias}`")), "{} --{alias}", sub.get_name());
             }
         }
     }

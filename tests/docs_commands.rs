@@ -24,25 +24,16 @@ fn repo() -> PathBuf {
 
 /// README.md, CONTRIBUTING.md, CHANGELOG.md and docs/*.md, sorted.
 fn pages() -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md"]
-        .iter()
-        .map(|p| repo().join(p))
-        .collect();
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
-        .expect("docs/")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "md"))
-        .collect();
+    let mut out: Vec<PathBuf> = ["README.md", "CONTRIBUTING.md", "CHANGELOG.md"].iter().map(|p| repo().join(p)).collect();
+    let mut docs: Vec<PathBuf> =
+        std::fs::read_dir(repo().join("docs")).expect("docs/").map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "md")).collect();
     docs.sort();
     out.extend(docs);
     out
 }
 
 fn rel(path: &Path) -> String {
-    path.strip_prefix(repo())
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(repo()).unwrap_or(path).display().to_string()
 }
 
 /// A fenced code block: its info string, first line (1-based, the fence) and text.
@@ -63,12 +54,7 @@ fn parse(text: &str, page: &str) -> (Vec<Fence>, Vec<(usize, String)>) {
         let n = i + 1;
         let trimmed = line.trim_start();
         if let Some((fence, block)) = &mut open {
-            if trimmed.starts_with(fence.as_str())
-                && trimmed
-                    .trim_start_matches(fence.chars().next().unwrap())
-                    .trim()
-                    .is_empty()
-            {
+            if trimmed.starts_with(fence.as_str()) && trimmed.trim_start_matches(fence.chars().next().unwrap()).trim().is_empty() {
                 fences.push(open.take().unwrap().1);
             } else {
                 block.body.push_str(line);
@@ -82,21 +68,10 @@ fn parse(text: &str, page: &str) -> (Vec<Fence>, Vec<(usize, String)>) {
             let info = trimmed[len..].trim().to_string();
             let runnable = marked_at == Some(n - 1);
             if runnable {
-                assert_eq!(
-                    info, "sh",
-                    "{page}:{n}: a `{MARKER}` block must be a ```sh fence"
-                );
+                assert_eq!(info, "sh", "{page}:{n}: a `{MARKER}` block must be a ```sh fence");
             }
             marked_at = None;
-            open = Some((
-                c.to_string().repeat(len),
-                Fence {
-                    info,
-                    line: n,
-                    body: String::new(),
-                    runnable,
-                },
-            ));
+            open = Some((c.to_string().repeat(len), Fence { info, line: n, body: String::new(), runnable }));
             continue;
         }
         if let Some(m) = marked_at {
@@ -110,10 +85,7 @@ fn parse(text: &str, page: &str) -> (Vec<Fence>, Vec<(usize, String)>) {
         prose.push((n, line.to_string()));
     }
     assert!(open.is_none(), "{page}: a fenced block is not closed");
-    assert!(
-        marked_at.is_none(),
-        "{page}: `{MARKER}` at the end of the page"
-    );
+    assert!(marked_at.is_none(), "{page}: `{MARKER}` at the end of the page");
     (fences, prose)
 }
 
@@ -122,29 +94,18 @@ fn read(path: &Path) -> String {
 }
 
 fn runnable_blocks(path: &Path) -> Vec<Fence> {
-    parse(&read(path), &rel(path))
-        .0
-        .into_iter()
-        .filter(|f| f.runnable)
-        .collect()
+    parse(&read(path), &rel(path)).0.into_iter().filter(|f| f.runnable).collect()
 }
 
 #[test]
 fn runnable_blocks_run() {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_textual-inversion"));
-    let path_var = format!(
-        "{}:{}",
-        bin.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path_var = format!("{}:{}", bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
     let only = std::env::var("DOCS_PAGE").ok().filter(|s| !s.is_empty());
     let mut failures = Vec::new();
     let mut ran = 0;
     for page in pages() {
-        if only
-            .as_ref()
-            .is_some_and(|o| !rel(&page).ends_with(o.as_str()))
-        {
+        if only.as_ref().is_some_and(|o| !rel(&page).ends_with(o.as_str())) {
             continue;
         }
         let blocks = runnable_blocks(&page);
@@ -168,11 +129,7 @@ fn runnable_blocks_run() {
                 .expect("bash");
             ran += 1;
             let place = format!("{}:{}", rel(&page), block.line);
-            eprintln!(
-                "{place}: {} in {:.1} s",
-                if out.status.success() { "ok" } else { "FAILED" },
-                start.elapsed().as_secs_f64()
-            );
+            eprintln!("{place}: {} in {:.1} s", if out.status.success() { "ok" } else { "FAILED" }, start.elapsed().as_secs_f64());
             if !out.status.success() {
                 let tail = |b: &[u8]| {
                     let s = String::from_utf8_lossy(b);
@@ -190,27 +147,14 @@ fn runnable_blocks_run() {
         }
     }
     assert!(only.is_some() || ran > 0, "no runnable blocks found");
-    assert!(
-        failures.is_empty(),
-        "{} of {ran} documented command blocks failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} of {ran} documented command blocks failed:\n\n{}", failures.len(), failures.join("\n\n"));
 }
 
 #[test]
 fn task_pages_have_runnable_examples() {
     // A marker typo would silently stop a page's examples from running: the pages that show
     // commands must keep some marked.
-    for page in [
-        "README.md",
-        "docs/training.md",
-        "docs/generating.md",
-        "docs/sdxl.md",
-        "docs/embeddings.md",
-        "docs/models.md",
-        "docs/install.md",
-    ] {
+    for page in ["README.md", "docs/training.md", "docs/generating.md", "docs/sdxl.md", "docs/embeddings.md", "docs/models.md", "docs/install.md"] {
         let n = runnable_blocks(&repo().join(page)).len();
         assert!(n > 0, "{page} has no `{MARKER}` block");
     }
@@ -225,26 +169,9 @@ fn task_pages_have_runnable_examples() {
 #[test]
 fn readme_is_short_and_the_promised_pages_exist() {
     let size = std::fs::metadata(repo().join("README.md")).unwrap().len() as usize;
-    assert!(
-        size <= README_MAX_BYTES,
-        "README.md is {size} bytes, more than {README_MAX_BYTES}: move detail into docs/"
-    );
-    for page in [
-        "training",
-        "generating",
-        "sdxl",
-        "embeddings",
-        "models",
-        "install",
-        "fidelity",
-        "benchmarks",
-        "cli",
-        "safety",
-    ] {
-        assert!(
-            repo().join(format!("docs/{page}.md")).is_file(),
-            "docs/{page}.md is missing"
-        );
+    assert!(size <= README_MAX_BYTES, "README.md is {size} bytes, more than {README_MAX_BYTES}: move detail into docs/");
+    for page in ["training", "generating", "sdxl", "embeddings", "models", "install", "fidelity", "benchmarks", "cli", "safety"] {
+        assert!(repo().join(format!("docs/{page}.md")).is_file(), "docs/{page}.md is missing");
     }
     for file in ["CONTRIBUTING.md", "CHANGELOG.md"] {
         assert!(repo().join(file).is_file(), "{file} is missing");
@@ -308,11 +235,7 @@ fn slug(heading: &str) -> String {
         }
     }
     text.push_str(rest);
-    text.to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
+    text.to_lowercase().chars().filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' ')).map(|c| if c == ' ' { '-' } else { c }).collect()
 }
 
 /// Every anchor a page's headings give (duplicates numbered as GitHub does).
@@ -329,11 +252,7 @@ fn anchors(path: &Path) -> BTreeSet<String> {
         let text = t[hashes..].trim().trim_end_matches('#').trim();
         let base = slug(text);
         let n = seen.entry(base.clone()).or_insert(0);
-        out.insert(if *n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        });
+        out.insert(if *n == 0 { base.clone() } else { format!("{base}-{n}") });
         *n += 1;
     }
     out
@@ -355,28 +274,14 @@ fn relative_links_resolve() {
                     Some((f, a)) => (f, Some(a)),
                     None => (target.as_str(), None),
                 };
-                let dest = if file.is_empty() {
-                    page.clone()
-                } else {
-                    page.parent().unwrap().join(file)
-                };
+                let dest = if file.is_empty() { page.clone() } else { page.parent().unwrap().join(file) };
                 if !dest.exists() {
-                    broken.push(format!(
-                        "{}:{n}: {target}: no file {}",
-                        rel(&page),
-                        rel(&dest)
-                    ));
+                    broken.push(format!("{}:{n}: {target}: no file {}", rel(&page), rel(&dest)));
                     continue;
                 }
                 if let Some(anchor) = anchor {
-                    if dest.extension().is_some_and(|e| e == "md")
-                        && !anchors(&dest).contains(anchor)
-                    {
-                        broken.push(format!(
-                            "{}:{n}: {target}: {} has no heading with the anchor #{anchor}",
-                            rel(&page),
-                            rel(&dest)
-                        ));
+                    if dest.extension().is_some_and(|e| e == "md") && !anchors(&dest).contains(anchor) {
+                        broken.push(format!("{}:{n}: {target}: {} has no heading with the anchor #{anchor}", rel(&page), rel(&dest)));
                     }
                 }
             }
@@ -388,21 +293,9 @@ fn relative_links_resolve() {
 
 #[test]
 fn slugs_follow_github() {
-    assert_eq!(
-        slug("Reproduce a Python run with `--seed`"),
-        "reproduce-a-python-run-with---seed"
-    );
-    assert_eq!(
-        slug("Differences from textual_inversion_sdxl.py"),
-        "differences-from-textual_inversion_sdxlpy"
-    );
-    assert_eq!(
-        slug("Options from kohya's scripts and the A1111 web UI"),
-        "options-from-kohyas-scripts-and-the-a1111-web-ui"
-    );
-    assert_eq!(
-        slug("Check the installation: info"),
-        "check-the-installation-info"
-    );
+    assert_eq!(slug("Reproduce a Python run with `--seed`"), "reproduce-a-python-run-with---seed");
+    assert_eq!(slug("Differences from textual_inversion_sdxl.py"), "differences-from-textual_inversion_sdxlpy");
+    assert_eq!(slug("Options from kohya's scripts and the A1111 web UI"), "options-from-kohyas-scripts-and-the-a1111-web-ui");
+    assert_eq!(slug("Check the installation: info"), "check-the-installation-info");
     assert_eq!(slug("See [the docs](x.md)"), "see-the-docs");
 }

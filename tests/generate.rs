@@ -18,7 +18,6 @@ use textual_inversion::schedulers::{self, SchedulerConfig, SchedulerKind};
 use textual_inversion::text::learned_tokens::{self as ti, EmbeddingSpec};
 use textual_inversion::text::TextStack;
 
-
 fn models(embeddings: &[String]) -> Models {
     let repo = ModelRepo::resolve(fixtures().join("tiny-sd").to_str().unwrap(), None, &HubOptions::default()).unwrap();
     let w = WeightOptions::default();
@@ -52,8 +51,7 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn every_case_matches_diffusers() {
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("pipeline/cases.json")).unwrap()).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("pipeline/cases.json")).unwrap()).unwrap();
     let plain = models(&[]);
     let mut with_embeddings = None;
     for (name, c) in cases["cases"].as_object().unwrap() {

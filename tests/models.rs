@@ -15,7 +15,6 @@ use textual_inversion::models::unet::UNet2DConditionModel;
 use textual_inversion::models::vae::AutoencoderKL;
 use textual_inversion::models::weights::{Placement, Weights};
 
-
 fn refs(name: &str) -> HashMap<String, Tensor> {
     Tensor::read_safetensors(fixtures().join("model-refs").join(name)).unwrap().into_iter().collect()
 }

@@ -96,14 +96,7 @@ fn set_grad(opt: &mut AdamW, p: &Tensor, g: &Tensor) {
 
 /// Runs steps [start, STOP) of the case as the training loop does (optimizer step, then scheduler
 /// step), checking every step's lr and parameters against torch. Returns the worst error.
-fn run_steps(
-    c: &Case,
-    p: &Tensor,
-    opt: &mut AdamW,
-    mut sched: Option<&mut LrScheduler>,
-    start: usize,
-    stop: usize,
-) -> f64 {
+fn run_steps(c: &Case, p: &Tensor, opt: &mut AdamW, mut sched: Option<&mut LrScheduler>, start: usize, stop: usize) -> f64 {
     let mut worst = 0.0f64;
     for i in start..stop {
         if let Some(s) = sched.as_deref() {
@@ -123,12 +116,7 @@ fn run_steps(
             s.step();
         }
         let err = rel_err(&p.detach(), &c.params.get(i as i64));
-        assert!(
-            err <= TENSOR_TOLERANCE,
-            "{}: parameters after step {} differ from torch by {err:e} (relative)",
-            c.name,
-            i + 1
-        );
+        assert!(err <= TENSOR_TOLERANCE, "{}: parameters after step {} differ from torch by {err:e} (relative)", c.name, i + 1);
         worst = worst.max(err);
     }
     worst
@@ -216,14 +204,7 @@ fn state_roundtrip_resumes_exactly() {
 
         let file = tmp.path().join(format!("{name}.safetensors"));
         let mut saved = opt.state().unwrap();
-        saved.extend(
-            sched
-                .as_ref()
-                .map(|s| s.state())
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (format!("scheduler.{k}"), v)),
-        );
+        saved.extend(sched.as_ref().map(|s| s.state()).unwrap_or_default().into_iter().map(|(k, v)| (format!("scheduler.{k}"), v)));
         saved.push(("param".to_string(), p.detach().copy()));
         Tensor::write_safetensors(&saved, &file).unwrap();
 
@@ -232,8 +213,7 @@ fn state_roundtrip_resumes_exactly() {
 
         // Resumed: fresh optimizer and scheduler built from the same config, state loaded.
         let loaded = Tensor::read_safetensors(&file).unwrap();
-        let (sched_state, opt_state): (Vec<_>, Vec<_>) =
-            loaded.into_iter().filter(|(k, _)| k != "param").partition(|(k, _)| k.starts_with("scheduler."));
+        let (sched_state, opt_state): (Vec<_>, Vec<_>) = loaded.into_iter().filter(|(k, _)| k != "param").partition(|(k, _)| k.starts_with("scheduler."));
         let saved_param = Tensor::read_safetensors(&file).unwrap().into_iter().find(|(k, _)| k == "param").unwrap().1;
         let p2 = leaf(&saved_param);
         let mut opt2 = AdamW::new(vec![p2.shallow_clone()], c.cfg).unwrap();
@@ -401,10 +381,7 @@ fn bad_state_is_refused_and_changes_nothing() {
         (with(&|s| s[1].1 = Tensor::zeros([3, 31], (Kind::Float, tch::Device::Cpu))), "shape [3, 31]"),
         (with(&|s| s.push(("state.1.step".into(), Tensor::from(1.0f64)))), "no parameter of this optimizer"),
         (with(&|s| s[0].1 = Tensor::from(-2.0f64)), "not a step count"),
-        (
-            with(&|s| s.iter_mut().find(|(k, _)| k == "param_groups.0.beta1").unwrap().1 = Tensor::from(1.5f64)),
-            "Invalid beta parameter at index 0: 1.5",
-        ),
+        (with(&|s| s.iter_mut().find(|(k, _)| k == "param_groups.0.beta1").unwrap().1 = Tensor::from(1.5f64)), "Invalid beta parameter at index 0: 1.5"),
     ];
     for (state, want) in cases {
         let err = format!("{:#}", opt.load_state(&state).unwrap_err());

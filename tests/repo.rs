@@ -11,10 +11,8 @@ use textual_inversion::models::repo::{HubOptions, ModelRepo};
 use textual_inversion::models::unet::UNet2DConditionModel;
 use textual_inversion::models::weights::{Placement, Weights};
 
-
 fn unet_ref() -> (Tensor, Tensor, Tensor, Tensor) {
-    let r: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(fixtures().join("model-refs/unet.safetensors")).unwrap().into_iter().collect();
+    let r: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(fixtures().join("model-refs/unet.safetensors")).unwrap().into_iter().collect();
     (r["sample"].shallow_clone(), r["timesteps"].shallow_clone(), r["context"].shallow_clone(), r["out"].shallow_clone())
 }
 
@@ -92,7 +90,8 @@ fn sharded_checkpoints_load_all_shards() {
             map.insert(k.clone(), name.into());
         }
     }
-    std::fs::write(snap.join("unet/diffusion_pytorch_model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::write(snap.join("unet/diffusion_pytorch_model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string())
+        .unwrap();
     let repo = ModelRepo::resolve("org/sharded", None, &offline(dir.path())).unwrap();
     let files = repo.weight_files("unet", None, None).unwrap();
     assert_eq!(files.len(), 2);

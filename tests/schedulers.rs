@@ -161,7 +161,10 @@ fn ddpm_add_noise_and_velocity_match_diffusers() {
         // The zero-SNR rescaling (square roots of the cumulative product, then squared back)
         // moves betas by a few ulps from one CPU to another: 1e-5 there.
         let beta_tol = if name.contains("zsnr") { 1e-5 } else { DDPM_TOLERANCE };
-        assert!(betas <= beta_tol && noisy <= DDPM_TOLERANCE && velocity <= DDPM_TOLERANCE, "{name}: betas {betas:e}, add_noise {noisy:e}, velocity {velocity:e}");
+        assert!(
+            betas <= beta_tol && noisy <= DDPM_TOLERANCE && velocity <= DDPM_TOLERANCE,
+            "{name}: betas {betas:e}, add_noise {noisy:e}, velocity {velocity:e}"
+        );
     }
 }
 
@@ -310,7 +313,9 @@ fn misuse_is_an_error_not_a_crash() {
 #[test]
 fn half_precision_loops_stay_half() {
     let _guard = rng_lock();
-    let c = cfg(r#"{"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "skip_prk_steps": true, "algorithm_type": "sde-dpmsolver++"}"#);
+    let c = cfg(
+        r#"{"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "skip_prk_steps": true, "algorithm_type": "sde-dpmsolver++"}"#,
+    );
     for kind in SchedulerKind::ALL {
         let mut s = schedulers::build(kind, &c).unwrap();
         s.set_timesteps(4).unwrap();
@@ -434,9 +439,7 @@ fn configs_across_classes_match_diffusers() {
                 let got: Vec<f32> = match kind {
                     SchedulerKind::Euler => sigmas_of(schedulers::euler::EulerDiscreteScheduler::new(&c).unwrap(), steps),
                     SchedulerKind::EulerAncestral => sigmas_of(schedulers::euler_ancestral::EulerAncestralDiscreteScheduler::new(&c).unwrap(), steps),
-                    SchedulerKind::DpmSolverMultistep => {
-                        sigmas_of(schedulers::dpm_solver_multistep::DpmSolverMultistepScheduler::new(&c).unwrap(), steps)
-                    }
+                    SchedulerKind::DpmSolverMultistep => sigmas_of(schedulers::dpm_solver_multistep::DpmSolverMultistepScheduler::new(&c).unwrap(), steps),
                     _ => unreachable!("{name}: sigmas of {class}"),
                 };
                 assert_eq!(got.len(), w.len(), "{name}: sigmas {got:?} vs {w:?}");

@@ -33,7 +33,8 @@ fn expected() -> serde_json::Value {
 
 fn models() -> Models {
     let repo = ModelRepo::resolve(fixtures().join("tiny-sdxl").to_str().unwrap(), None, &HubOptions::default()).unwrap();
-    let load = LoadOptions { weights: WeightOptions::default(), text_encoder_variant: true, tokenizer_dir: None, device: Device::Cpu, precision: Precision::Fp32 };
+    let load =
+        LoadOptions { weights: WeightOptions::default(), text_encoder_variant: true, tokenizer_dir: None, device: Device::Cpu, precision: Precision::Fp32 };
     Models::load(&repo, &load).unwrap()
 }
 
@@ -132,7 +133,10 @@ fn encode_prompt_cases_match_diffusers() {
             let cond = tch::no_grad(|| m.conditioning(&o, (64, 64), cfg)).unwrap();
             let rows = |key: &str| r[&format!("{name}.{key}")].narrow(0, i as i64 * n, n);
             let (want_ctx, want_pooled) = if cfg {
-                (Tensor::cat(&[rows("negative_prompt_embeds"), rows("prompt_embeds")], 0), Tensor::cat(&[rows("negative_pooled_prompt_embeds"), rows("pooled_prompt_embeds")], 0))
+                (
+                    Tensor::cat(&[rows("negative_prompt_embeds"), rows("prompt_embeds")], 0),
+                    Tensor::cat(&[rows("negative_pooled_prompt_embeds"), rows("pooled_prompt_embeds")], 0),
+                )
             } else {
                 (rows("prompt_embeds"), rows("pooled_prompt_embeds"))
             };
@@ -234,7 +238,10 @@ fn embeddings_route_to_their_encoders() {
     named.load_embeddings(&[format!("{}:<pair>", sdxl.display()).parse().unwrap()]).unwrap();
     let o = GenerateOptions { prompt: "a photo of <pair>".into(), ..GenerateOptions::default() };
     let (a, b) = tch::no_grad(|| (pair.conditioning(&o, (64, 64), false).unwrap(), named.conditioning(&o, (64, 64), false).unwrap()));
-    assert!(a.context.equal(&b.context) && a.added.unwrap().text_embeds.equal(&b.added.unwrap().text_embeds), "the folder pair loads like the {{clip_l, clip_g}} file");
+    assert!(
+        a.context.equal(&b.context) && a.added.unwrap().text_embeds.equal(&b.added.unwrap().text_embeds),
+        "the folder pair loads like the {{clip_l, clip_g}} file"
+    );
 
     // A single-encoder file needs to be told which encoder; then it goes there only.
     let one = single_file(dir.path(), "one.safetensors", "<one>", widths[0]);
@@ -251,7 +258,8 @@ fn embeddings_route_to_their_encoders() {
     // And on an SD 1.x model the clip_l part of an SDXL file can be taken by name (widths
     // permitting), else the SDXL file is refused.
     let repo = ModelRepo::resolve(fixtures().join("tiny-sd").to_str().unwrap(), None, &HubOptions::default()).unwrap();
-    let load = LoadOptions { weights: WeightOptions::default(), text_encoder_variant: true, tokenizer_dir: None, device: Device::Cpu, precision: Precision::Fp32 };
+    let load =
+        LoadOptions { weights: WeightOptions::default(), text_encoder_variant: true, tokenizer_dir: None, device: Device::Cpu, precision: Precision::Fp32 };
     let mut sd = Models::load(&repo, &load).unwrap();
     let e = sd.load_embeddings(&[sdxl.to_str().unwrap().parse().unwrap()]).unwrap_err().to_string();
     assert!(e.contains("SDXL embedding") && e.contains(":clip_l"), "{e}");

@@ -129,7 +129,14 @@ fn convert_model_writes_a_diffusers_folder_that_generates_the_same_image() {
             .status()
             .unwrap();
         assert!(status.success(), "{name}: convert-model failed");
-        for f in ["model_index.json", "scheduler/scheduler_config.json", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "tokenizer/vocab.json"] {
+        for f in [
+            "model_index.json",
+            "scheduler/scheduler_config.json",
+            "unet/diffusion_pytorch_model.safetensors",
+            "vae/diffusion_pytorch_model.safetensors",
+            "text_encoder/model.safetensors",
+            "tokenizer/vocab.json",
+        ] {
             assert!(out.join(f).is_file(), "{name}: {f} missing");
         }
         assert_eq!(out.join("text_encoder_2/model.safetensors").is_file(), name.starts_with("sdxl"));
@@ -257,7 +264,8 @@ fn training_from_a_single_file_equals_training_from_its_converted_folder() {
     let bin = env!("CARGO_BIN_EXE_textual-inversion");
     let (file, config) = (dir().join("sd1.ckpt"), dir().join("sd1"));
     let folder = tmp.path().join("converted");
-    let ok = Command::new(bin).args(["convert-model", file.to_str().unwrap(), folder.to_str().unwrap(), "--config", config.to_str().unwrap()]).status().unwrap();
+    let ok =
+        Command::new(bin).args(["convert-model", file.to_str().unwrap(), folder.to_str().unwrap(), "--config", config.to_str().unwrap()]).status().unwrap();
     assert!(ok.success());
     let train = |model: &Path, extra: &[&str], out: &str| {
         let out = tmp.path().join(out);

@@ -13,8 +13,7 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn every_dtype_reaches_libtorch_exactly() {
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap()).unwrap();
     let tf = TorchFile::open(&fixtures().join("dtypes.pt")).unwrap();
     let want = expected["files"]["dtypes.pt"]["dict"].as_array().unwrap();
     for item in want {

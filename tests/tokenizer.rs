@@ -115,12 +115,7 @@ fn check_case(name: &str) {
     for (p, ids) in prompts[..20].iter().zip(batch) {
         assert_eq!(ids, tok.encode(p).unwrap(), "{name}: encode_batch vs encode for {p:?}");
     }
-    assert!(
-        failures.is_empty(),
-        "{name}: {} mismatches with transformers; first ones:\n{}",
-        failures.len(),
-        failures[..failures.len().min(8)].join("\n")
-    );
+    assert!(failures.is_empty(), "{name}: {} mismatches with transformers; first ones:\n{}", failures.len(), failures[..failures.len().min(8)].join("\n"));
 }
 
 #[test]
@@ -245,8 +240,7 @@ fn missing_and_broken_files_are_named() {
 #[test]
 fn model_max_length_defaults_to_77() {
     let (_t, dir) = assemble("sd2");
-    std::fs::write(dir.join("tokenizer_config.json"), r#"{"model_max_length": 1000000000000000019884624838656}"#)
-        .unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"model_max_length": 1000000000000000019884624838656}"#).unwrap();
     assert_eq!(ClipTokenizer::from_folder(&dir).unwrap().model_max_length(), 77);
     std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
     let tok = ClipTokenizer::from_folder(Path::new(&dir)).unwrap();

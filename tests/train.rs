@@ -38,8 +38,25 @@ fn rows(path: &Path) -> (String, Vec<usize>, Vec<u8>) {
 fn writes_the_scripts_files_and_prunes_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    ok(train(&out, &["--max_train_steps", "6", "--save_steps", "2", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
-                     "--validation_prompt", "a photo of <cat-toy>", "--validation_steps", "6", "--num_validation_images", "1"]));
+    ok(train(
+        &out,
+        &[
+            "--max_train_steps",
+            "6",
+            "--save_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--checkpoints_total_limit",
+            "2",
+            "--validation_prompt",
+            "a photo of <cat-toy>",
+            "--validation_steps",
+            "6",
+            "--num_validation_images",
+            "1",
+        ],
+    ));
     let (token, shape, _) = rows(&out.join("learned_embeds.safetensors"));
     assert_eq!((token.as_str(), shape), ("<cat-toy>", vec![2, 32]));
     let meta = textual_inversion::formats::embeddings::read(&out.join("learned_embeds.safetensors")).unwrap().metadata;
@@ -63,7 +80,8 @@ fn writes_the_scripts_files_and_prunes_checkpoints() {
 fn resuming_equals_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
-    let args = ["--max_train_steps", "8", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "3", "--lr_scheduler", "linear", "--lr_warmup_steps", "2"];
+    let args =
+        ["--max_train_steps", "8", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "3", "--lr_scheduler", "linear", "--lr_warmup_steps", "2"];
     ok(train(&straight, &args));
     // A run killed after checkpoint-3: only that checkpoint survives.
     let resumed = dir.path().join("resumed");
@@ -196,7 +214,16 @@ fn output_files_follow_the_umask() {
                 }
             }
         }
-        for name in ["learned_embeds.safetensors", "learned_embeds-steps-1.safetensors", "loss.png", "metrics.jsonl", "state.json", "training_state.safetensors", "step-2-0.png", "0000-1.png"] {
+        for name in [
+            "learned_embeds.safetensors",
+            "learned_embeds-steps-1.safetensors",
+            "loss.png",
+            "metrics.jsonl",
+            "state.json",
+            "training_state.safetensors",
+            "step-2-0.png",
+            "0000-1.png",
+        ] {
             assert!(files.iter().any(|f| f.file_name().unwrap() == name), "umask {umask}: {name} not written");
         }
         for f in &files {
@@ -266,7 +293,8 @@ fn validation_and_dpm_work_on_a_ddpm_written_scheduler_config() {
 #[test]
 fn a_failed_validation_does_not_end_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/tiny-sd/scheduler/scheduler_config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/tiny-sd/scheduler/scheduler_config.json")).unwrap()).unwrap();
     // DDPM (training) ignores solver_order; DPM-Solver++ (validation) cannot build with it.
     cfg["solver_order"] = 0.into();
     let model = tiny_sd_with_scheduler(dir.path(), cfg);

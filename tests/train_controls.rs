@@ -255,9 +255,31 @@ fn captions_and_controls_train_resume_and_save_every_format() {
     std::fs::write(&template, "a photo of [name], [filewords]\n[filewords], art by [name]\n").unwrap();
     let tiny = repo().join("fixtures/tiny-sd");
     let args = [
-        "--initializer_text", "red toy", "--template_file", template.to_str().unwrap(), "--shuffle_tags", "--tag_dropout", "0.25",
-        "--loss_type", "huber", "--snr_gamma", "5", "--noise_offset", "0.1", "--max_grad_norm", "0.01", "--max_train_steps", "6",
-        "--checkpointing_steps", "3", "--save_steps", "3", "--save_format", "a1111", "--save_format", "kohya",
+        "--initializer_text",
+        "red toy",
+        "--template_file",
+        template.to_str().unwrap(),
+        "--shuffle_tags",
+        "--tag_dropout",
+        "0.25",
+        "--loss_type",
+        "huber",
+        "--snr_gamma",
+        "5",
+        "--noise_offset",
+        "0.1",
+        "--max_grad_norm",
+        "0.01",
+        "--max_train_steps",
+        "6",
+        "--checkpointing_steps",
+        "3",
+        "--save_steps",
+        "3",
+        "--save_format",
+        "a1111",
+        "--save_format",
+        "kohya",
     ];
     let straight = tmp.path().join("straight");
     let log = ok(train(&tiny, &data, &straight, &args));

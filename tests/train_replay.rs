@@ -17,7 +17,6 @@ use textual_inversion::models::weights::Placement;
 use textual_inversion::schedulers::{DdpmScheduler, SchedulerConfig};
 use textual_inversion::train::step::{loss, StepInputs};
 
-
 fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
 }

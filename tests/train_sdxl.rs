@@ -59,7 +59,8 @@ fn replay(run: &str) {
     let vpred = json["prediction_type"].as_str() == Some("v_prediction");
     let path = model(vpred, tmp.path());
     let repo = ModelRepo::resolve(path.to_str().unwrap(), None, &HubOptions::default()).unwrap();
-    let load = LoadOptions { weights: WeightOptions::default(), text_encoder_variant: false, tokenizer_dir: None, device: Device::Cpu, precision: Precision::Fp32 };
+    let load =
+        LoadOptions { weights: WeightOptions::default(), text_encoder_variant: false, tokenizer_dir: None, device: Device::Cpu, precision: Precision::Fp32 };
     let mut m = Models::load(&repo, &load).unwrap();
     let ddpm = DdpmScheduler::new(&m.scheduler_config).unwrap();
     let scaling = m.vae.config.scaling_factor;
@@ -149,8 +150,6 @@ fn replay_v_prediction_three_vectors() {
 // ---------------------------------------------------------------------------------------------
 // --seed against the unpatched script
 
-
-
 #[test]
 fn seed_parity_with_the_unpatched_sdxl_script() {
     let root = fixtures().join("train-sdxl/seed");
@@ -177,7 +176,8 @@ fn seed_parity_with_the_unpatched_sdxl_script() {
                     .replace("<data>", data.to_str().unwrap())
             })
             .collect();
-        let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion")).current_dir(repo()).arg("train").args(&args).args(["--report_to", "none"]).output().unwrap();
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_textual-inversion")).current_dir(repo()).arg("train").args(&args).args(["--report_to", "none"]).output().unwrap();
         assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
         let out = tmp.path().join("out");
         let ours: Vec<serde_json::Value> =
@@ -262,14 +262,32 @@ fn sdxl_training_writes_both_files_checkpoints_and_resumes_exactly() {
 fn sdxl_validation_runs_through_the_sdxl_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("v");
-    ok(train(&out, &["--train_batch_size", "2", "--max_train_steps", "2", "--validation_prompt", "a photo of <cat-toy>", "--validation_steps", "1", "--num_validation_images", "1"]));
+    ok(train(
+        &out,
+        &[
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "2",
+            "--validation_prompt",
+            "a photo of <cat-toy>",
+            "--validation_steps",
+            "1",
+            "--num_validation_images",
+            "1",
+        ],
+    ));
     // Every update, and once more at the end as the SDXL script does.
     for f in ["step-1-0.png", "step-2-0.png"] {
         assert!(out.join("validation").join(f).is_file(), "{f}");
     }
     let plain = dir.path().join("p");
     ok(train(&plain, &["--train_batch_size", "2", "--max_train_steps", "2"]));
-    assert_eq!(embedding_rows(&out.join("learned_embeds_2.safetensors")), embedding_rows(&plain.join("learned_embeds_2.safetensors")), "validation leaves the training stream alone");
+    assert_eq!(
+        embedding_rows(&out.join("learned_embeds_2.safetensors")),
+        embedding_rows(&plain.join("learned_embeds_2.safetensors")),
+        "validation leaves the training stream alone"
+    );
 }
 
 #[test]

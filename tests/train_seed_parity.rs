@@ -17,8 +17,6 @@ mod common;
 use common::{embedding_rows, folder_listing, repo};
 use std::process::Command;
 
-
-
 #[derive(serde::Deserialize)]
 struct Logged {
     step: u64,
@@ -48,13 +46,14 @@ fn parity(name: &str) {
     let args: Vec<String> = run
         .cli_args
         .iter()
-        .map(|a| a.replace("<tmp>/tiny-sd-vpred", model.to_str().unwrap()).replace("<tmp>", tmp.path().to_str().unwrap()).replace("<data>", data.to_str().unwrap()))
+        .map(|a| {
+            a.replace("<tmp>/tiny-sd-vpred", model.to_str().unwrap()).replace("<tmp>", tmp.path().to_str().unwrap()).replace("<data>", data.to_str().unwrap())
+        })
         .collect();
     let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion")).current_dir(repo()).arg("train").args(&args).args(["--report_to", "none"]).output().unwrap();
     assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
 
-    let ours: Vec<serde_json::Value> =
-        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ours: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(ours.len(), run.micro_steps.len(), "{name}: micro-steps");
     let mut worst = 0f64;
     for (k, (o, t)) in ours.iter().zip(&run.micro_steps).enumerate() {
@@ -145,7 +144,13 @@ fn seed_matrix_covers_the_configurations() {
         let arg = |flag: &str| run.cli_args.iter().position(|a| a == flag).map(|i| run.cli_args[i + 1].clone());
         let has = |flag: &str| run.cli_args.iter().any(|a| a == flag);
         let nv: u32 = arg("--num_vectors").unwrap().parse().unwrap();
-        seen.insert(if nv == 1 { "1 vector".into() } else if nv >= 3 { "3+ vectors".into() } else { "2 vectors".into() });
+        seen.insert(if nv == 1 {
+            "1 vector".into()
+        } else if nv >= 3 {
+            "3+ vectors".into()
+        } else {
+            "2 vectors".into()
+        });
         seen.insert(arg("--learnable_property").unwrap());
         seen.insert(format!("batch {}", arg("--train_batch_size").unwrap()));
         seen.insert(format!("accumulation {}", arg("--gradient_accumulation_steps").unwrap()));
@@ -177,9 +182,30 @@ fn seed_matrix_covers_the_configurations() {
     }
     assert!(runs >= 8, "{runs} configurations");
     for want in [
-        "1 vector", "3+ vectors", "object", "style", "batch 1", "batch 2", "batch 3", "accumulation 1", "accumulation 2", "constant",
-        "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial", "epsilon", "v_prediction", "--center_crop",
-        "--scale_lr", "--repeats", "warmup", "lr 5e-3", "several epochs", "validation",
+        "1 vector",
+        "3+ vectors",
+        "object",
+        "style",
+        "batch 1",
+        "batch 2",
+        "batch 3",
+        "accumulation 1",
+        "accumulation 2",
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "epsilon",
+        "v_prediction",
+        "--center_crop",
+        "--scale_lr",
+        "--repeats",
+        "warmup",
+        "lr 5e-3",
+        "several epochs",
+        "validation",
     ] {
         assert!(seen.contains(want), "no configuration with {want}: {seen:?}");
     }

@@ -37,8 +37,7 @@ impl SafetensorsFile {
         // SAFETY: a private copy-on-write mapping: writes through it (none are made) would never
         // reach the file; a concurrent writer of the file can change values but never the
         // bounds we check.
-        let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }
-            .map_err(|e| Error::io(path, e))?;
+        let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }.map_err(|e| Error::io(path, e))?;
         let name = path.display().to_string();
         // Validate once up front so later accessors cannot fail on structure.
         parse(&name, &map)?;
@@ -63,19 +62,13 @@ impl SafetensorsFile {
 }
 
 fn parse<'a>(name: &str, bytes: &'a [u8]) -> Result<safetensors::SafeTensors<'a>> {
-    safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::format(name, format!("not a valid safetensors file: {e}")))
+    safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::format(name, format!("not a valid safetensors file: {e}")))
 }
 
 /// The `__metadata__` string map (empty when absent).
 pub fn metadata(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, String>> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::format(name, format!("not a valid safetensors file: {e}")))?;
-    Ok(meta
-        .metadata()
-        .clone()
-        .map(|m| m.into_iter().collect())
-        .unwrap_or_default())
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::format(name, format!("not a valid safetensors file: {e}")))?;
+    Ok(meta.metadata().clone().map(|m| m.into_iter().collect()).unwrap_or_default())
 }
 
 /// Every tensor of an in-memory safetensors file, in header order (sorted by offset).
@@ -84,33 +77,21 @@ pub fn read_all(name: &str, bytes: &[u8]) -> Result<Vec<(String, RawTensor)>> {
 }
 
 /// [`read_all`] of a file already parsed (parsing a header of many tensors is the slow part).
-pub fn read_view(
-    name: &str,
-    st: &safetensors::SafeTensors<'_>,
-) -> Result<Vec<(String, RawTensor)>> {
+pub fn read_view(name: &str, st: &safetensors::SafeTensors<'_>) -> Result<Vec<(String, RawTensor)>> {
     let mut items: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
     items.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
     items
         .into_iter()
         .map(|(k, v)| {
-            let dtype = DType::from_safetensors(v.dtype()).ok_or_else(|| {
-                Error::format(
-                    name,
-                    format!("tensor {k}: unsupported dtype {:?}", v.dtype()),
-                )
-            })?;
-            let t = RawTensor::new(dtype, v.shape().to_vec(), v.data().to_vec())
-                .map_err(|e| e.in_file(name))?;
+            let dtype = DType::from_safetensors(v.dtype()).ok_or_else(|| Error::format(name, format!("tensor {k}: unsupported dtype {:?}", v.dtype())))?;
+            let t = RawTensor::new(dtype, v.shape().to_vec(), v.data().to_vec()).map_err(|e| e.in_file(name))?;
             Ok((k, t))
         })
         .collect()
 }
 
 /// Serialises tensors (in the given order) with optional metadata.
-pub fn to_bytes(
-    tensors: &[(String, RawTensor)],
-    metadata: Option<&BTreeMap<String, String>>,
-) -> Result<Vec<u8>> {
+pub fn to_bytes(tensors: &[(String, RawTensor)], metadata: Option<&BTreeMap<String, String>>) -> Result<Vec<u8>> {
     let views = tensors
         .iter()
         .map(|(k, t)| {
@@ -120,15 +101,10 @@ pub fn to_bytes(
         })
         .collect::<Result<Vec<_>>>()?;
     let meta: Option<HashMap<String, String>> = metadata.map(|m| m.clone().into_iter().collect());
-    safetensors::serialize(views, meta)
-        .map_err(|e| Error::format("safetensors writer", e.to_string()))
+    safetensors::serialize(views, meta).map_err(|e| Error::format("safetensors writer", e.to_string()))
 }
 
 /// Writes a safetensors file atomically.
-pub fn save(
-    path: &Path,
-    tensors: &[(String, RawTensor)],
-    metadata: Option<&BTreeMap<String, String>>,
-) -> Result<()> {
+pub fn save(path: &Path, tensors: &[(String, RawTensor)], metadata: Option<&BTreeMap<String, String>>) -> Result<()> {
     crate::atomic::write(path, &to_bytes(tensors, metadata)?)
 }

@@ -97,18 +97,7 @@ impl DType {
     }
 }
 
-const ALL: [DType; 10] = [
-    DType::F64,
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::I64,
-    DType::I32,
-    DType::I16,
-    DType::I8,
-    DType::U8,
-    DType::Bool,
-];
+const ALL: [DType; 10] = [DType::F64, DType::F32, DType::F16, DType::BF16, DType::I64, DType::I32, DType::I16, DType::I8, DType::U8, DType::Bool];
 
 /// Number of elements of `shape`, or an error if it overflows.
 pub fn numel(shape: &[usize]) -> Option<usize> {
@@ -134,14 +123,7 @@ impl RawTensor {
     pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self> {
         let n = numel(&shape).and_then(|n| n.checked_mul(dtype.size()));
         if n != Some(data.len()) {
-            return Err(Error::format(
-                "tensor",
-                format!(
-                    "shape {shape:?} of {} needs {n:?} bytes, got {}",
-                    dtype.torch_name(),
-                    data.len()
-                ),
-            ));
+            return Err(Error::format("tensor", format!("shape {shape:?} of {} needs {n:?} bytes, got {}", dtype.torch_name(), data.len())));
         }
         Ok(RawTensor { dtype, shape, data })
     }
@@ -177,11 +159,7 @@ impl RawTensor {
 
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match self.dtype {
-            DType::F32 => self
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
+            DType::F32 => self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             _ => self.to_f64_vec().into_iter().map(|v| v as f32).collect(),
         }
     }
@@ -195,11 +173,7 @@ impl RawTensor {
         if !dtype.is_float() || !self.dtype.is_float() {
             return Err(Error::format(
                 "tensor",
-                format!(
-                    "cannot convert {} to {}: only floating-point casts are supported",
-                    self.dtype.torch_name(),
-                    dtype.torch_name()
-                ),
+                format!("cannot convert {} to {}: only floating-point casts are supported", self.dtype.torch_name(), dtype.torch_name()),
             ));
         }
         let v = self.to_f64_vec();
@@ -207,14 +181,8 @@ impl RawTensor {
             DType::F64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             DType::F32 => v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
             // Through f32 first, as torch does, so double rounding matches it.
-            DType::F16 => v
-                .iter()
-                .flat_map(|&x| f16::from_f32(x as f32).to_le_bytes())
-                .collect(),
-            DType::BF16 => v
-                .iter()
-                .flat_map(|&x| bf16::from_f32(x as f32).to_le_bytes())
-                .collect(),
+            DType::F16 => v.iter().flat_map(|&x| f16::from_f32(x as f32).to_le_bytes()).collect(),
+            DType::BF16 => v.iter().flat_map(|&x| bf16::from_f32(x as f32).to_le_bytes()).collect(),
             _ => unreachable!("checked above"),
         };
         RawTensor::new(dtype, self.shape.clone(), data)
@@ -223,9 +191,6 @@ impl RawTensor {
     /// L2 norm of each row of the last dimension (one per vector of an embedding).
     pub fn row_norms(&self) -> Vec<f64> {
         let width = self.shape.last().copied().unwrap_or(1).max(1);
-        self.to_f64_vec()
-            .chunks(width)
-            .map(|r| r.iter().map(|x| x * x).sum::<f64>().sqrt())
-            .collect()
+        self.to_f64_vec().chunks(width).map(|r| r.iter().map(|x| x * x).sum::<f64>().sqrt()).collect()
     }
 }

@@ -32,9 +32,7 @@ const MAX_REPEATED_VIEW_BYTES: usize = 64 << 20;
 pub const LFS_POINTER: &[u8] = b"version https://git-lfs";
 
 /// The pickle at the start of every legacy file: `LONG1` 0x1950a86a20f9469cfc6c.
-const LEGACY_MAGIC: [u8; 15] = [
-    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e,
-];
+const LEGACY_MAGIC: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
 
 enum Bytes {
     Mapped(memmap2::MmapMut),
@@ -53,15 +51,8 @@ impl std::ops::Deref for Bytes {
 
 #[derive(Debug, Clone, Copy)]
 enum Record {
-    Stored {
-        start: usize,
-        len: usize,
-    },
-    Deflated {
-        start: usize,
-        compressed: usize,
-        size: usize,
-    },
+    Stored { start: usize, len: usize },
+    Deflated { start: usize, compressed: usize, size: usize },
 }
 
 /// An opened `torch.save` file: its decoded object tree and access to its storages.
@@ -108,8 +99,7 @@ impl TorchFile {
         // would never reach the file); a concurrent writer could change the bytes under us,
         // which at worst yields wrong values, never unsoundness in this code (all reads are
         // bounds-checked slices).
-        let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }
-            .map_err(|e| Error::io(path, e))?;
+        let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) }.map_err(|e| Error::io(path, e))?;
         Self::parse(path.display().to_string(), Bytes::Mapped(map), mode)
     }
 
@@ -119,11 +109,7 @@ impl TorchFile {
 
     /// [`TorchFile::open_checkpoint`] of bytes in memory.
     pub fn from_bytes_checkpoint(name: &str, bytes: Vec<u8>) -> Result<Self> {
-        Self::parse(
-            name.to_string(),
-            Bytes::Owned(bytes),
-            pickle::Mode::Checkpoint,
-        )
+        Self::parse(name.to_string(), Bytes::Owned(bytes), pickle::Mode::Checkpoint)
     }
 
     fn parse(name: String, bytes: Bytes, mode: pickle::Mode) -> Result<Self> {
@@ -132,22 +118,14 @@ impl TorchFile {
         } else if bytes.starts_with(&LEGACY_MAGIC) {
             Self::parse_legacy(name, bytes, mode)
         } else if bytes.starts_with(LFS_POINTER) {
-            Err(Error::format(
-                name,
-                "this is a Git LFS pointer, not the file: fetch it with `git lfs pull`",
-            ))
+            Err(Error::format(name, "this is a Git LFS pointer, not the file: fetch it with `git lfs pull`"))
         } else {
-            Err(Error::format(
-                name,
-                "not a torch.save file (neither a zip archive nor the legacy pickle format)",
-            ))
+            Err(Error::format(name, "not a torch.save file (neither a zip archive nor the legacy pickle format)"))
         }
     }
 
     fn parse_zip(name: String, bytes: Bytes, mode: pickle::Mode) -> Result<Self> {
-        let zerr = |e: zip::result::ZipError| {
-            Error::format(name.clone(), format!("broken zip archive: {e}"))
-        };
+        let zerr = |e: zip::result::ZipError| Error::format(name.clone(), format!("broken zip archive: {e}"));
         let mut records: HashMap<String, Record> = HashMap::new();
         {
             // The archive starts at byte 0 (that is how it was recognised), so offsets are taken
@@ -156,24 +134,17 @@ impl TorchFile {
             // locator (76 bytes between the directory and the end record) break whenever the
             // first directory entry is also 76 bytes long: every archive whose folder name has
             // 21 characters.
-            let config = zip::read::Config {
-                archive_offset: zip::read::ArchiveOffset::Known(0),
-            };
-            let mut zip = zip::ZipArchive::with_config(config, std::io::Cursor::new(&bytes[..]))
-                .map_err(zerr)?;
+            let config = zip::read::Config { archive_offset: zip::read::ArchiveOffset::Known(0) };
+            let mut zip = zip::ZipArchive::with_config(config, std::io::Cursor::new(&bytes[..])).map_err(zerr)?;
             for i in 0..zip.len() {
                 let f = zip.by_index_raw(i).map_err(zerr)?;
                 let fname = f.name().map_err(zerr)?.to_string();
                 if f.is_dir() {
                     continue;
                 }
-                let start = f.data_start().ok_or_else(|| {
-                    Error::format(name.clone(), format!("record {fname} has no data offset"))
-                })?;
+                let start = f.data_start().ok_or_else(|| Error::format(name.clone(), format!("record {fname} has no data offset")))?;
                 let (start, compressed, size) = (start, f.compressed_size(), f.size());
-                let end = start
-                    .checked_add(compressed)
-                    .filter(|&e| e <= bytes.len() as u64);
+                let end = start.checked_add(compressed).filter(|&e| e <= bytes.len() as u64);
                 if end.is_none() {
                     return Err(Error::too_large(
                         name.clone(),
@@ -183,17 +154,9 @@ impl TorchFile {
                 let rec = match f.compression() {
                     zip::CompressionMethod::Stored => {
                         if size != compressed {
-                            return Err(Error::format(
-                                name.clone(),
-                                format!(
-                                    "stored record {fname} has size {size} but {compressed} bytes"
-                                ),
-                            ));
+                            return Err(Error::format(name.clone(), format!("stored record {fname} has size {size} but {compressed} bytes")));
                         }
-                        Record::Stored {
-                            start: start as usize,
-                            len: size as usize,
-                        }
+                        Record::Stored { start: start as usize, len: size as usize }
                     }
                     zip::CompressionMethod::Deflated => {
                         if size > compressed.saturating_mul(MAX_DEFLATE_RATIO) + 1024 {
@@ -202,20 +165,10 @@ impl TorchFile {
                                 format!("record {fname} claims to inflate {compressed} bytes to {size}, more than deflate can"),
                             ));
                         }
-                        let size = usize::try_from(size)
-                            .map_err(|_| Error::too_large(name.clone(), "record too large"))?;
-                        Record::Deflated {
-                            start: start as usize,
-                            compressed: compressed as usize,
-                            size,
-                        }
+                        let size = usize::try_from(size).map_err(|_| Error::too_large(name.clone(), "record too large"))?;
+                        Record::Deflated { start: start as usize, compressed: compressed as usize, size }
                     }
-                    m => {
-                        return Err(Error::format(
-                            name.clone(),
-                            format!("record {fname} uses unsupported compression {m}"),
-                        ))
-                    }
+                    m => return Err(Error::format(name.clone(), format!("record {fname} uses unsupported compression {m}"))),
                 };
                 records.insert(fname, rec);
             }
@@ -226,45 +179,20 @@ impl TorchFile {
             .filter(|k| k.ends_with("/data.pkl") && k.matches('/').count() == 1)
             .min()
             .cloned()
-            .ok_or_else(|| {
-                Error::format(
-                    name.clone(),
-                    "zip archive has no <folder>/data.pkl: not a torch.save file",
-                )
-            })?;
+            .ok_or_else(|| Error::format(name.clone(), "zip archive has no <folder>/data.pkl: not a torch.save file"))?;
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
         if let Some(&rec) = records.get(&format!("{prefix}byteorder")) {
             let order = read_record(&name, &bytes, rec, 16)?;
             if order.as_ref() != b"little" {
-                return Err(Error::format(
-                    name,
-                    format!(
-                        "byteorder {:?} is not supported (only little-endian)",
-                        String::from_utf8_lossy(&order)
-                    ),
-                ));
+                return Err(Error::format(name, format!("byteorder {:?} is not supported (only little-endian)", String::from_utf8_lossy(&order))));
             }
         }
         let pkl_rec = records[&pkl];
         let data = read_record(&name, &bytes, pkl_rec, MAX_PICKLE_BYTES)?;
         let (root, _) = pickle::load_mode(&data, 0, &format!("{name}: {pkl}"), mode)?;
-        let storages = records
-            .iter()
-            .filter_map(|(k, &r)| {
-                k.strip_prefix(&prefix)
-                    .and_then(|k| k.strip_prefix("data/"))
-                    .map(|key| (key.to_string(), r))
-            })
-            .collect();
-        Ok(TorchFile {
-            name,
-            bytes,
-            storages,
-            container: Container::Zip {
-                prefix: prefix.trim_end_matches('/').to_string(),
-            },
-            root,
-        })
+        let storages =
+            records.iter().filter_map(|(k, &r)| k.strip_prefix(&prefix).and_then(|k| k.strip_prefix("data/")).map(|key| (key.to_string(), r))).collect();
+        Ok(TorchFile { name, bytes, storages, container: Container::Zip { prefix: prefix.trim_end_matches('/').to_string() }, root })
     }
 
     fn parse_legacy(name: String, bytes: Bytes, mode: pickle::Mode) -> Result<Self> {
@@ -272,17 +200,11 @@ impl TorchFile {
         let mut pos = LEGACY_MAGIC.len();
         let (proto, p) = pickle::load(&bytes, pos, &ctx("protocol version"))?;
         if proto.as_int() != Some(1001) {
-            return Err(Error::format(
-                name,
-                format!("unsupported legacy protocol version {proto:?}"),
-            ));
+            return Err(Error::format(name, format!("unsupported legacy protocol version {proto:?}")));
         }
         let (sys_info, p) = pickle::load(&bytes, p, &ctx("system info"))?;
         if let Some(Value::Bool(false)) = sys_info.get("little_endian") {
-            return Err(Error::format(
-                name,
-                "big-endian legacy files are not supported",
-            ));
+            return Err(Error::format(name, "big-endian legacy files are not supported"));
         }
         let (root, p) = pickle::load_mode(&bytes, p, &ctx("object"), mode)?;
         let (keys, p) = pickle::load(&bytes, p, &ctx("storage keys"))?;
@@ -300,50 +222,22 @@ impl TorchFile {
             let key = match k {
                 Value::Str(s) => s,
                 Value::Int(i) => i.to_string(),
-                other => {
-                    return Err(Error::format(
-                        name,
-                        format!("storage key is a {}", other.kind()),
-                    ))
-                }
+                other => return Err(Error::format(name, format!("storage key is a {}", other.kind()))),
             };
-            let size = *elem.get(&key).ok_or_else(|| {
-                Error::format(
-                    name.clone(),
-                    format!("storage {key} is listed but never used"),
-                )
-            })?;
-            let head = bytes
-                .get(pos..pos + 8)
-                .ok_or_else(|| Error::format(name.clone(), format!("storage {key}: truncated")))?;
+            let size = *elem.get(&key).ok_or_else(|| Error::format(name.clone(), format!("storage {key} is listed but never used")))?;
+            let head = bytes.get(pos..pos + 8).ok_or_else(|| Error::format(name.clone(), format!("storage {key}: truncated")))?;
             let mut a = [0u8; 8];
             a.copy_from_slice(head);
             let n = u64::from_le_bytes(a);
             let len = n
                 .checked_mul(size as u64)
                 .filter(|&l| l <= (bytes.len() - pos - 8) as u64)
-                .ok_or_else(|| {
-                    Error::too_large(
-                        name.clone(),
-                        format!("storage {key} claims {n} elements, more than the file holds"),
-                    )
-                })? as usize;
-            storages.insert(
-                key,
-                Record::Stored {
-                    start: pos + 8,
-                    len,
-                },
-            );
+                .ok_or_else(|| Error::too_large(name.clone(), format!("storage {key} claims {n} elements, more than the file holds")))?
+                as usize;
+            storages.insert(key, Record::Stored { start: pos + 8, len });
             pos += 8 + len;
         }
-        Ok(TorchFile {
-            name,
-            bytes,
-            storages,
-            container: Container::Legacy,
-            root,
-        })
+        Ok(TorchFile { name, bytes, storages, container: Container::Legacy, root })
     }
 
     pub fn name(&self) -> &str {
@@ -354,16 +248,9 @@ impl TorchFile {
     /// tensor is already laid out that way (the usual case), copied otherwise.
     pub fn tensor_bytes(&self, t: &TensorRef) -> Result<Cow<'_, [u8]>> {
         let ctx = format!("{}: storage {}", self.name, t.storage.key);
-        let rec = *self
-            .storages
-            .get(&t.storage.key)
-            .ok_or_else(|| Error::format(ctx.clone(), "record missing from the file"))?;
+        let rec = *self.storages.get(&t.storage.key).ok_or_else(|| Error::format(ctx.clone(), "record missing from the file"))?;
         let esize = t.storage.dtype.size();
-        let need = t
-            .storage
-            .numel
-            .checked_mul(esize)
-            .ok_or_else(|| Error::too_large(ctx.clone(), "storage size overflows"))?;
+        let need = t.storage.numel.checked_mul(esize).ok_or_else(|| Error::too_large(ctx.clone(), "storage size overflows"))?;
         let avail = match rec {
             Record::Stored { len, .. } => len,
             Record::Deflated { size, .. } => size,
@@ -373,10 +260,7 @@ impl TorchFile {
             Some((off, len)) => {
                 let end = off.checked_add(len).and_then(|e| e.checked_mul(esize));
                 if end.is_none_or(|e| e > avail) {
-                    return Err(Error::too_large(
-                        ctx,
-                        "storage view reaches past the storage",
-                    ));
+                    return Err(Error::too_large(ctx, "storage view reaches past the storage"));
                 }
                 (off * esize, len)
             }
@@ -384,19 +268,24 @@ impl TorchFile {
                 if need > avail {
                     return Err(Error::too_large(
                         ctx,
-                        format!("pickle claims {} elements of {} ({need} bytes) but the record holds {avail} bytes", t.storage.numel, t.storage.dtype.torch_name()),
+                        format!(
+                            "pickle claims {} elements of {} ({need} bytes) but the record holds {avail} bytes",
+                            t.storage.numel,
+                            t.storage.dtype.torch_name()
+                        ),
                     ));
                 }
                 (0, t.storage.numel)
             }
         };
-        let extent = t
-            .extent()
-            .ok_or_else(|| Error::too_large(ctx.clone(), "tensor view overflows"))?;
+        let extent = t.extent().ok_or_else(|| Error::too_large(ctx.clone(), "tensor view overflows"))?;
         if extent > storage_numel {
             return Err(Error::too_large(
                 ctx,
-                format!("tensor of shape {:?} (offset {}, stride {:?}) reaches element {extent} of a {storage_numel}-element storage", t.shape, t.offset, t.stride),
+                format!(
+                    "tensor of shape {:?} (offset {}, stride {:?}) reaches element {extent} of a {storage_numel}-element storage",
+                    t.shape, t.offset, t.stride
+                ),
             ));
         }
         let n = numel(&t.shape).ok_or_else(|| Error::too_large(ctx.clone(), "shape overflows"))?;
@@ -405,9 +294,7 @@ impl TorchFile {
         }
         // A view with more elements than the storage window it spans repeats elements (stride
         // 0, as `expand` makes): materialising it costs more than the file holds.
-        let out_bytes = n
-            .checked_mul(esize)
-            .ok_or_else(|| Error::too_large(ctx.clone(), "shape overflows"))?;
+        let out_bytes = n.checked_mul(esize).ok_or_else(|| Error::too_large(ctx.clone(), "shape overflows"))?;
         if n > extent - t.offset && out_bytes > MAX_REPEATED_VIEW_BYTES {
             return Err(Error::too_large(
                 ctx,
@@ -425,24 +312,17 @@ impl TorchFile {
             Record::Stored { start, .. } => {
                 let storage = &self.bytes[start + base..start + avail];
                 if contiguous {
-                    return Ok(Cow::Borrowed(
-                        &storage[t.offset * esize..(t.offset + n) * esize],
-                    ));
+                    return Ok(Cow::Borrowed(&storage[t.offset * esize..(t.offset + n) * esize]));
                 }
                 let mut out = Vec::with_capacity(out_bytes);
                 strided_copy(storage, esize, t.offset, &t.shape, &t.stride, &mut out);
                 Ok(Cow::Owned(out))
             }
-            Record::Deflated {
-                start, compressed, ..
-            } => {
+            Record::Deflated { start, compressed, .. } => {
                 // Only the bytes up to the last element the view reaches are inflated, and only
                 // the window between its first and last element is kept, or, for a sparse view
                 // (a column of a large matrix), only its elements.
-                let record = Inflated {
-                    ctx: &ctx,
-                    data: &self.bytes[start..start + compressed],
-                };
+                let record = Inflated { ctx: &ctx, data: &self.bytes[start..start + compressed] };
                 let from = base + t.offset * esize;
                 if contiguous {
                     return record.window(from, out_bytes).map(Cow::Owned);
@@ -502,15 +382,7 @@ fn walk_tensors<'a>(v: &'a Value, path: String, out: &mut Vec<(String, &'a Tenso
                     Value::Int(i) => i.to_string(),
                     _ => continue,
                 };
-                walk_tensors(
-                    x,
-                    if path.is_empty() {
-                        key
-                    } else {
-                        format!("{path}.{key}")
-                    },
-                    out,
-                );
+                walk_tensors(x, if path.is_empty() { key } else { format!("{path}.{key}") }, out);
             }
         }
         _ => {}
@@ -521,9 +393,7 @@ fn collect_storages(v: &Value, f: &mut dyn FnMut(&StorageRef)) {
     match v {
         Value::Tensor(t) => f(&t.storage),
         Value::Storage(s) => f(s),
-        Value::List(items) | Value::Tuple(items) | Value::Set(items) => {
-            items.iter().for_each(|x| collect_storages(x, f))
-        }
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) => items.iter().for_each(|x| collect_storages(x, f)),
         Value::Dict(items) => items.iter().for_each(|(k, x)| {
             collect_storages(k, f);
             collect_storages(x, f)
@@ -537,23 +407,13 @@ fn read_record<'a>(name: &str, bytes: &'a [u8], rec: Record, max: u64) -> Result
     match rec {
         Record::Stored { start, len } => {
             if len as u64 > max {
-                return Err(Error::too_large(
-                    name,
-                    format!("record of {len} bytes is larger than the {max} allowed"),
-                ));
+                return Err(Error::too_large(name, format!("record of {len} bytes is larger than the {max} allowed")));
             }
             Ok(Cow::Borrowed(&bytes[start..start + len]))
         }
-        Record::Deflated {
-            start,
-            compressed,
-            size,
-        } => {
+        Record::Deflated { start, compressed, size } => {
             if size as u64 > max {
-                return Err(Error::too_large(
-                    name,
-                    format!("record of {size} bytes is larger than the {max} allowed"),
-                ));
+                return Err(Error::too_large(name, format!("record of {size} bytes is larger than the {max} allowed")));
             }
             // Grown by what really inflates, not preallocated from the claimed size.
             let mut out = Vec::new();
@@ -562,13 +422,7 @@ fn read_record<'a>(name: &str, bytes: &'a [u8], rec: Record, max: u64) -> Result
                 .read_to_end(&mut out)
                 .map_err(|e| Error::format(name, format!("corrupt deflated record: {e}")))?;
             if out.len() != size {
-                return Err(Error::format(
-                    name,
-                    format!(
-                        "deflated record inflates to {} bytes, header says {size}",
-                        out.len()
-                    ),
-                ));
+                return Err(Error::format(name, format!("deflated record inflates to {} bytes, header says {size}", out.len())));
             }
             Ok(Cow::Owned(out))
         }
@@ -594,16 +448,12 @@ impl Inflated<'_> {
     }
 
     fn short(&self, end: usize) -> Error {
-        Error::format(
-            self.ctx,
-            format!("deflated record ends before byte {end}, which the tensor reads"),
-        )
+        Error::format(self.ctx, format!("deflated record ends before byte {end}, which the tensor reads"))
     }
 
     /// Reads past `n` bytes of `r`, keeping none.
     fn skip(&self, r: &mut impl Read, n: usize, end: usize) -> Result<()> {
-        let skipped = std::io::copy(&mut r.take(n as u64), &mut std::io::sink())
-            .map_err(|e| self.corrupt(e))?;
+        let skipped = std::io::copy(&mut r.take(n as u64), &mut std::io::sink()).map_err(|e| self.corrupt(e))?;
         if skipped != n as u64 {
             return Err(self.short(end));
         }
@@ -616,9 +466,7 @@ impl Inflated<'_> {
         let mut r = self.reader();
         self.skip(&mut r, from, from + len)?;
         let mut out = Vec::new();
-        r.take(len as u64)
-            .read_to_end(&mut out)
-            .map_err(|e| self.corrupt(e))?;
+        r.take(len as u64).read_to_end(&mut out).map_err(|e| self.corrupt(e))?;
         if out.len() != len {
             return Err(self.short(from + len));
         }
@@ -653,8 +501,7 @@ impl Inflated<'_> {
             if last != Some(p) {
                 let byte = base + p * esize;
                 self.skip(&mut r, byte - pos, end)?;
-                r.read_exact(&mut elem[..esize])
-                    .map_err(|_| self.short(end))?;
+                r.read_exact(&mut elem[..esize]).map_err(|_| self.short(end))?;
                 pos = byte + esize;
                 last = Some(p);
             }
@@ -675,14 +522,7 @@ fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
     true
 }
 
-fn strided_copy(
-    src: &[u8],
-    esize: usize,
-    offset: usize,
-    shape: &[usize],
-    stride: &[usize],
-    out: &mut Vec<u8>,
-) {
+fn strided_copy(src: &[u8], esize: usize, offset: usize, shape: &[usize], stride: &[usize], out: &mut Vec<u8>) {
     if shape.is_empty() {
         out.extend_from_slice(&src[offset * esize..(offset + 1) * esize]);
         return;
@@ -729,13 +569,7 @@ impl TorchWriter {
             stride[i] = stride[i + 1] * t.shape[i + 1];
         }
         let v = Value::Tensor(Box::new(TensorRef {
-            storage: StorageRef {
-                key,
-                dtype: t.dtype,
-                numel: t.numel(),
-                location: "cpu".into(),
-                view: None,
-            },
+            storage: StorageRef { key, dtype: t.dtype, numel: t.numel(), location: "cpu".into(), view: None },
             offset: 0,
             shape: t.shape.clone(),
             stride,
@@ -754,15 +588,10 @@ impl TorchWriter {
             .compression_method(zip::CompressionMethod::Stored)
             .last_modified_time(zip::DateTime::default())
             .with_alignment(64);
-        let add = |zip: &mut zip::ZipWriter<std::io::Cursor<Vec<u8>>>,
-                   name: &str,
-                   data: &[u8]|
-         -> Result<()> {
+        let add = |zip: &mut zip::ZipWriter<std::io::Cursor<Vec<u8>>>, name: &str, data: &[u8]| -> Result<()> {
             let large = data.len() as u64 >= u32::MAX as u64;
-            zip.start_file(format!("{prefix}/{name}"), opts.large_file(large))
-                .map_err(|e| Error::format("torch writer", e.to_string()))?;
-            zip.write_all(data)
-                .map_err(|e| Error::format("torch writer", e.to_string()))
+            zip.start_file(format!("{prefix}/{name}"), opts.large_file(large)).map_err(|e| Error::format("torch writer", e.to_string()))?;
+            zip.write_all(data).map_err(|e| Error::format("torch writer", e.to_string()))
         };
         add(&mut zip, "data.pkl", &pkl)?;
         add(&mut zip, ".format_version", b"1")?;
@@ -772,19 +601,13 @@ impl TorchWriter {
             add(&mut zip, &format!("data/{i}"), &t.data)?;
         }
         add(&mut zip, "version", b"3\n")?;
-        let cursor = zip
-            .finish()
-            .map_err(|e| Error::format("torch writer", e.to_string()))?;
+        let cursor = zip.finish().map_err(|e| Error::format("torch writer", e.to_string()))?;
         Ok(cursor.into_inner())
     }
 
     /// Writes the file atomically. The record folder is the file stem, as torch names it.
     pub fn save(&self, path: &Path, root: &Value) -> Result<()> {
-        let prefix = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .filter(|s| !s.is_empty() && !s.contains('/'))
-            .unwrap_or("archive");
+        let prefix = path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty() && !s.contains('/')).unwrap_or("archive");
         let bytes = self.to_bytes(root, prefix)?;
         crate::atomic::write(path, &bytes)
     }
@@ -793,9 +616,6 @@ impl TorchWriter {
 /// Convenience for the common case: a `{name: tensor}` dict, as `torch.save(dict)` writes it.
 pub fn save_tensor_dict(path: &Path, tensors: Vec<(String, RawTensor)>) -> Result<()> {
     let mut w = TorchWriter::new();
-    let items = tensors
-        .into_iter()
-        .map(|(k, t)| (Value::Str(k), w.tensor(t)))
-        .collect();
+    let items = tensors.into_iter().map(|(k, t)| (Value::Str(k), w.tensor(t))).collect();
     w.save(path, &Value::Dict(items))
 }

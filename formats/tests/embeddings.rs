@@ -31,22 +31,9 @@ fn every_fixture_layout_reads_to_pytorch_values() {
         let f = embeddings::read(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         let layout = serde_json::to_value(f.layout).unwrap();
         assert_eq!(layout, want["layout"], "{name}: layout");
-        assert_eq!(
-            kind_name(&f.kind),
-            want["kind"].as_str().unwrap(),
-            "{name}: container"
-        );
-        let tokens: Vec<Option<String>> = f
-            .embeddings
-            .iter()
-            .map(|e| e.stored_token.clone())
-            .collect();
-        let want_tokens: Vec<Option<String>> = want["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().map(String::from))
-            .collect();
+        assert_eq!(kind_name(&f.kind), want["kind"].as_str().unwrap(), "{name}: container");
+        let tokens: Vec<Option<String>> = f.embeddings.iter().map(|e| e.stored_token.clone()).collect();
+        let want_tokens: Vec<Option<String>> = want["tokens"].as_array().unwrap().iter().map(|t| t.as_str().map(String::from)).collect();
         assert_eq!(tokens, want_tokens, "{name}: tokens");
         let parts: Vec<_> = f.embeddings.iter().flat_map(|e| e.parts.iter()).collect();
         let want_tensors = want["tensors"].as_array().unwrap();
@@ -54,16 +41,8 @@ fn every_fixture_layout_reads_to_pytorch_values() {
         for (p, w) in parts.iter().zip(want_tensors) {
             assert_tensor(name, &p.tensor, w);
         }
-        let meta: serde_json::Map<String, serde_json::Value> = f
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        assert_eq!(
-            &serde_json::Value::Object(meta),
-            &want["metadata"],
-            "{name}: metadata"
-        );
+        let meta: serde_json::Map<String, serde_json::Value> = f.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        assert_eq!(&serde_json::Value::Object(meta), &want["metadata"], "{name}: metadata");
     }
 }
 
@@ -78,46 +57,10 @@ fn sdxl_parts_are_assigned_to_their_encoders() {
 
 /// (file, layout, stored token, trigger word, shape, first 3, sum, L2) from realworld/README.md.
 #[allow(clippy::type_complexity)]
-const REALWORLD: &[(
-    &str,
-    Layout,
-    Option<&str>,
-    &str,
-    &[usize],
-    [f64; 3],
-    f64,
-    f64,
-)] = &[
-    (
-        "birb-style.learned_embeds.bin",
-        Layout::Diffusers,
-        Some("<birb-style>"),
-        "<birb-style>",
-        &[768],
-        [0.170092, 0.008965, 0.076737],
-        0.511783,
-        3.013576,
-    ),
-    (
-        "bad-artist.pt",
-        Layout::A1111,
-        Some("bad-artist"),
-        "bad-artist",
-        &[2, 768],
-        [0.099183, -0.022449, 0.173715],
-        1.749755,
-        7.678862,
-    ),
-    (
-        "EasyNegative.safetensors",
-        Layout::Kohya,
-        None,
-        "EasyNegative",
-        &[8, 768],
-        [-0.000358, 0.00954, -0.008025],
-        0.331213,
-        1.082151,
-    ),
+const REALWORLD: &[(&str, Layout, Option<&str>, &str, &[usize], [f64; 3], f64, f64)] = &[
+    ("birb-style.learned_embeds.bin", Layout::Diffusers, Some("<birb-style>"), "<birb-style>", &[768], [0.170092, 0.008965, 0.076737], 0.511783, 3.013576),
+    ("bad-artist.pt", Layout::A1111, Some("bad-artist"), "bad-artist", &[2, 768], [0.099183, -0.022449, 0.173715], 1.749755, 7.678862),
+    ("EasyNegative.safetensors", Layout::Kohya, None, "EasyNegative", &[8, 768], [-0.000358, 0.00954, -0.008025], 0.331213, 1.082151),
     (
         "detail-schemas.learned_embeds.safetensors",
         Layout::Diffusers,
@@ -152,24 +95,14 @@ fn realworld_files_read_to_published_values() {
         // The README rounds to 6 decimals.
         let tol = 1e-5;
         for i in 0..3 {
-            assert!(
-                (v[i] - first[i]).abs() < tol,
-                "{name}: value {i} = {}",
-                v[i]
-            );
+            assert!((v[i] - first[i]).abs() < tol, "{name}: value {i} = {}", v[i]);
         }
         assert!((v.iter().sum::<f64>() - sum).abs() < tol, "{name}: sum");
-        assert!(
-            (v.iter().map(|x| x * x).sum::<f64>().sqrt() - l2).abs() < tol,
-            "{name}: L2"
-        );
+        assert!((v.iter().map(|x| x * x).sum::<f64>().sqrt() - l2).abs() < tol, "{name}: L2");
     }
     let a1111 = embeddings::read(&realworld("bad-artist.pt")).unwrap();
     assert_eq!(a1111.metadata.get("step").map(String::as_str), Some("1875"));
-    assert_eq!(
-        a1111.metadata.get("sd_checkpoint_name").map(String::as_str),
-        Some("blossom-extract")
-    );
+    assert_eq!(a1111.metadata.get("sd_checkpoint_name").map(String::as_str), Some("blossom-extract"));
 }
 
 #[test]
@@ -178,9 +111,7 @@ fn empty_realworld_file_is_refused_clearly() {
         return;
     };
     let realworld = |name: &str| rw.join(name);
-    let e = embeddings::read(&realworld("empty.pt"))
-        .unwrap_err()
-        .to_string();
+    let e = embeddings::read(&realworld("empty.pt")).unwrap_err().to_string();
     assert!(e.contains("empty.pt") && e.contains("no embedding"), "{e}");
 }
 
@@ -203,41 +134,19 @@ fn roundtrip(src: &Path, format: OutFormat, ext: &str, token: &str) -> embedding
 fn every_writer_roundtrips() {
     let src = fixture("embeddings", "a1111.pt");
     let back = roundtrip(&src, OutFormat::Diffusers, "safetensors", "<tok>");
-    assert_eq!(
-        (back.layout, back.embeddings[0].stored_token.as_deref()),
-        (Layout::Diffusers, Some("<tok>"))
-    );
+    assert_eq!((back.layout, back.embeddings[0].stored_token.as_deref()), (Layout::Diffusers, Some("<tok>")));
     assert_eq!(back.metadata.get("format").map(String::as_str), Some("pt"));
     let back = roundtrip(&src, OutFormat::DiffusersBin, "bin", "<tok>");
-    assert_eq!(
-        (back.layout, &back.kind),
-        (Layout::Diffusers, &FileKind::TorchZip("out".into()))
-    );
+    assert_eq!((back.layout, &back.kind), (Layout::Diffusers, &FileKind::TorchZip("out".into())));
     let back = roundtrip(&src, OutFormat::A1111, "pt", "renamed");
-    assert_eq!(
-        (back.layout, back.embeddings[0].stored_token.as_deref()),
-        (Layout::A1111, Some("renamed"))
-    );
+    assert_eq!((back.layout, back.embeddings[0].stored_token.as_deref()), (Layout::A1111, Some("renamed")));
     // A1111 fields carry over from an A1111 source.
     assert_eq!(back.metadata.get("step").map(String::as_str), Some("1500"));
-    assert_eq!(
-        back.metadata.get("sd_checkpoint").map(String::as_str),
-        Some("7ab762a7")
-    );
-    let back = roundtrip(
-        &fixture("embeddings", "sdxl.safetensors"),
-        OutFormat::Sdxl,
-        "safetensors",
-        "x",
-    );
+    assert_eq!(back.metadata.get("sd_checkpoint").map(String::as_str), Some("7ab762a7"));
+    let back = roundtrip(&fixture("embeddings", "sdxl.safetensors"), OutFormat::Sdxl, "safetensors", "x");
     assert_eq!(back.layout, Layout::Sdxl);
     // 1-D sd-concepts vectors become [1, D].
-    let back = roundtrip(
-        &fixture("embeddings", "sd_concepts_1d.bin"),
-        OutFormat::Diffusers,
-        "safetensors",
-        "<c>",
-    );
+    let back = roundtrip(&fixture("embeddings", "sd_concepts_1d.bin"), OutFormat::Diffusers, "safetensors", "<c>");
     assert_eq!(back.embeddings[0].parts[0].tensor.shape, vec![1, 32]);
 }
 
@@ -245,30 +154,11 @@ fn every_writer_roundtrips() {
 fn sdxl_and_single_encoder_formats_do_not_mix() {
     let dir = tempfile::tempdir().unwrap();
     let sdxl = embeddings::read(&fixture("embeddings", "sdxl.safetensors")).unwrap();
-    let e = embeddings::write(
-        &dir.path().join("x.pt"),
-        OutFormat::A1111,
-        "x",
-        &sdxl.embeddings[0],
-        None,
-        None,
-    )
-    .unwrap_err();
+    let e = embeddings::write(&dir.path().join("x.pt"), OutFormat::A1111, "x", &sdxl.embeddings[0], None, None).unwrap_err();
     assert!(e.to_string().contains("--format sdxl"), "{e}");
     let sd = embeddings::read(&fixture("embeddings", "kohya.safetensors")).unwrap();
-    let e = embeddings::write(
-        &dir.path().join("x.safetensors"),
-        OutFormat::Sdxl,
-        "x",
-        &sd.embeddings[0],
-        None,
-        None,
-    )
-    .unwrap_err();
-    assert!(
-        e.to_string().contains("clip_l (768 wide)") && e.to_string().contains("32 wide"),
-        "{e}"
-    );
+    let e = embeddings::write(&dir.path().join("x.safetensors"), OutFormat::Sdxl, "x", &sd.embeddings[0], None, None).unwrap_err();
+    assert!(e.to_string().contains("clip_l (768 wide)") && e.to_string().contains("32 wide"), "{e}");
     assert!(!dir.path().join("x.pt").exists() && !dir.path().join("x.safetensors").exists());
 }
 
@@ -278,23 +168,11 @@ fn widening_to_f32_on_request() {
     assert_eq!(f.embeddings[0].parts[0].tensor.dtype, DType::F16);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("wide.safetensors");
-    embeddings::write(
-        &out,
-        OutFormat::Diffusers,
-        "<half>",
-        &f.embeddings[0],
-        None,
-        Some(DType::F32),
-    )
-    .unwrap();
+    embeddings::write(&out, OutFormat::Diffusers, "<half>", &f.embeddings[0], None, Some(DType::F32)).unwrap();
     let back = embeddings::read(&out).unwrap();
     let t = &back.embeddings[0].parts[0].tensor;
     assert_eq!(t.dtype, DType::F32);
-    assert_eq!(
-        t.to_f64_vec(),
-        f.embeddings[0].parts[0].tensor.to_f64_vec(),
-        "f16 widens exactly"
-    );
+    assert_eq!(t.to_f64_vec(), f.embeddings[0].parts[0].tensor.to_f64_vec(), "f16 widens exactly");
 }
 
 /// A PNG chunk: length, type, data, CRC of type and data.
@@ -311,15 +189,7 @@ fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 /// An 8-bit RGB (3 channels) or RGBA (4) PNG of `pixels`, Adam7-interlaced or not (the png
 /// crate writes no interlaced files).
 fn encode_png(pixels: &[u8], w: usize, h: usize, channels: usize, interlaced: bool) -> Vec<u8> {
-    const ADAM7: [(usize, usize, usize, usize); 7] = [
-        (0, 8, 0, 8),
-        (4, 8, 0, 8),
-        (0, 4, 4, 8),
-        (2, 4, 0, 4),
-        (0, 2, 2, 4),
-        (1, 2, 0, 2),
-        (0, 1, 1, 2),
-    ];
+    const ADAM7: [(usize, usize, usize, usize); 7] = [(0, 8, 0, 8), (4, 8, 0, 8), (0, 4, 4, 8), (2, 4, 0, 4), (0, 2, 2, 4), (1, 2, 0, 2), (0, 1, 1, 2)];
     let passes: &[(usize, usize, usize, usize)] = if interlaced { &ADAM7 } else { &[(0, 1, 0, 1)] };
     let mut raw = Vec::new();
     for &(x0, dx, y0, dy) in passes.iter().filter(|p| p.0 < w && p.2 < h) {
@@ -348,8 +218,7 @@ fn pixel_embeddings_read_interlaced_with_alpha_and_wider_borders() {
     let path = fixture("embeddings", "a1111_pixels.png");
     let want = embeddings::read(&path).unwrap();
     assert_eq!(want.kind, FileKind::PngPixels);
-    let mut decoder =
-        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+    let mut decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
     decoder.set_transformations(png::Transformations::EXPAND);
     let mut reader = decoder.read_info().unwrap();
     let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
@@ -369,13 +238,9 @@ fn pixel_embeddings_read_interlaced_with_alpha_and_wider_borders() {
     for (what, png) in [
         ("interlaced", encode_png(&rgb, w, h, 3, true)),
         ("rgba with a border", encode_png(&rgba, bw, bh, 4, false)),
-        (
-            "interlaced rgba with a border",
-            encode_png(&rgba, bw, bh, 4, true),
-        ),
+        ("interlaced rgba with a border", encode_png(&rgba, bw, bh, 4, true)),
     ] {
-        let got =
-            embeddings::read_bytes("variant.png", &png).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let got = embeddings::read_bytes("variant.png", &png).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(got, want, "{what}");
     }
 }

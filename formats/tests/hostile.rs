@@ -8,16 +8,12 @@ use ti_formats::torch_file::{TorchFile, TorchWriter};
 use ti_formats::{DType, RawTensor};
 
 fn err(bytes: &[u8]) -> String {
-    embeddings::read_bytes("x", bytes)
-        .expect_err("must be refused")
-        .to_string()
+    embeddings::read_bytes("x", bytes).expect_err("must be refused").to_string()
 }
 
 #[test]
 fn pickle_calling_os_system_is_refused_by_name() {
-    let e = embeddings::read(&fixture("embeddings", "evil.pt"))
-        .unwrap_err()
-        .to_string();
+    let e = embeddings::read(&fixture("embeddings", "evil.pt")).unwrap_err().to_string();
     assert!(e.contains("posix.system") && e.contains("evil.pt"), "{e}");
 }
 
@@ -26,10 +22,7 @@ fn truncated_zip_is_an_error() {
     let bytes = std::fs::read(fixture("embeddings", "a1111.pt")).unwrap();
     for cut in [10, bytes.len() / 2, bytes.len() - 10] {
         let e = err(&bytes[..cut]);
-        assert!(
-            e.contains("zip") || e.contains("truncated") || e.contains("past the end"),
-            "cut {cut}: {e}"
-        );
+        assert!(e.contains("zip") || e.contains("truncated") || e.contains("past the end"), "cut {cut}: {e}");
     }
 }
 
@@ -38,29 +31,19 @@ fn lying_storage(numel: usize) -> Vec<u8> {
     let mut w = TorchWriter::new();
     w.tensor(RawTensor::from_f32(vec![3], &[1.0, 2.0, 3.0]).unwrap());
     let t = Value::Tensor(Box::new(TensorRef {
-        storage: StorageRef {
-            key: "0".into(),
-            dtype: DType::F32,
-            numel,
-            location: "cpu".into(),
-            view: None,
-        },
+        storage: StorageRef { key: "0".into(), dtype: DType::F32, numel, location: "cpu".into(), view: None },
         offset: 0,
         shape: vec![numel],
         stride: vec![1],
         requires_grad: false,
     }));
-    w.to_bytes(&Value::Dict(vec![(Value::Str("<t>".into()), t)]), "archive")
-        .unwrap()
+    w.to_bytes(&Value::Dict(vec![(Value::Str("<t>".into()), t)]), "archive").unwrap()
 }
 
 #[test]
 fn storage_larger_than_the_file_is_refused() {
     let e = err(&lying_storage(1000));
-    assert!(
-        e.contains("claims 1000 elements") && e.contains("holds 12 bytes"),
-        "{e}"
-    );
+    assert!(e.contains("claims 1000 elements") && e.contains("holds 12 bytes"), "{e}");
 }
 
 #[test]
@@ -69,8 +52,7 @@ fn terabyte_claims_are_refused_before_allocating() {
     let e = err(&lying_storage(1 << 38));
     assert!(e.contains("more than") || e.contains("claims"), "{e}");
     // safetensors header claiming a 1 TiB tensor.
-    let header =
-        br#"{"t":{"dtype":"F32","shape":[274877906944],"data_offsets":[0,1099511627776]}}"#;
+    let header = br#"{"t":{"dtype":"F32","shape":[274877906944],"data_offsets":[0,1099511627776]}}"#;
     let mut st = (header.len() as u64).to_le_bytes().to_vec();
     st.extend_from_slice(header);
     st.extend_from_slice(&[0; 16]);
@@ -83,10 +65,7 @@ fn terabyte_claims_are_refused_before_allocating() {
     // Zip record claiming to inflate to 1 TiB.
     let mut bytes = std::fs::read(fixture("torch", "deflated.pt")).unwrap();
     patch_uncompressed_sizes(&mut bytes, 1 << 39);
-    let e = TorchFile::from_bytes("bomb.pt", bytes)
-        .err()
-        .expect("refused")
-        .to_string();
+    let e = TorchFile::from_bytes("bomb.pt", bytes).err().expect("refused").to_string();
     assert!(e.contains("bomb.pt"), "{e}");
 }
 
@@ -111,20 +90,11 @@ fn git_lfs_pointers_and_empty_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("empty.safetensors");
     std::fs::write(&p, b"").unwrap();
-    assert!(embeddings::read(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("empty"));
+    assert!(embeddings::read(&p).unwrap_err().to_string().contains("empty"));
     let p = dir.path().join("lfs.bin");
     std::fs::write(&p, b"version https://git-lfs.github.com/spec/v1\n").unwrap();
-    assert!(embeddings::read(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("git lfs pull"));
-    assert!(embeddings::read(dir.path())
-        .unwrap_err()
-        .to_string()
-        .contains("folder"));
+    assert!(embeddings::read(&p).unwrap_err().to_string().contains("git lfs pull"));
+    assert!(embeddings::read(dir.path()).unwrap_err().to_string().contains("folder"));
 }
 
 /// Small deterministic generator so failures reproduce.
@@ -179,14 +149,7 @@ fn random_bytes_and_mutated_files_never_panic() {
 fn two_hundred_thousand_tensors_open_and_list_in_seconds() {
     // Anything quadratic in the number of tensors takes minutes here.
     let n = 200_000;
-    let tensors: Vec<(String, RawTensor)> = (0..n)
-        .map(|i| {
-            (
-                format!("<tok{i}>"),
-                RawTensor::from_f32(vec![1], &[i as f32]).unwrap(),
-            )
-        })
-        .collect();
+    let tensors: Vec<(String, RawTensor)> = (0..n).map(|i| (format!("<tok{i}>"), RawTensor::from_f32(vec![1], &[i as f32]).unwrap())).collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("many.safetensors");
     ti_formats::safetensors_io::save(&path, &tensors, None).unwrap();
@@ -195,11 +158,7 @@ fn two_hundred_thousand_tensors_open_and_list_in_seconds() {
     assert_eq!(st.view().unwrap().names().len(), n);
     let f = embeddings::read(&path).unwrap();
     assert_eq!(f.embeddings.len(), n);
-    let last = f
-        .embeddings
-        .iter()
-        .find(|e| e.stored_token.as_deref() == Some("<tok199999>"))
-        .unwrap();
+    let last = f.embeddings.iter().find(|e| e.stored_token.as_deref() == Some("<tok199999>")).unwrap();
     assert_eq!(last.parts[0].tensor.to_f32_vec(), [199_999.0]);
     let took = start.elapsed();
     eprintln!("{n} tensors: opened, listed and read in {took:?}");

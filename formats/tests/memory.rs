@@ -28,9 +28,7 @@ fn peak_mib(test: &str, env: &[(&str, &std::ffi::OsStr)], case: impl FnOnce()) -
     let exe = std::env::current_exe().unwrap();
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!(
-            "ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\" \"$@\""
-        ))
+        .arg(format!("ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\" \"$@\""))
         .arg(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, test)
@@ -39,11 +37,7 @@ fn peak_mib(test: &str, env: &[(&str, &std::ffi::OsStr)], case: impl FnOnce()) -
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{test}: child failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "{test}: child failed ({}):\n{stdout}\n{stderr}", out.status);
     let kib: u64 = stdout
         .lines()
         .find_map(|l| l.split_once("peak-rss-kib=").map(|(_, n)| n))
@@ -57,10 +51,7 @@ fn peak_mib(test: &str, env: &[(&str, &std::ffi::OsStr)], case: impl FnOnce()) -
 
 fn vm_hwm_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/self/status");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -70,9 +61,7 @@ type Fill<'a> = &'a dyn Fn(&mut dyn Write);
 /// A zip holding `records` under `archive/`, deflated.
 fn deflated_zip(records: &[(&str, Fill)]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
-        .large_file(true);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).large_file(true);
     for (name, fill) in records {
         zip.start_file(format!("archive/{name}"), opts).unwrap();
         fill(&mut zip);
@@ -102,53 +91,32 @@ fn memo_copies_of_a_large_list_are_charged() {
         p.extend(std::iter::repeat_n(0x94, 10_000)); // MEMOIZE
         p.push(b'.');
         assert!(p.len() < 11_000);
-        let e = pickle::load(&p, 0, "memo.pkl")
-            .expect_err("must be refused")
-            .to_string();
-        assert!(
-            e.contains("memo.pkl") && e.contains("too many values"),
-            "{e}"
-        );
+        let e = pickle::load(&p, 0, "memo.pkl").expect_err("must be refused").to_string();
+        assert!(e.contains("memo.pkl") && e.contains("too many values"), "{e}");
     });
     assert!(peak < LIMIT_MIB, "peak {peak} MiB");
 }
 
 #[test]
 fn a_small_zip_of_a_huge_pickle_is_refused_within_the_value_budget() {
-    let peak = peak_mib(
-        "a_small_zip_of_a_huge_pickle_is_refused_within_the_value_budget",
-        &[],
-        || {
-            // 16 MiB of NONE opcodes, deflated to about 16 KiB.
-            let pkl = |w: &mut dyn Write| {
-                w.write_all(&[0x80, 2]).unwrap();
-                write_repeated(w, b'N', 16 << 20);
-                w.write_all(b".").unwrap();
-            };
-            let bytes = deflated_zip(&[("data.pkl", &pkl)]);
-            assert!(bytes.len() < 64 << 10, "{} bytes", bytes.len());
-            let e = TorchFile::from_bytes("nones.pt", bytes)
-                .err()
-                .expect("must be refused")
-                .to_string();
-            assert!(
-                e.contains("nones.pt") && e.contains("too many values"),
-                "{e}"
-            );
-        },
-    );
+    let peak = peak_mib("a_small_zip_of_a_huge_pickle_is_refused_within_the_value_budget", &[], || {
+        // 16 MiB of NONE opcodes, deflated to about 16 KiB.
+        let pkl = |w: &mut dyn Write| {
+            w.write_all(&[0x80, 2]).unwrap();
+            write_repeated(w, b'N', 16 << 20);
+            w.write_all(b".").unwrap();
+        };
+        let bytes = deflated_zip(&[("data.pkl", &pkl)]);
+        assert!(bytes.len() < 64 << 10, "{} bytes", bytes.len());
+        let e = TorchFile::from_bytes("nones.pt", bytes).err().expect("must be refused").to_string();
+        assert!(e.contains("nones.pt") && e.contains("too many values"), "{e}");
+    });
     assert!(peak < LIMIT_MIB, "peak {peak} MiB");
 }
 
 fn view(numel: usize, offset: usize, shape: &[usize], stride: &[usize]) -> Value {
     Value::Tensor(Box::new(TensorRef {
-        storage: StorageRef {
-            key: "0".into(),
-            dtype: DType::F32,
-            numel,
-            location: "cpu".into(),
-            view: None,
-        },
+        storage: StorageRef { key: "0".into(), dtype: DType::F32, numel, location: "cpu".into(), view: None },
         offset,
         shape: shape.to_vec(),
         stride: stride.to_vec(),
@@ -164,14 +132,8 @@ fn a_tensor_inflates_only_the_bytes_it_reaches() {
         let numel = 1usize << 28;
         let root = Value::Dict(vec![
             (Value::Str("first".into()), view(numel, 0, &[1], &[1])),
-            (
-                Value::Str("last".into()),
-                view(numel, numel - 1, &[1], &[1]),
-            ),
-            (
-                Value::Str("ends".into()),
-                view(numel, 0, &[2], &[numel - 1]),
-            ),
+            (Value::Str("last".into()), view(numel, numel - 1, &[1], &[1])),
+            (Value::Str("ends".into()), view(numel, 0, &[2], &[numel - 1])),
         ]);
         let pkl_bytes = pickle::dump(&root).unwrap();
         let pkl = |w: &mut dyn Write| w.write_all(&pkl_bytes).unwrap();
@@ -189,26 +151,17 @@ fn a_tensor_inflates_only_the_bytes_it_reaches() {
 
 #[test]
 fn a_view_repeating_one_element_is_not_materialised() {
-    let peak = peak_mib(
-        "a_view_repeating_one_element_is_not_materialised",
-        &[],
-        || {
-            // One stored float viewed as 2^30 copies (stride 0): 4 GiB as a dense tensor.
-            let mut w = TorchWriter::new();
-            w.tensor(RawTensor::from_f32(vec![1], &[1.0]).unwrap());
-            let root = Value::Dict(vec![(Value::Str("t".into()), view(1, 0, &[1 << 30], &[0]))]);
-            let bytes = w.to_bytes(&root, "archive").unwrap();
-            let tf = TorchFile::from_bytes("expand.pt", bytes).unwrap();
-            let Some(Value::Tensor(t)) = tf.root.get("t") else {
-                panic!("{:?}", tf.root)
-            };
-            let e = tf.tensor(t).expect_err("must be refused").to_string();
-            assert!(
-                e.contains("expand.pt: storage 0") && e.contains("repeats"),
-                "{e}"
-            );
-        },
-    );
+    let peak = peak_mib("a_view_repeating_one_element_is_not_materialised", &[], || {
+        // One stored float viewed as 2^30 copies (stride 0): 4 GiB as a dense tensor.
+        let mut w = TorchWriter::new();
+        w.tensor(RawTensor::from_f32(vec![1], &[1.0]).unwrap());
+        let root = Value::Dict(vec![(Value::Str("t".into()), view(1, 0, &[1 << 30], &[0]))]);
+        let bytes = w.to_bytes(&root, "archive").unwrap();
+        let tf = TorchFile::from_bytes("expand.pt", bytes).unwrap();
+        let Some(Value::Tensor(t)) = tf.root.get("t") else { panic!("{:?}", tf.root) };
+        let e = tf.tensor(t).expect_err("must be refused").to_string();
+        assert!(e.contains("expand.pt: storage 0") && e.contains("repeats"), "{e}");
+    });
     assert!(peak < LIMIT_MIB, "peak {peak} MiB");
 }
 
@@ -234,13 +187,8 @@ fn a_huge_png_without_an_embedding_is_read_row_by_row() {
     }
     let peak = peak_mib(test, &[("TI_FORMATS_MEMORY_PNG", path.as_os_str())], || {
         let path = std::path::PathBuf::from(std::env::var("TI_FORMATS_MEMORY_PNG").unwrap());
-        let e = ti_formats::embeddings::read(&path)
-            .expect_err("no embedding")
-            .to_string();
-        assert!(
-            e.contains("huge.png") && e.contains("without an embedding"),
-            "{e}"
-        );
+        let e = ti_formats::embeddings::read(&path).expect_err("no embedding").to_string();
+        assert!(e.contains("huge.png") && e.contains("without an embedding"), "{e}");
     });
     assert!(peak < LIMIT_MIB, "peak {peak} MiB");
 }

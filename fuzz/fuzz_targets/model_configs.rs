@@ -26,9 +26,7 @@ use textual_inversion::models::weights::{Placement, Weights};
 use textual_inversion::schedulers::{self, SchedulerConfig, SchedulerKind};
 
 fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(rel)
 }
 
 thread_local! {

@@ -3,8 +3,8 @@
 //! tokenizers, one safetensors file per component), which any diffusers tool then loads.
 use super::convert::DtypeArg;
 use crate::formats::safetensors_io;
-use crate::models::repo::ModelRepo;
 use crate::models::config;
+use crate::models::repo::ModelRepo;
 use crate::models::single_file::SingleFile;
 use crate::models::stable_diffusion::{self as sd, WeightOptions};
 use crate::models::weights::Placement;

@@ -129,9 +129,7 @@ impl Transformer2DModel {
         Transformer2DModel {
             norm: GroupNorm::load(&p.pp("norm"), c.groups, channels, 1e-6),
             proj_in: Proj::load(&p.pp("proj_in"), channels, inner, c.linear_projection),
-            blocks: (0..c.layers)
-                .map(|i| BasicTransformerBlock::load(&p.pp("transformer_blocks").pp(i), inner, c.heads, head_dim, c.context_dim))
-                .collect(),
+            blocks: (0..c.layers).map(|i| BasicTransformerBlock::load(&p.pp("transformer_blocks").pp(i), inner, c.heads, head_dim, c.context_dim)).collect(),
             proj_out: Proj::load(&p.pp("proj_out"), inner, channels, c.linear_projection),
         }
     }

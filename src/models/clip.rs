@@ -206,9 +206,7 @@ impl ClipTextModel {
         let out = self.forward(ids);
         match clip_skip {
             None | Some(0) => Ok(out.last_hidden_state),
-            Some(s) if s < out.hidden_states.len() => {
-                Ok(self.final_layer_norm.forward(&out.hidden_states[out.hidden_states.len() - 1 - s]))
-            }
+            Some(s) if s < out.hidden_states.len() => Ok(self.final_layer_norm.forward(&out.hidden_states[out.hidden_states.len() - 1 - s])),
             Some(s) => bail!("clip_skip {s} is larger than the text encoder's {} layers", self.layers.len()),
         }
     }

@@ -73,11 +73,20 @@ impl ModelSource {
 #[allow(clippy::large_enum_variant)]
 pub enum ModelRepo {
     Local(PathBuf),
-    Hub { id: String, revision: String, cache: hf_hub::Cache, snapshot: Option<PathBuf>, api: Option<hf_hub::api::sync::ApiRepo> },
+    Hub {
+        id: String,
+        revision: String,
+        cache: hf_hub::Cache,
+        snapshot: Option<PathBuf>,
+        api: Option<hf_hub::api::sync::ApiRepo>,
+    },
     /// An original-layout checkpoint; its configs and tokenizers are those of its config folder.
     SingleFile(Box<super::single_file::SingleFile>),
     /// A folder or Hub model read with `--prediction_type`.
-    Overridden { inner: Box<ModelRepo>, prediction_type: String },
+    Overridden {
+        inner: Box<ModelRepo>,
+        prediction_type: String,
+    },
 }
 
 impl ModelRepo {

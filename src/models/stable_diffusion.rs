@@ -144,7 +144,11 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     let vae = load_vae(repo, weights, vae_placement)?;
     let vae_kind = vae_placement.kind;
     if family.is_xl() != unet.takes_added_conditioning() {
-        bail!("{}: the pipeline is {family:?} but its UNet {} SDXL's added conditioning", repo.describe(), if unet.takes_added_conditioning() { "has" } else { "lacks" });
+        bail!(
+            "{}: the pipeline is {family:?} but its UNet {} SDXL's added conditioning",
+            repo.describe(),
+            if unet.takes_added_conditioning() { "has" } else { "lacks" }
+        );
     }
     check_widths(repo, &text_encoder, second.as_ref().map(|(_, e)| e), &unet, &vae)?;
     let scheduler_config = load_scheduler_config(repo)?;
@@ -225,7 +229,9 @@ pub fn family(repo: &ModelRepo) -> Result<Family> {
     let has = |k: &str| v.get(k).and_then(|c| c.as_array()).is_some_and(|a| a.iter().any(|x| !x.is_null()));
     match (has("text_encoder"), has("text_encoder_2")) {
         (true, true) => Ok(Family::Xl { force_zeros_for_empty_prompt: v.get("force_zeros_for_empty_prompt").and_then(|f| f.as_bool()).unwrap_or(true) }),
-        (false, true) => bail!("{}: {class} has only text_encoder_2 (an SDXL refiner): not supported; SD 1.x, 2.x and SDXL base pipelines are", repo.describe()),
+        (false, true) => {
+            bail!("{}: {class} has only text_encoder_2 (an SDXL refiner): not supported; SD 1.x, 2.x and SDXL base pipelines are", repo.describe())
+        }
         _ if class.contains("XL") => bail!("{}: {class} lists no text encoders", repo.describe()),
         _ => Ok(Family::StableDiffusion),
     }

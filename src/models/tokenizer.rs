@@ -24,15 +24,10 @@ use tokenizers::utils::truncation::{truncate_encodings, TruncationParams};
 use tokenizers::{AddedToken, Encoding, SplitDelimiterBehavior, Tokenizer};
 
 /// CLIP's pre-tokenizer regex (transformers' `CLIPTokenizer`), run on the normalized text.
-const SPLIT_REGEX: &str =
-    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const SPLIT_REGEX: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 /// The named special tokens, in transformers' order (bos, eos, unk, pad), with CLIP's defaults.
-const SPECIALS: [(&str, &str); 4] = [
-    ("bos_token", "<|startoftext|>"),
-    ("eos_token", "<|endoftext|>"),
-    ("unk_token", "<|endoftext|>"),
-    ("pad_token", "<|endoftext|>"),
-];
+const SPECIALS: [(&str, &str); 4] =
+    [("bos_token", "<|startoftext|>"), ("eos_token", "<|endoftext|>"), ("unk_token", "<|endoftext|>"), ("pad_token", "<|endoftext|>")];
 /// CLIP's context length, used when tokenizer_config.json does not give a usable one.
 const DEFAULT_MAX_LEN: usize = 77;
 
@@ -98,8 +93,7 @@ impl ClipTokenizer {
         let mut tok = Tokenizer::new(model);
         let ws = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").map_err(|e| anyhow!("{e}"))?;
         tok.with_normalizer(Some(NormSeq::new(vec![NFC.into(), ws.into(), Lowercase.into()])));
-        let split = Split::new(SplitPattern::Regex(SPLIT_REGEX.into()), SplitDelimiterBehavior::Removed, true)
-            .map_err(|e| anyhow!("{e}"))?;
+        let split = Split::new(SplitPattern::Regex(SPLIT_REGEX.into()), SplitDelimiterBehavior::Removed, true).map_err(|e| anyhow!("{e}"))?;
         let byte_level = ByteLevel::new(false, true, true);
         tok.with_pre_tokenizer(Some(PreSeq::new(vec![split.into(), byte_level.into()])));
 
@@ -235,14 +229,9 @@ impl ClipTokenizer {
 /// transformers' from_pretrained: the named special tokens (bos, eos, unk, pad; CLIP's defaults
 /// where absent) and the saved added tokens by id, from `added_tokens_decoder` in
 /// tokenizer_config.json, else special_tokens_map.json, added_tokens.json and tokenizer.json.
-fn saved_tokens(
-    dir: &Path,
-    config: &Map<String, Value>,
-    json: Option<&Map<String, Value>>,
-) -> Result<(Vec<Spec>, BTreeMap<u32, AddedToken>)> {
+fn saved_tokens(dir: &Path, config: &Map<String, Value>, json: Option<&Map<String, Value>>) -> Result<(Vec<Spec>, BTreeMap<u32, AddedToken>)> {
     let present = |m: &Map<String, Value>, k: &str| m.get(k).filter(|v| !v.is_null()).cloned();
-    let mut specials: Vec<Option<Spec>> =
-        SPECIALS.iter().map(|(k, _)| present(config, k).map(|v| spec(&v, false)).transpose()).collect::<Result<_>>()?;
+    let mut specials: Vec<Option<Spec>> = SPECIALS.iter().map(|(k, _)| present(config, k).map(|v| spec(&v, false)).transpose()).collect::<Result<_>>()?;
     let mut decoder = BTreeMap::new();
     let bad_id = |what: &str| anyhow!("{}: bad id for added token {what}", dir.display());
     if let Some(dec) = config.get("added_tokens_decoder") {

@@ -1,9 +1,9 @@
 //! diffusers' `UNet2DConditionModel` (SD 1.x, 2.x and SDXL), built from its `config.json`.
 use super::attention::TransformerConfig;
 use super::config::UNetConfig;
-use super::timestep_embedding::{timestep_features, TimestepEmbedding};
 use super::nn::{Conv2d, GroupNorm};
 use super::resnet::ResnetConfig;
+use super::timestep_embedding::{timestep_features, TimestepEmbedding};
 use super::unet_blocks::{DownBlock, MidBlock, UpBlock, UpChannels};
 use super::weights::Weights;
 use anyhow::{bail, Context, Result};
@@ -202,8 +202,9 @@ impl UNet2DConditionModel {
         let forward_upsample_size = h % up_factor != 0 || w % up_factor != 0;
         let sample = if self.config.center_input_sample { sample * 2.0 - 1.0 } else { sample.shallow_clone() };
         let timesteps = if timesteps.dim() == 0 { timesteps.expand([batch], false) } else { timesteps.shallow_clone() };
-        let t = timestep_features(&timesteps.to_device(sample.device()), self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
-            .to_kind(sample.kind());
+        let t =
+            timestep_features(&timesteps.to_device(sample.device()), self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift)
+                .to_kind(sample.kind());
         let temb = self.time_embedding.forward(&t);
         let added = match (&self.add_embedding, added) {
             (None, None) => None,
@@ -227,8 +228,8 @@ impl UNet2DConditionModel {
             );
         }
         let device = a.text_embeds.device();
-        let features = timestep_features(&a.time_ids.flatten(0, -1).to_device(device), dim, self.config.flip_sin_to_cos, self.config.freq_shift)
-            .reshape([batch, -1]);
+        let features =
+            timestep_features(&a.time_ids.flatten(0, -1).to_device(device), dim, self.config.flip_sin_to_cos, self.config.freq_shift).reshape([batch, -1]);
         // concat promotes to f32 (the features), then the MLP runs in the UNet's dtype.
         let input = Tensor::cat(&[a.text_embeds.to_kind(tch::Kind::Float), features], -1).to_kind(kind);
         Ok(add_embedding.forward(&input))

@@ -14,7 +14,16 @@ pub struct DownBlock {
 
 impl DownBlock {
     #[allow(clippy::too_many_arguments)]
-    pub fn load(p: &VarPath, in_ch: i64, out_ch: i64, layers: i64, resnet: ResnetConfig, attn: Option<TransformerConfig>, downsample: bool, padding: i64) -> Self {
+    pub fn load(
+        p: &VarPath,
+        in_ch: i64,
+        out_ch: i64,
+        layers: i64,
+        resnet: ResnetConfig,
+        attn: Option<TransformerConfig>,
+        downsample: bool,
+        padding: i64,
+    ) -> Self {
         DownBlock {
             resnets: (0..layers).map(|i| ResnetBlock2D::load(&p.pp("resnets").pp(i), if i == 0 { in_ch } else { out_ch }, out_ch, resnet)).collect(),
             attentions: attn.map_or_else(Vec::new, |a| (0..layers).map(|i| Transformer2DModel::load(&p.pp("attentions").pp(i), out_ch, a)).collect()),

@@ -52,7 +52,10 @@ enum Entry {
 pub enum View {
     Whole,
     /// Rows `start..start + len` of the first dimension: OpenCLIP's stacked q/k/v projections.
-    Rows { start: i64, len: i64 },
+    Rows {
+        start: i64,
+        len: i64,
+    },
     /// The transpose of a matrix: OpenCLIP's `text_projection` is applied as `x @ P`.
     Transposed,
 }
@@ -344,8 +347,7 @@ impl Weights {
     /// matching `ignore` (substrings, e.g. buffers such as `position_ids`) may stay unused.
     pub fn finish(&self, ignore: &[&str]) -> Result<()> {
         let used = self.used.borrow();
-        let unexpected: Vec<&String> =
-            self.entries.keys().filter(|k| !used.contains(*k) && !ignore.iter().any(|i| k.contains(i))).collect();
+        let unexpected: Vec<&String> = self.entries.keys().filter(|k| !used.contains(*k) && !ignore.iter().any(|i| k.contains(i))).collect();
         let problems = self.problems.borrow();
         if problems.is_empty() && unexpected.is_empty() {
             return Ok(());
@@ -391,12 +393,12 @@ fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec
         Ok((Source::Torch(Box::new(tf)), entries))
     } else {
         let st = SafetensorsFile::open(path)?;
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(st.bytes())
-            .map_err(|e| FormatError::format(path.display().to_string(), e.to_string()))?;
+        let (header_len, meta) =
+            safetensors::SafeTensors::read_metadata(st.bytes()).map_err(|e| FormatError::format(path.display().to_string(), e.to_string()))?;
         let base = 8 + header_len;
         for (key, info) in meta.tensors() {
-            let dtype = DType::from_safetensors(info.dtype)
-                .with_context(|| format!("{}: tensor {key} has unsupported dtype {:?}", path.display(), info.dtype))?;
+            let dtype =
+                DType::from_safetensors(info.dtype).with_context(|| format!("{}: tensor {key} has unsupported dtype {:?}", path.display(), info.dtype))?;
             let shape = info.shape.iter().map(|&d| d as i64).collect();
             let (s, e) = info.data_offsets;
             entries.push((key, Entry::Safetensors { file: idx, dtype, shape, start: base + s, end: base + e }));

@@ -77,7 +77,13 @@ impl Models {
     pub fn conditioning(&self, options: &GenerateOptions, size: (i64, i64), guidance: bool) -> Result<Conditioning> {
         let n = options.num_images_per_prompt as i64;
         let xl = self.family.is_xl();
-        if !xl && (options.prompt_2.is_some() || options.negative_prompt_2.is_some() || options.original_size.is_some() || options.target_size.is_some() || options.crops_coords_top_left != (0, 0)) {
+        if !xl
+            && (options.prompt_2.is_some()
+                || options.negative_prompt_2.is_some()
+                || options.original_size.is_some()
+                || options.target_size.is_some()
+                || options.crops_coords_top_left != (0, 0))
+        {
             bail!("--prompt_2, --negative_prompt_2, --original_size, --target_size and --crops_coords_top_left are for SDXL models");
         }
         let positive = self.prompt_embeds(&options.prompt, options.prompt_2.as_deref(), options.clip_skip)?;

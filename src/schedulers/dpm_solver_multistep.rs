@@ -3,8 +3,8 @@
 //!
 //! The coefficients are 0-d f32 tensor arithmetic in diffusers; here they are f32 scalars with
 //! the same operations in the same order, with libtorch's own `sqrt`/`log`/`exp` (see `TorchF32`).
-use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, DPM};
 use super::config::BetaSchedule;
+use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, DPM};
 use super::schedule::{karras_sigmas, log_f32, np_arange, np_interp, np_linspace, np_round, sigma_to_t, TorchF32, TrainSchedule};
 use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, randn, Scheduler, SchedulerKind};
 use anyhow::{anyhow, bail, Result};
@@ -97,7 +97,13 @@ impl DpmSolverMultistepScheduler {
             NAME,
             "solver_type",
             config.solver_type.as_deref().unwrap_or("midpoint"),
-            &[("midpoint", SolverType::Midpoint), ("heun", SolverType::Heun), ("logrho", SolverType::Midpoint), ("bh1", SolverType::Midpoint), ("bh2", SolverType::Midpoint)],
+            &[
+                ("midpoint", SolverType::Midpoint),
+                ("heun", SolverType::Heun),
+                ("logrho", SolverType::Midpoint),
+                ("bh1", SolverType::Midpoint),
+                ("bh2", SolverType::Midpoint),
+            ],
         )?;
         // diffusers runs every solver_order above 3 exactly as 3 (it keeps that many outputs,
         // but its highest update, the third-order one, reads 3 of them); below 1 it fails.
@@ -106,12 +112,8 @@ impl DpmSolverMultistepScheduler {
             bail!("solver_order {solver_order} is not supported by {NAME} (1 or more; above 3 it steps as 3)");
         }
         let solver_order = solver_order.min(3);
-        let final_sigma_min = choose(
-            NAME,
-            "final_sigmas_type",
-            config.final_sigmas_type.as_deref().unwrap_or("zero"),
-            &[("zero", false), ("sigma_min", true)],
-        )?;
+        let final_sigma_min =
+            choose(NAME, "final_sigmas_type", config.final_sigmas_type.as_deref().unwrap_or("zero"), &[("zero", false), ("sigma_min", true)])?;
         let schedule = TrainSchedule::new(&c, true)?;
         // lambda_t over the training timesteps, with diffusers' tensor ops, then where
         // lambda_min_clipped (default -inf: nowhere) cuts it.
@@ -191,13 +193,10 @@ impl DpmSolverMultistepScheduler {
         let d1 = (m0 - m1) * (1.0 / r0) as f64;
         match (noise, self.solver_type) {
             (None, SolverType::Midpoint) => {
-                sample * (sigma_t / sigma_s0) as f64
-                    - d0 * (alpha_t * ((-h).t_exp() - 1.0)) as f64
-                    - d1 * (0.5 * (alpha_t * ((-h).t_exp() - 1.0))) as f64
+                sample * (sigma_t / sigma_s0) as f64 - d0 * (alpha_t * ((-h).t_exp() - 1.0)) as f64 - d1 * (0.5 * (alpha_t * ((-h).t_exp() - 1.0))) as f64
             }
             (None, SolverType::Heun) => {
-                sample * (sigma_t / sigma_s0) as f64 - d0 * (alpha_t * ((-h).t_exp() - 1.0)) as f64
-                    + d1 * (alpha_t * (((-h).t_exp() - 1.0) / h + 1.0)) as f64
+                sample * (sigma_t / sigma_s0) as f64 - d0 * (alpha_t * ((-h).t_exp() - 1.0)) as f64 + d1 * (alpha_t * (((-h).t_exp() - 1.0) / h + 1.0)) as f64
             }
             (Some(noise), solver) => {
                 let e2 = (-2.0 * h).t_exp();
@@ -319,8 +318,7 @@ impl Scheduler for DpmSolverMultistepScheduler {
         if i + 1 >= self.sigmas.len() {
             bail!("{NAME}: stepped past the last timestep");
         }
-        let lower_order_final =
-            i == n - 1 && (self.euler_at_final || (self.lower_order_final && n < 15) || !self.final_sigma_min);
+        let lower_order_final = i == n - 1 && (self.euler_at_final || (self.lower_order_final && n < 15) || !self.final_sigma_min);
         let lower_order_second = i + 2 == n && self.lower_order_final && n < 15;
         let converted = self.convert_model_output(model_output, sample, i);
         self.model_outputs.remove(0);
@@ -330,10 +328,7 @@ impl Scheduler for DpmSolverMultistepScheduler {
         // The newest `k` model outputs, oldest first.
         let history = |k: usize| -> Result<Vec<Tensor>> {
             let from = self.model_outputs.len().checked_sub(k).ok_or_else(|| anyhow!("{NAME}: missing history"))?;
-            self.model_outputs[from..]
-                .iter()
-                .map(|m| m.as_ref().map(Tensor::shallow_clone).ok_or_else(|| anyhow!("{NAME}: missing history")))
-                .collect()
+            self.model_outputs[from..].iter().map(|m| m.as_ref().map(Tensor::shallow_clone).ok_or_else(|| anyhow!("{NAME}: missing history"))).collect()
         };
         let prev = if self.solver_order == 1 || self.lower_order_nums < 1 || lower_order_final {
             self.first_order(&converted, &sample, noise.as_ref(), i)

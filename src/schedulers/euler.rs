@@ -3,7 +3,7 @@
 //! sigmas or placed by Karras' schedule.
 use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, EULER};
 use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
-use super::{cached_step_index, sigma_scaled_input, check_step_inputs, check_steps, not_ready, Scheduler, SchedulerKind};
+use super::{cached_step_index, check_step_inputs, check_steps, not_ready, sigma_scaled_input, Scheduler, SchedulerKind};
 use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -50,12 +50,8 @@ impl EulerDiscreteScheduler {
         if let Some(t) = config.timestep_type.as_deref().filter(|t| !matches!(*t, "discrete" | "continuous")) {
             tracing::debug!("{}: timestep_type {t:?} is treated as \"discrete\", as diffusers does", EULER.name);
         }
-        let final_sigma_min = choose(
-            EULER.name,
-            "final_sigmas_type",
-            config.final_sigmas_type.as_deref().unwrap_or("zero"),
-            &[("zero", false), ("sigma_min", true)],
-        )?;
+        let final_sigma_min =
+            choose(EULER.name, "final_sigmas_type", config.final_sigmas_type.as_deref().unwrap_or("zero"), &[("zero", false), ("sigma_min", true)])?;
         let karras = config.use_karras_sigmas.unwrap_or(false);
         if karras {
             config.check_karras_range(EULER.name)?;
@@ -97,8 +93,7 @@ impl Scheduler for EulerDiscreteScheduler {
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         check_steps("EulerDiscreteScheduler", n, self.train)?;
         // numpy computes in f64, then the timesteps become float32.
-        let mut timesteps: Vec<f64> =
-            spaced_timesteps(self.spacing, self.train, n, self.steps_offset, false).into_iter().map(|t| t as f32 as f64).collect();
+        let mut timesteps: Vec<f64> = spaced_timesteps(self.spacing, self.train, n, self.steps_offset, false).into_iter().map(|t| t as f32 as f64).collect();
         let train_sigmas: Vec<f64> = self.train_sigmas.iter().map(|&s| s as f64).collect();
         let mut sigmas: Vec<f64> = match self.interpolation {
             Interpolation::Linear => timesteps.iter().map(|&t| np_interp(t, &train_sigmas)).collect(),
@@ -158,9 +153,7 @@ impl Scheduler for EulerDiscreteScheduler {
         let pred_original = match self.prediction_type {
             PredictionType::Sample => model_output.shallow_clone(),
             PredictionType::Epsilon => &sample - model_output * sigma_hat as f64,
-            PredictionType::VPrediction => {
-                model_output * (-sigma / (sigma * sigma + 1.0).t_sqrt()) as f64 + &sample / (sigma * sigma + 1.0) as f64
-            }
+            PredictionType::VPrediction => model_output * (-sigma / (sigma * sigma + 1.0).t_sqrt()) as f64 + &sample / (sigma * sigma + 1.0) as f64,
         };
         let derivative = (&sample - pred_original) / sigma_hat as f64;
         let dt = self.sigmas[i + 1] - sigma_hat;

@@ -3,7 +3,7 @@
 //! the model output's dtype), as diffusers does with a CPU `torch.Generator`.
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing, EULER_ANCESTRAL};
 use super::schedule::{np_interp, sigma_init_noise, spaced_timesteps, TorchF32, TrainSchedule};
-use super::{cached_step_index, sigma_scaled_input, check_step_inputs, check_steps, not_ready, randn, Scheduler, SchedulerKind};
+use super::{cached_step_index, check_step_inputs, check_steps, not_ready, randn, sigma_scaled_input, Scheduler, SchedulerKind};
 use anyhow::{anyhow, Result};
 use tch::{Kind, Tensor};
 
@@ -53,8 +53,7 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
 
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         check_steps(NAME, n, self.train)?;
-        let timesteps: Vec<f64> =
-            spaced_timesteps(self.spacing, self.train, n, self.steps_offset, false).into_iter().map(|t| t as f32 as f64).collect();
+        let timesteps: Vec<f64> = spaced_timesteps(self.spacing, self.train, n, self.steps_offset, false).into_iter().map(|t| t as f32 as f64).collect();
         let train_sigmas: Vec<f64> = self.train_sigmas.iter().map(|&s| s as f64).collect();
         let mut sigmas: Vec<f32> = timesteps.iter().map(|&t| np_interp(t, &train_sigmas) as f32).collect();
         sigmas.push(0.0);
@@ -88,9 +87,7 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         let sigma = self.sigmas[i];
         let sample = sample.to_kind(Kind::Float);
         let pred_original = match self.prediction_type {
-            PredictionType::VPrediction => {
-                model_output * (-sigma / (sigma * sigma + 1.0).t_sqrt()) as f64 + &sample / (sigma * sigma + 1.0) as f64
-            }
+            PredictionType::VPrediction => model_output * (-sigma / (sigma * sigma + 1.0).t_sqrt()) as f64 + &sample / (sigma * sigma + 1.0) as f64,
             _ => &sample - model_output * sigma as f64,
         };
         let (from, to) = (sigma, self.sigmas[i + 1]);

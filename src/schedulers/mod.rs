@@ -131,9 +131,7 @@ impl FromStr for SchedulerKind {
             "dpm++2m" | "dpmsolver++" | "dpm-solver++" | "dpm++" | "dpmpp-2m" | "dpmpp2m" => SchedulerKind::DpmSolverMultistep,
             _ => match Self::ALL.into_iter().find(|k| k.class_name().eq_ignore_ascii_case(s.trim())) {
                 Some(k) => k,
-                None => bail!(
-                    "unknown scheduler {s:?} (choose pndm, ddim, euler, euler-ancestral (euler_a), dpm++2m (dpmsolver++, dpm-solver++))"
-                ),
+                None => bail!("unknown scheduler {s:?} (choose pndm, ddim, euler, euler-ancestral (euler_a), dpm++2m (dpmsolver++, dpm-solver++))"),
             },
         })
     }

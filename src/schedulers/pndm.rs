@@ -143,9 +143,7 @@ impl Scheduler for PndmScheduler {
         let ts: Vec<i64> = match self.spacing {
             TimestepSpacing::Linspace => np_linspace(0.0, (train - 1) as f64, n).into_iter().map(|v| np_round(v) as i64).collect(),
             TimestepSpacing::Leading => (0..n as i64).map(|i| i * (train / n as i64) + self.steps_offset).collect(),
-            TimestepSpacing::Trailing => {
-                np_arange(train as f64, 0.0, -(train as f64 / n as f64)).into_iter().rev().map(|v| np_round(v) as i64 - 1).collect()
-            }
+            TimestepSpacing::Trailing => np_arange(train as f64, 0.0, -(train as f64 / n as f64)).into_iter().rev().map(|v| np_round(v) as i64 - 1).collect(),
         };
         let len = ts.len();
         let (prk, plms): (Vec<i64>, Vec<i64>) = if self.skip_prk_steps {

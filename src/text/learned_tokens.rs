@@ -200,7 +200,13 @@ fn xl_parts(spec: &EmbeddingSpec, file: &Path, folder_slot: Option<usize>) -> Re
 /// the tokenizer and its rows to the text encoder — refusing what would not fit. One file's
 /// tokens are added in one call and its rows in one concatenation, so a file of many
 /// embeddings loads in time linear in its size.
-fn add_tokens(tokenizer: &mut ClipTokenizer, text_encoder: &mut ClipTextModel, parts: &[(Part, String)], file: &Path, spec: &EmbeddingSpec) -> Result<Vec<LoadedToken>> {
+fn add_tokens(
+    tokenizer: &mut ClipTokenizer,
+    text_encoder: &mut ClipTextModel,
+    parts: &[(Part, String)],
+    file: &Path,
+    spec: &EmbeddingSpec,
+) -> Result<Vec<LoadedToken>> {
     let name = file.display().to_string();
     let width = text_encoder.hidden_size() as usize;
     let mut all_tokens: Vec<String> = Vec::new();
@@ -210,7 +216,8 @@ fn add_tokens(tokenizer: &mut ClipTokenizer, text_encoder: &mut ClipTextModel, p
     for (part, token) in parts {
         if part.width() != width {
             let family = embeddings::model_family(part.width());
-            let which = if part.encoder == Encoder::TextEncoder { "this model's text encoder".to_string() } else { format!("the {} encoder", part.encoder.key()) };
+            let which =
+                if part.encoder == Encoder::TextEncoder { "this model's text encoder".to_string() } else { format!("the {} encoder", part.encoder.key()) };
             bail!("{name}: token {token} has {}-wide vectors ({family}) but {which} is {width} wide", part.width());
         }
         let tokens = vector_tokens(token, part.vectors());

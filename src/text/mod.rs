@@ -42,12 +42,7 @@ impl TextStack {
         let ids = self.tokenizer.encode(&text)?;
         let full = self.tokenizer.encode_unpadded(&text)?;
         if full.len() > ids.len() {
-            tracing::warn!(
-                "the prompt is {} tokens long; CLIP takes {}, so {} token(s) at its end are ignored",
-                full.len(),
-                ids.len(),
-                full.len() - ids.len()
-            );
+            tracing::warn!("the prompt is {} tokens long; CLIP takes {}, so {} token(s) at its end are ignored", full.len(), ids.len(), full.len() - ids.len());
         }
         let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(self.encoder.device());
         self.encoder.encode(&ids, clip_skip)

@@ -56,15 +56,8 @@ impl StepDraws {
     /// The stream after `micro_steps` micro-steps from `set_seed`, every draw made again, and
     /// the epoch it is in.
     pub fn replay(&self, micro_steps: u64) -> (ScriptStream, u64) {
-        ScriptStream::replay(
-            self.seed,
-            &self.resized,
-            self.num_vectors,
-            self.shape.clone(),
-            micro_steps,
-            &|b| {
-                let _ = self.draw(b);
-            },
-        )
+        ScriptStream::replay(self.seed, &self.resized, self.num_vectors, self.shape.clone(), micro_steps, &|b| {
+            let _ = self.draw(b);
+        })
     }
 }

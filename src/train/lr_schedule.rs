@@ -31,8 +31,7 @@ pub enum LrScheduleKind {
 
 impl LrScheduleKind {
     /// The names accepted by [`LrScheduleKind::parse`], as the script's help lists them.
-    pub const NAMES: [&'static str; 6] =
-        ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"];
+    pub const NAMES: [&'static str; 6] = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"];
 
     /// Parses a `--lr_scheduler` value. `piecewise_constant` is refused here because the training
     /// script never passes the `step_rules` it needs (diffusers then crashes on `None.split`).
@@ -50,10 +49,7 @@ impl LrScheduleKind {
                  use one of: {}",
                 Self::NAMES.join(", ")
             ),
-            other => bail!(
-                "unknown --lr_scheduler {other:?}: '{other}' is not a valid SchedulerType; use one of: {}",
-                Self::NAMES.join(", ")
-            ),
+            other => bail!("unknown --lr_scheduler {other:?}: '{other}' is not a valid SchedulerType; use one of: {}", Self::NAMES.join(", ")),
         })
     }
 

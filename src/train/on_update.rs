@@ -39,7 +39,8 @@ fn save_extra(path: &Path, format: OutFormat, name: &str, rows: &Tensor, step: u
     let mut metadata = std::collections::BTreeMap::new();
     metadata.insert("step".to_string(), step.to_string());
     metadata.insert("sd_checkpoint_name".to_string(), model.to_string());
-    let source = emb_files::EmbeddingFile { kind: emb_files::FileKind::TorchZip("archive".into()), layout: emb_files::Layout::A1111, metadata, embeddings: Vec::new() };
+    let source =
+        emb_files::EmbeddingFile { kind: emb_files::FileKind::TorchZip("archive".into()), layout: emb_files::Layout::A1111, metadata, embeddings: Vec::new() };
     emb_files::write(path, format, name, &e, Some(&source), None)?;
     tracing::info!("Saving the {} embedding to {}", format.name(), path.display());
     Ok(())

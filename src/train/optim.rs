@@ -169,11 +169,7 @@ impl AdamW {
                 }
                 let st = match &mut self.state[i] {
                     Some(st) => st,
-                    slot => slot.insert(ParamState {
-                        step: 0.0,
-                        exp_avg: param.f_zeros_like()?,
-                        exp_avg_sq: param.f_zeros_like()?,
-                    }),
+                    slot => slot.insert(ParamState { step: 0.0, exp_avg: param.f_zeros_like()?, exp_avg_sq: param.f_zeros_like()? }),
                 };
                 update(param, grad, st, &cfg).with_context(|| format!("AdamW update of parameter {i}"))?;
             }
@@ -215,9 +211,7 @@ impl AdamW {
             out.push((format!("state.{i}.exp_avg_sq"), st.exp_avg_sq.f_to_device(Device::Cpu)?.f_detach_copy()?));
         }
         let c = &self.cfg;
-        for (name, x) in
-            [("lr", c.lr), ("beta1", c.beta1), ("beta2", c.beta2), ("eps", c.eps), ("weight_decay", c.weight_decay)]
-        {
+        for (name, x) in [("lr", c.lr), ("beta1", c.beta1), ("beta2", c.beta2), ("eps", c.eps), ("weight_decay", c.weight_decay)] {
             out.push((format!("param_groups.0.{name}"), f64_scalar(x)?));
         }
         Ok(out)
@@ -242,13 +236,9 @@ impl AdamW {
             Ok(t.f_double_value(&[])?)
         };
         let mut cfg = AdamWConfig::default();
-        for (name, slot) in [
-            ("lr", &mut cfg.lr),
-            ("beta1", &mut cfg.beta1),
-            ("beta2", &mut cfg.beta2),
-            ("eps", &mut cfg.eps),
-            ("weight_decay", &mut cfg.weight_decay),
-        ] {
+        for (name, slot) in
+            [("lr", &mut cfg.lr), ("beta1", &mut cfg.beta1), ("beta2", &mut cfg.beta2), ("eps", &mut cfg.eps), ("weight_decay", &mut cfg.weight_decay)]
+        {
             let key = format!("param_groups.0.{name}");
             *slot = scalar(&key, take(&key))?;
         }
@@ -256,8 +246,7 @@ impl AdamW {
 
         let mut new_state = Vec::with_capacity(self.params.len());
         for (i, param) in self.params.iter().enumerate() {
-            let (k_step, k_avg, k_sq) =
-                (format!("state.{i}.step"), format!("state.{i}.exp_avg"), format!("state.{i}.exp_avg_sq"));
+            let (k_step, k_avg, k_sq) = (format!("state.{i}.step"), format!("state.{i}.exp_avg"), format!("state.{i}.exp_avg_sq"));
             let (t_step, t_avg, t_sq) = (take(&k_step), take(&k_avg), take(&k_sq));
             if t_step.is_none() && t_avg.is_none() && t_sq.is_none() {
                 new_state.push(None);
@@ -279,19 +268,12 @@ impl AdamW {
                 tch::no_grad(|| out.f_copy_(t))?;
                 Ok(out)
             };
-            new_state.push(Some(ParamState {
-                step: step as f32,
-                exp_avg: moment(&k_avg, t_avg)?,
-                exp_avg_sq: moment(&k_sq, t_sq)?,
-            }));
+            new_state.push(Some(ParamState { step: step as f32, exp_avg: moment(&k_avg, t_avg)?, exp_avg_sq: moment(&k_sq, t_sq)? }));
         }
         if !map.is_empty() {
             let mut extra: Vec<&str> = map.into_keys().collect();
             extra.sort_unstable();
-            bail!(
-                "optimizer state has entries for no parameter of this optimizer ({} parameters): {extra:?}",
-                self.params.len()
-            );
+            bail!("optimizer state has entries for no parameter of this optimizer ({} parameters): {extra:?}", self.params.len());
         }
         self.cfg = cfg;
         self.state = new_state;

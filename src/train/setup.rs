@@ -329,7 +329,12 @@ fn step_draws(cfg: &TrainConfig, model: &Model, data: &Data, seed: u64, n: usize
         seed,
         resized: models.stacks().iter().map(|t| (t.encoder.base_vocab() + n as i64, t.encoder.hidden_size())).collect(),
         num_vectors: n as i64,
-        shape: StreamShape { len: data.dataset.len(), batch_size: cfg.optim.batch_size, templates: data.captions.num_templates(), tags: data.captions.tag_draws() },
+        shape: StreamShape {
+            len: data.dataset.len(),
+            batch_size: cfg.optim.batch_size,
+            templates: data.captions.num_templates(),
+            tags: data.captions.tag_draws(),
+        },
         noise_offset: cfg.loss.noise_offset > 0.0,
     }
 }

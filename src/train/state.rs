@@ -134,7 +134,8 @@ fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
 }
 
 pub fn load(dir: &Path) -> Result<Checkpoint> {
-    let state = crate::formats::regular::read_to_string(&dir.join("state.json"), crate::formats::regular::CONFIG_MAX_BYTES).with_context(|| format!("reading {}/state.json", dir.display()))?;
+    let state = crate::formats::regular::read_to_string(&dir.join("state.json"), crate::formats::regular::CONFIG_MAX_BYTES)
+        .with_context(|| format!("reading {}/state.json", dir.display()))?;
     let position: Position = serde_json::from_str(&state).with_context(|| format!("{}/state.json is not a checkpoint state", dir.display()))?;
     let mut rows = Vec::new();
     for i in 0..2 {

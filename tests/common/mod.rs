@@ -30,8 +30,7 @@ pub fn tiny_sd_predicting(prediction: &str, tmp: &Path) -> PathBuf {
     for part in ["model_index.json", "tokenizer", "text_encoder", "unet", "vae"] {
         std::os::unix::fs::symlink(src.join(part), dst.join(part)).unwrap();
     }
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
     cfg["prediction_type"] = prediction.into();
     std::fs::write(dst.join("scheduler/scheduler_config.json"), cfg.to_string()).unwrap();
     dst
@@ -99,7 +98,10 @@ pub fn close_within(what: &str, a: &tch::Tensor, b: &tch::Tensor, tol: f64) -> f
 
 /// The script's AdamW over `rows` and its LR schedule, from a recording's `args` (the script's
 /// flags, `learning_rate` already scaled by `--scale_lr`), the optimizer at the first step's LR.
-pub fn script_optimizer(args: &serde_json::Value, rows: Vec<tch::Tensor>) -> (textual_inversion::train::optim::AdamW, textual_inversion::train::lr_schedule::LrScheduler) {
+pub fn script_optimizer(
+    args: &serde_json::Value,
+    rows: Vec<tch::Tensor>,
+) -> (textual_inversion::train::optim::AdamW, textual_inversion::train::lr_schedule::LrScheduler) {
     use textual_inversion::train::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
     use textual_inversion::train::optim::{AdamW, AdamWConfig};
     let f = |k: &str| args[k].as_f64().unwrap();

@@ -108,11 +108,7 @@ impl Part {
     /// The vectors as `[n, D]` float32 rows.
     pub fn rows_f32(&self) -> Vec<Vec<f32>> {
         let w = self.width().max(1);
-        self.tensor
-            .to_f32_vec()
-            .chunks(w)
-            .map(|c| c.to_vec())
-            .collect()
+        self.tensor.to_f32_vec().chunks(w).map(|c| c.to_vec()).collect()
     }
 }
 
@@ -152,9 +148,7 @@ impl EmbeddingFile {
         let stored = self.embeddings.get(i).and_then(|e| e.stored_token.clone());
         match (self.layout, &self.kind) {
             (Layout::Diffusers, _) => stored.unwrap_or_else(|| stem.to_string()),
-            (_, FileKind::PngText | FileKind::PngPixels) => {
-                stored.unwrap_or_else(|| stem.to_string())
-            }
+            (_, FileKind::PngText | FileKind::PngPixels) => stored.unwrap_or_else(|| stem.to_string()),
             _ => stem.to_string(),
         }
     }
@@ -173,10 +167,7 @@ pub fn model_family(width: usize) -> &'static str {
 /// The file name without its last extension: the trigger word the A1111 web UI gives files
 /// that store none (`bad-artist.pt` → `bad-artist`).
 pub fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("embedding")
-        .to_string()
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or("embedding").to_string()
 }
 
 /// Reads an embedding file of any supported layout.
@@ -201,14 +192,7 @@ pub fn read(path: &Path) -> Result<EmbeddingFile> {
             Err(e) => {
                 // A training checkpoint's Lightning objects: say what the file is, if it is a model.
                 let lightning = matches!(&e, Error::RefusedGlobal { module, name, .. } if crate::pickle::is_inert(module, name));
-                return Err(
-                    if lightning && TorchFile::open_checkpoint(path).is_ok_and(|c| holds_model(&c))
-                    {
-                        not_an_embedding(&name)
-                    } else {
-                        e
-                    },
-                );
+                return Err(if lightning && TorchFile::open_checkpoint(path).is_ok_and(|c| holds_model(&c)) { not_an_embedding(&name) } else { e });
             }
         };
         if holds_model(&tf) {
@@ -218,27 +202,18 @@ pub fn read(path: &Path) -> Result<EmbeddingFile> {
     }
     if head.len() >= 9 && head[8] == b'{' {
         let st = SafetensorsFile::open(path)?;
-        if st
-            .view()
-            .is_ok_and(|v| is_model_checkpoint(v.names().into_iter()))
-        {
+        if st.view().is_ok_and(|v| is_model_checkpoint(v.names().into_iter())) {
             return Err(not_an_embedding(&name));
         }
         return from_safetensors(&name, st.bytes());
     }
     if head.starts_with(LFS_POINTER) {
-        return Err(Error::format(
-            name,
-            "this is a Git LFS pointer, not the file: fetch it with `git lfs pull`",
-        ));
+        return Err(Error::format(name, "this is a Git LFS pointer, not the file: fetch it with `git lfs pull`"));
     }
     if n == 0 {
         return Err(Error::format(name, "the file is empty"));
     }
-    Err(Error::format(
-        name,
-        "not an embedding file: neither safetensors, torch.save (.bin/.pt) nor an A1111 PNG",
-    ))
+    Err(Error::format(name, "not an embedding file: neither safetensors, torch.save (.bin/.pt) nor an A1111 PNG"))
 }
 
 /// Whether tensor names are a whole Stable Diffusion model in the original (LDM/SGM) layout.
@@ -267,15 +242,9 @@ pub fn read_bytes(name: &str, bytes: &[u8]) -> Result<EmbeddingFile> {
     } else if safetensors_io::sniff(bytes) {
         from_safetensors(name, bytes)
     } else if bytes.starts_with(LFS_POINTER) {
-        Err(Error::format(
-            name,
-            "this is a Git LFS pointer, not the file: fetch it with `git lfs pull`",
-        ))
+        Err(Error::format(name, "this is a Git LFS pointer, not the file: fetch it with `git lfs pull`"))
     } else {
-        Err(Error::format(
-            name,
-            "not an embedding file: neither safetensors, torch.save (.bin/.pt) nor an A1111 PNG",
-        ))
+        Err(Error::format(name, "not an embedding file: neither safetensors, torch.save (.bin/.pt) nor an A1111 PNG"))
     }
 }
 
@@ -340,17 +309,9 @@ fn from_torch(tf: &TorchFile) -> Result<EmbeddingFile> {
 fn torch_node(tf: &TorchFile, v: &Value, budget: &mut Budget, depth: usize) -> Result<Node> {
     Ok(match v {
         Value::Tensor(t) => {
-            let bytes = crate::tensor::numel(&t.shape)
-                .and_then(|n| n.checked_mul(t.storage.dtype.size()))
-                .unwrap_or(usize::MAX);
+            let bytes = crate::tensor::numel(&t.shape).and_then(|n| n.checked_mul(t.storage.dtype.size())).unwrap_or(usize::MAX);
             budget.0 = budget.0.checked_sub(bytes).ok_or_else(|| {
-                Error::too_large(
-                    tf.name(),
-                    format!(
-                        "holds more than {} MiB of tensors: a model checkpoint, not an embedding",
-                        MAX_EMBEDDING_BYTES >> 20
-                    ),
-                )
+                Error::too_large(tf.name(), format!("holds more than {} MiB of tensors: a model checkpoint, not an embedding", MAX_EMBEDDING_BYTES >> 20))
             })?;
             Node::Tensor(tf.tensor(t)?)
         }
@@ -383,22 +344,12 @@ fn torch_node(tf: &TorchFile, v: &Value, budget: &mut Budget, depth: usize) -> R
 
 fn from_safetensors(name: &str, bytes: &[u8]) -> Result<EmbeddingFile> {
     let meta = safetensors_io::metadata(name, bytes)?;
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::format(name, format!("not a valid safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::format(name, format!("not a valid safetensors file: {e}")))?;
     let total: usize = st.tensors().iter().map(|(_, v)| v.data().len()).sum();
     if total > MAX_EMBEDDING_BYTES {
-        return Err(Error::too_large(
-            name,
-            format!(
-                "holds {} MiB of tensors: a model checkpoint, not an embedding",
-                total >> 20
-            ),
-        ));
+        return Err(Error::too_large(name, format!("holds {} MiB of tensors: a model checkpoint, not an embedding", total >> 20)));
     }
-    let items = safetensors_io::read_view(name, &st)?
-        .into_iter()
-        .map(|(k, t)| (k, Node::Tensor(t)))
-        .collect();
+    let items = safetensors_io::read_view(name, &st)?.into_iter().map(|(k, t)| (k, Node::Tensor(t))).collect();
     classify(name, Node::Map(items), FileKind::Safetensors, meta)
 }
 
@@ -406,32 +357,14 @@ fn tensor_part(file: &str, key: &str, node: Option<&Node>, encoder: Encoder) -> 
     match node {
         Some(Node::Tensor(t)) => {
             if !t.dtype.is_float() {
-                return Err(Error::format(
-                    file,
-                    format!(
-                        "`{key}` is a {} tensor; embeddings are floating point",
-                        t.dtype.torch_name()
-                    ),
-                ));
+                return Err(Error::format(file, format!("`{key}` is a {} tensor; embeddings are floating point", t.dtype.torch_name())));
             }
             if t.shape.is_empty() || t.shape.len() > 2 || t.shape.contains(&0) {
-                return Err(Error::format(
-                    file,
-                    format!(
-                        "`{key}` has shape {:?}; an embedding is [D] or [n, D] with n, D > 0",
-                        t.shape
-                    ),
-                ));
+                return Err(Error::format(file, format!("`{key}` has shape {:?}; an embedding is [D] or [n, D] with n, D > 0", t.shape)));
             }
-            Ok(Part {
-                encoder,
-                tensor: t.clone(),
-            })
+            Ok(Part { encoder, tensor: t.clone() })
         }
-        Some(other) => Err(Error::format(
-            file,
-            format!("`{key}` is {}, not a tensor", other.describe()),
-        )),
+        Some(other) => Err(Error::format(file, format!("`{key}` is {}, not a tensor", other.describe()))),
         None => Err(Error::format(file, format!("`{key}` is missing"))),
     }
 }
@@ -452,48 +385,18 @@ fn scalar_metadata(node: &Node, out: &mut BTreeMap<String, String>) {
     }
 }
 
-fn classify(
-    file: &str,
-    node: Node,
-    kind: FileKind,
-    mut metadata: BTreeMap<String, String>,
-) -> Result<EmbeddingFile> {
-    let done = |layout, embeddings, metadata| {
-        Ok(EmbeddingFile {
-            kind: kind.clone(),
-            layout,
-            metadata,
-            embeddings,
-        })
-    };
+fn classify(file: &str, node: Node, kind: FileKind, mut metadata: BTreeMap<String, String>) -> Result<EmbeddingFile> {
+    let done = |layout, embeddings, metadata| Ok(EmbeddingFile { kind: kind.clone(), layout, metadata, embeddings });
     match &node {
         Node::Tensor(_) => {
             let part = tensor_part(file, "tensor", Some(&node), Encoder::TextEncoder)?;
-            return done(
-                Layout::Bare,
-                vec![Embedding {
-                    stored_token: None,
-                    parts: vec![part],
-                }],
-                metadata,
-            );
+            return done(Layout::Bare, vec![Embedding { stored_token: None, parts: vec![part] }], metadata);
         }
         Node::Map(items) if items.is_empty() => {
-            return Err(Error::format(
-                file,
-                "holds no embedding: the file contains an empty dict",
-            ));
+            return Err(Error::format(file, "holds no embedding: the file contains an empty dict"));
         }
         Node::Map(_) => {}
-        other => {
-            return Err(Error::format(
-                file,
-                format!(
-                    "holds no embedding: expected a dict of tensors or a tensor, found {}",
-                    other.describe()
-                ),
-            ))
-        }
+        other => return Err(Error::format(file, format!("holds no embedding: expected a dict of tensors or a tensor, found {}", other.describe()))),
     }
     let keys = node.keys();
     if let Some(params) = node.get("string_to_param") {
@@ -512,14 +415,7 @@ fn classify(
             Some(Node::Scalar(s)) => Some(s.clone()),
             _ => None,
         };
-        return done(
-            Layout::A1111,
-            vec![Embedding {
-                stored_token: stored,
-                parts: vec![part],
-            }],
-            metadata,
-        );
+        return done(Layout::A1111, vec![Embedding { stored_token: stored, parts: vec![part] }], metadata);
     }
     let sdxl_keys = [("clip_l", "clip_g"), ("text_encoders_0", "text_encoders_1")];
     for (l, g) in sdxl_keys {
@@ -527,54 +423,23 @@ fn classify(
             let pl = tensor_part(file, l, node.get(l), Encoder::ClipL)?;
             let pg = tensor_part(file, g, node.get(g), Encoder::ClipG)?;
             if pl.vectors() != pg.vectors() {
-                return Err(Error::format(
-                    file,
-                    format!(
-                        "`{l}` has {} vectors but `{g}` has {}",
-                        pl.vectors(),
-                        pg.vectors()
-                    ),
-                ));
+                return Err(Error::format(file, format!("`{l}` has {} vectors but `{g}` has {}", pl.vectors(), pg.vectors())));
             }
             scalar_metadata(&node, &mut metadata);
-            return done(
-                Layout::Sdxl,
-                vec![Embedding {
-                    stored_token: None,
-                    parts: vec![pl, pg],
-                }],
-                metadata,
-            );
+            return done(Layout::Sdxl, vec![Embedding { stored_token: None, parts: vec![pl, pg] }], metadata);
         }
     }
     if keys == ["emb_params"] {
-        let part = tensor_part(
-            file,
-            "emb_params",
-            node.get("emb_params"),
-            Encoder::TextEncoder,
-        )?;
-        return done(
-            Layout::Kohya,
-            vec![Embedding {
-                stored_token: None,
-                parts: vec![part],
-            }],
-            metadata,
-        );
+        let part = tensor_part(file, "emb_params", node.get("emb_params"), Encoder::TextEncoder)?;
+        return done(Layout::Kohya, vec![Embedding { stored_token: None, parts: vec![part] }], metadata);
     }
-    let Node::Map(items) = &node else {
-        unreachable!("checked above")
-    };
+    let Node::Map(items) = &node else { unreachable!("checked above") };
     if items.iter().all(|(_, v)| matches!(v, Node::Tensor(_))) {
         // Each item's own value: looking each key up among all of them would be quadratic.
         let mut embeddings = Vec::with_capacity(items.len());
         for (k, v) in items {
             let part = tensor_part(file, k, Some(v), Encoder::TextEncoder)?;
-            embeddings.push(Embedding {
-                stored_token: Some(k.clone()),
-                parts: vec![part],
-            });
+            embeddings.push(Embedding { stored_token: Some(k.clone()), parts: vec![part] });
         }
         return done(Layout::Diffusers, embeddings, metadata);
     }

@@ -24,11 +24,7 @@ const MAX_TEXT_BYTES: usize = 64 << 20;
 pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     let perr = |e: png::DecodingError| Error::format(name, format!("broken PNG: {e}"));
     // zlib expands at most ~1032:1, so a real image is never larger than this.
-    let max_image = bytes
-        .len()
-        .saturating_mul(1100)
-        .saturating_add(1 << 20)
-        .min(MAX_IMAGE_BYTES);
+    let max_image = bytes.len().saturating_mul(1100).saturating_add(1 << 20).min(MAX_IMAGE_BYTES);
     let max_text = max_image.min(MAX_TEXT_BYTES);
     let mut reader = open(bytes, max_image).map_err(perr)?;
     if let Some(text) = find_text(name, reader.info(), max_text)? {
@@ -36,17 +32,9 @@ pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     }
     // The pixels are only ever decoded a row at a time, but an image the file cannot hold
     // would take long to find out about.
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| Error::too_large(name, "image too large"))?;
+    let size = reader.output_buffer_size().ok_or_else(|| Error::too_large(name, "image too large"))?;
     if size > max_image {
-        return Err(Error::too_large(
-            name,
-            format!(
-                "image of {size} bytes is larger than the {max_image} a {}-byte PNG can hold",
-                bytes.len()
-            ),
-        ));
+        return Err(Error::too_large(name, format!("image of {size} bytes is larger than the {max_image} a {}-byte PNG can hold", bytes.len())));
     }
     // Text chunks may also follow the image data: the first pass over the pixels reaches them.
     let mut lit = Lit::default();
@@ -55,77 +43,37 @@ pub(super) fn read(name: &str, bytes: &[u8]) -> Result<super::EmbeddingFile> {
     if let Some(text) = find_text(name, reader.info(), max_text)? {
         return from_text(name, &text);
     }
-    let no_embedding = || {
-        Error::format(
-            name,
-            format!("a PNG without an embedding: no `{KEYWORD}` text chunk and no data encoded in its pixels"),
-        )
-    };
+    let no_embedding = || Error::format(name, format!("a PNG without an embedding: no `{KEYWORD}` text chunk and no data encoded in its pixels"));
     let crop = lit.crop().ok_or_else(no_embedding)?;
-    let panels = Panels::find(&crop, |f| visit(&mut open(bytes, max_image)?, f))
-        .map_err(perr)?
-        .ok_or_else(no_embedding)?;
+    let panels = Panels::find(&crop, |f| visit(&mut open(bytes, max_image)?, f)).map_err(perr)?.ok_or_else(no_embedding)?;
     // The panels hold the zlib stream padded to whole rows: a stream for `max_text` of JSON
     // (which compresses) plus one row's padding is all a real embedding needs.
     let limit = max_text.saturating_add(6 * crop.height());
     if panels.bytes() > limit {
-        return Err(Error::too_large(
-            name,
-            format!(
-                "its pixel panels would hold {} bytes, more than the {limit} an embedding needs",
-                panels.bytes()
-            ),
-        ));
+        return Err(Error::too_large(name, format!("its pixel panels would hold {} bytes, more than the {limit} an embedding needs", panels.bytes())));
     }
     let mut data = vec![0u8; panels.bytes()];
-    visit(&mut open(bytes, max_image).map_err(perr)?, |x, y, px| {
-        panels.put(&mut data, x, y, px)
-    })
-    .map_err(perr)?;
+    visit(&mut open(bytes, max_image).map_err(perr)?, |x, y, px| panels.put(&mut data, x, y, px)).map_err(perr)?;
     let json = decode_panels(data, max_text).ok_or_else(no_embedding)?;
-    let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
-        Error::format(
-            name,
-            format!("pixel-encoded embedding is not valid JSON: {e}"),
-        )
-    })?;
-    classify(
-        name,
-        json_node(name, &value)?,
-        FileKind::PngPixels,
-        BTreeMap::new(),
-    )
+    let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| Error::format(name, format!("pixel-encoded embedding is not valid JSON: {e}")))?;
+    classify(name, json_node(name, &value)?, FileKind::PngPixels, BTreeMap::new())
 }
 
 type Reader<'a> = png::Reader<std::io::Cursor<&'a [u8]>>;
 
 fn open(bytes: &[u8], max_image: usize) -> Result<Reader<'_>, png::DecodingError> {
-    let mut decoder = png::Decoder::new_with_limits(
-        std::io::Cursor::new(bytes),
-        png::Limits { bytes: max_image },
-    );
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png::Limits { bytes: max_image });
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     decoder.read_info()
 }
 
 /// The (x offset, x step, y offset, y step) of the seven Adam7 passes.
-const ADAM7: [(usize, usize, usize, usize); 7] = [
-    (0, 8, 0, 8),
-    (4, 8, 0, 8),
-    (0, 4, 4, 8),
-    (2, 4, 0, 4),
-    (0, 2, 2, 4),
-    (1, 2, 0, 2),
-    (0, 1, 1, 2),
-];
+const ADAM7: [(usize, usize, usize, usize); 7] = [(0, 8, 0, 8), (4, 8, 0, 8), (0, 4, 4, 8), (2, 4, 0, 4), (0, 2, 2, 4), (1, 2, 0, 2), (0, 1, 1, 2)];
 
 /// Decodes the image one row at a time (never holding more than a row), calling `f(x, y, rgb)`
 /// for every pixel in the order the file stores them: top to bottom, or pass by pass when
 /// interlaced. Grey pixels are given as three equal channels; alpha is ignored.
-fn visit(
-    reader: &mut Reader<'_>,
-    mut f: impl FnMut(usize, usize, [u8; 3]),
-) -> Result<(), png::DecodingError> {
+fn visit(reader: &mut Reader<'_>, mut f: impl FnMut(usize, usize, [u8; 3])) -> Result<(), png::DecodingError> {
     let (w, h) = (reader.info().width as usize, reader.info().height as usize);
     let channels = match reader.output_color_type().0 {
         png::ColorType::Rgb => 3,
@@ -140,10 +88,7 @@ fn visit(
         false => &[(0, 1, 0, 1)],
     };
     // The rows in file order, as (y, first x, x step); empty passes have no rows.
-    let mut rows = passes
-        .iter()
-        .filter(|&&(x0, _, y0, _)| x0 < w && y0 < h)
-        .flat_map(|&(x0, dx, y0, dy)| (y0..h).step_by(dy).map(move |y| (y, x0, dx)));
+    let mut rows = passes.iter().filter(|&&(x0, _, y0, _)| x0 < w && y0 < h).flat_map(|&(x0, dx, y0, dy)| (y0..h).step_by(dy).map(move |y| (y, x0, dx)));
     while let Some(row) = reader.next_row()? {
         let Some((y, x0, dx)) = rows.next() else {
             break;
@@ -153,15 +98,7 @@ fn visit(
             if x >= w {
                 break;
             }
-            f(
-                x,
-                y,
-                if channels >= 3 {
-                    [px[0], px[1], px[2]]
-                } else {
-                    [px[0]; 3]
-                },
-            );
+            f(x, y, if channels >= 3 { [px[0], px[1], px[2]] } else { [px[0]; 3] });
         }
     }
     Ok(())
@@ -203,8 +140,7 @@ impl Crop {
     }
     /// Cropped coordinates of a pixel inside.
     fn at(&self, x: usize, y: usize) -> Option<(usize, usize)> {
-        ((self.x0..=self.x1).contains(&x) && (self.y0..=self.y1).contains(&y))
-            .then(|| (x - self.x0, y - self.y0))
+        ((self.x0..=self.x1).contains(&x) && (self.y0..=self.y1).contains(&y)).then(|| (x - self.x0, y - self.y0))
     }
 }
 
@@ -266,50 +202,26 @@ impl<'a> Panels<'a> {
 }
 
 fn find_text(name: &str, info: &png::Info, limit: usize) -> Result<Option<String>> {
-    if let Some(c) = info
-        .uncompressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == KEYWORD)
-    {
+    if let Some(c) = info.uncompressed_latin1_text.iter().find(|c| c.keyword == KEYWORD) {
         return Ok(Some(c.text.clone()));
     }
-    if let Some(c) = info
-        .compressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == KEYWORD)
-    {
+    if let Some(c) = info.compressed_latin1_text.iter().find(|c| c.keyword == KEYWORD) {
         let mut c = c.clone();
-        c.decompress_text_with_limit(limit)
-            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
-        return c
-            .get_text()
-            .map(Some)
-            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
+        c.decompress_text_with_limit(limit).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
+        return c.get_text().map(Some).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
     }
     if let Some(c) = info.utf8_text.iter().find(|c| c.keyword == KEYWORD) {
         let mut c = c.clone();
-        c.decompress_text_with_limit(limit)
-            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
-        return c
-            .get_text()
-            .map(Some)
-            .map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
+        c.decompress_text_with_limit(limit).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")))?;
+        return c.get_text().map(Some).map_err(|e| Error::format(name, format!("{KEYWORD} chunk: {e}")));
     }
     Ok(None)
 }
 
 fn from_text(name: &str, text: &str) -> Result<super::EmbeddingFile> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|e| Error::format(name, format!("{KEYWORD} chunk is not base64: {e}")))?;
-    let value: serde_json::Value = serde_json::from_slice(&raw)
-        .map_err(|e| Error::format(name, format!("{KEYWORD} chunk is not valid JSON: {e}")))?;
-    classify(
-        name,
-        json_node(name, &value)?,
-        FileKind::PngText,
-        BTreeMap::new(),
-    )
+    let raw = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|e| Error::format(name, format!("{KEYWORD} chunk is not base64: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| Error::format(name, format!("{KEYWORD} chunk is not valid JSON: {e}")))?;
+    classify(name, json_node(name, &value)?, FileKind::PngText, BTreeMap::new())
 }
 
 /// JSON → Node; `{"TORCHTENSOR": [[...], ...]}` objects become float32 tensors.
@@ -318,11 +230,7 @@ fn json_node(name: &str, v: &serde_json::Value) -> Result<Node> {
     Ok(match v {
         J::Object(map) => match map.get("TORCHTENSOR") {
             Some(t) => Node::Tensor(json_tensor(name, t)?),
-            None => Node::Map(
-                map.iter()
-                    .map(|(k, x)| Ok((k.clone(), json_node(name, x)?)))
-                    .collect::<Result<_>>()?,
-            ),
+            None => Node::Map(map.iter().map(|(k, x)| Ok((k.clone(), json_node(name, x)?))).collect::<Result<_>>()?),
         },
         J::String(s) => Node::Scalar(s.clone()),
         J::Number(n) => Node::Scalar(n.to_string()),
@@ -334,12 +242,7 @@ fn json_node(name: &str, v: &serde_json::Value) -> Result<Node> {
 
 fn json_tensor(name: &str, v: &serde_json::Value) -> Result<RawTensor> {
     use serde_json::Value as J;
-    let bad = || {
-        Error::format(
-            name,
-            "TORCHTENSOR is not a 1-D or 2-D list of numbers with equal rows",
-        )
-    };
+    let bad = || Error::format(name, "TORCHTENSOR is not a 1-D or 2-D list of numbers with equal rows");
     let num = |x: &J| x.as_f64().map(|f| f as f32).ok_or_else(bad);
     match v {
         J::Array(rows) if rows.first().is_some_and(|r| r.is_array()) => {
@@ -381,9 +284,6 @@ fn decode_panels(mut data: Vec<u8>, limit: usize) -> Option<Vec<u8>> {
     }
     let mut out = Vec::new();
     // Trailing padding after the zlib stream is ignored by the decoder, as by Python's zlib.
-    flate2::read::ZlibDecoder::new(&data[..])
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .ok()?;
+    flate2::read::ZlibDecoder::new(&data[..]).take(limit as u64 + 1).read_to_end(&mut out).ok()?;
     (out.len() <= limit).then_some(out)
 }

@@ -62,14 +62,7 @@ const A1111_STAR_TOKEN: i64 = 265;
 ///
 /// `token` is the key (diffusers) or `name` (A1111). `source` supplies A1111 fields (`step`,
 /// `sd_checkpoint`, `sd_checkpoint_name`) when converting from an A1111 file.
-pub fn write(
-    path: &Path,
-    format: OutFormat,
-    token: &str,
-    embedding: &Embedding,
-    source: Option<&EmbeddingFile>,
-    dtype: Option<DType>,
-) -> Result<()> {
+pub fn write(path: &Path, format: OutFormat, token: &str, embedding: &Embedding, source: Option<&EmbeddingFile>, dtype: Option<DType>) -> Result<()> {
     let name = path.display().to_string();
     let cast = |t: &RawTensor| -> Result<RawTensor> {
         let t = match dtype {
@@ -109,10 +102,7 @@ pub fn write(
                 }
             };
             let root = Value::Dict(vec![
-                (
-                    s("string_to_token"),
-                    Value::Dict(vec![(s("*"), Value::Int(A1111_STAR_TOKEN))]),
-                ),
+                (s("string_to_token"), Value::Dict(vec![(s("*"), Value::Int(A1111_STAR_TOKEN))])),
                 (s("string_to_param"), Value::Dict(vec![(s("*"), t)])),
                 (s("name"), s(token)),
                 (s("step"), field("step")),
@@ -123,28 +113,14 @@ pub fn write(
         }
         OutFormat::Kohya => safetensors_io::save(path, &[("emb_params".into(), single()?)], None),
         OutFormat::Sdxl => {
-            let (Some(l), Some(g)) = (
-                embedding.part(Encoder::ClipL),
-                embedding.part(Encoder::ClipG),
-            ) else {
-                let widths: Vec<String> = embedding
-                    .parts
-                    .iter()
-                    .map(|p| p.width().to_string())
-                    .collect();
+            let (Some(l), Some(g)) = (embedding.part(Encoder::ClipL), embedding.part(Encoder::ClipG)) else {
+                let widths: Vec<String> = embedding.parts.iter().map(|p| p.width().to_string()).collect();
                 return Err(Error::format(
                     &name,
                     format!("the sdxl format needs clip_l (768 wide) and clip_g (1280 wide) vectors; this embedding has {} wide", widths.join(" + ")),
                 ));
             };
-            safetensors_io::save(
-                path,
-                &[
-                    ("clip_g".into(), cast(&g.tensor)?),
-                    ("clip_l".into(), cast(&l.tensor)?),
-                ],
-                None,
-            )
+            safetensors_io::save(path, &[("clip_g".into(), cast(&g.tensor)?), ("clip_l".into(), cast(&l.tensor)?)], None)
         }
     }
 }

@@ -106,46 +106,15 @@ impl Global {
 /// and loop states, OmegaConf configs, numpy scalars and arrays' metadata, argparse
 /// namespaces, and the original LDM/SGM code's own classes. `os`, `subprocess`, `builtins` and
 /// the like stay refused: a file naming them is not a checkpoint anyone should load.
-pub const INERT_MODULES: &[&str] = &[
-    "pytorch_lightning",
-    "lightning",
-    "lightning_fabric",
-    "omegaconf",
-    "numpy",
-    "argparse",
-    "ldm",
-    "sgm",
-    "collections",
-    "pathlib",
-    "typing",
-    "enum",
-];
+pub const INERT_MODULES: &[&str] =
+    &["pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "numpy", "argparse", "ldm", "sgm", "collections", "pathlib", "typing", "enum"];
 
 /// Whether `module.name` may be kept inert in a checkpoint: [`INERT_MODULES`] and their
 /// submodules, and builtin value types passed as arguments (`defaultdict(list)`).
 pub fn is_inert(module: &str, name: &str) -> bool {
     let builtin_type = matches!(module, "builtins" | "__builtin__")
-        && matches!(
-            name,
-            "list"
-                | "dict"
-                | "tuple"
-                | "int"
-                | "float"
-                | "str"
-                | "bool"
-                | "bytes"
-                | "complex"
-                | "slice"
-                | "range"
-        );
-    builtin_type
-        || INERT_MODULES.iter().any(|m| {
-            module == *m
-                || module
-                    .strip_prefix(m)
-                    .is_some_and(|rest| rest.starts_with('.'))
-        })
+        && matches!(name, "list" | "dict" | "tuple" | "int" | "float" | "str" | "bool" | "bytes" | "complex" | "slice" | "range");
+    builtin_type || INERT_MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|rest| rest.starts_with('.')))
 }
 
 /// The `torch.<name>` dtype objects, aliases included.
@@ -209,9 +178,7 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
                 }
                 Ok(Value::Bytes(out))
             }
-            [Value::Str(s), Value::Str(enc)] if enc == "utf-8" || enc == "utf8" => {
-                Ok(Value::Bytes(s.as_bytes().to_vec()))
-            }
+            [Value::Str(s), Value::Str(enc)] if enc == "utf-8" || enc == "utf8" => Ok(Value::Bytes(s.as_bytes().to_vec())),
             _ => Err(bad("unsupported arguments")),
         },
         Global::RebuildTensorV2 | Global::RebuildTensor => {
@@ -224,24 +191,13 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
             let Some(Value::Storage(storage)) = storage else {
                 return Err(bad("first argument must be a storage"));
             };
-            let offset = as_usize(offset.as_ref())
-                .ok_or_else(|| bad("offset must be a non-negative int"))?;
-            let shape = usize_tuple(size.as_ref())
-                .ok_or_else(|| bad("size must be a tuple of non-negative ints"))?;
-            let stride = usize_tuple(stride.as_ref())
-                .ok_or_else(|| bad("stride must be a tuple of non-negative ints"))?;
+            let offset = as_usize(offset.as_ref()).ok_or_else(|| bad("offset must be a non-negative int"))?;
+            let shape = usize_tuple(size.as_ref()).ok_or_else(|| bad("size must be a tuple of non-negative ints"))?;
+            let stride = usize_tuple(stride.as_ref()).ok_or_else(|| bad("stride must be a tuple of non-negative ints"))?;
             if shape.len() != stride.len() {
-                return Err(bad(&format!(
-                    "size {shape:?} and stride {stride:?} differ in length"
-                )));
+                return Err(bad(&format!("size {shape:?} and stride {stride:?} differ in length")));
             }
-            let t = TensorRef {
-                storage: *storage,
-                offset,
-                shape,
-                stride,
-                requires_grad,
-            };
+            let t = TensorRef { storage: *storage, offset, shape, stride, requires_grad };
             if t.extent().is_none() {
                 return Err(bad("tensor view overflows"));
             }
@@ -260,34 +216,20 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
         Global::RebuildFromTypeV2 => {
             let mut it = args.into_iter();
             match (it.next(), it.next(), it.next()) {
-                (
-                    Some(f @ Value::Global(_)),
-                    Some(Value::Global(Global::TensorClass | Global::ParameterClass)),
-                    Some(Value::Tuple(a)),
-                ) => call(f, a),
+                (Some(f @ Value::Global(_)), Some(Value::Global(Global::TensorClass | Global::ParameterClass)), Some(Value::Tuple(a))) => call(f, a),
                 _ => Err(bad("only plain tensors and parameters can be rebuilt")),
             }
         }
         Global::Reconstructor => {
             let mut it = args.into_iter();
             match it.next() {
-                Some(Value::Global(cls @ Global::ParameterDict)) => Ok(Value::Object {
-                    class: cls,
-                    state: Box::new(Value::None),
-                }),
+                Some(Value::Global(cls @ Global::ParameterDict)) => Ok(Value::Object { class: cls, state: Box::new(Value::None) }),
                 Some(Value::Global(Global::OrderedDict)) => Ok(Value::Dict(Vec::new())),
                 _ => Err(bad("only allow-listed classes can be reconstructed")),
             }
         }
-        Global::ParameterDict => Ok(Value::Object {
-            class: g,
-            state: Box::new(Value::None),
-        }),
-        Global::TensorClass
-        | Global::ParameterClass
-        | Global::Storage(_)
-        | Global::DType(_)
-        | Global::Object => Err(bad("cannot be called here")),
+        Global::ParameterDict => Ok(Value::Object { class: g, state: Box::new(Value::None) }),
+        Global::TensorClass | Global::ParameterClass | Global::Storage(_) | Global::DType(_) | Global::Object => Err(bad("cannot be called here")),
     }
 }
 
@@ -295,10 +237,7 @@ pub(super) fn call(func: Value, args: Vec<Value>) -> Result<Value, String> {
 pub(super) fn new_object(cls: Value, args: Value) -> Result<Value, String> {
     match cls {
         Value::Global(Global::OrderedDict) => Ok(Value::Dict(Vec::new())),
-        Value::Global(g @ Global::ParameterDict) => Ok(Value::Object {
-            class: g,
-            state: Box::new(Value::None),
-        }),
+        Value::Global(g @ Global::ParameterDict) => Ok(Value::Object { class: g, state: Box::new(Value::None) }),
         Value::Global(Global::Set) => call(Value::Global(Global::Set), vec![args]),
         other => Err(format!("cannot instantiate a {}", other.kind())),
     }

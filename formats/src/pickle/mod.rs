@@ -43,19 +43,8 @@ mod tests {
             (Value::Str("neg".into()), Value::Int(-(1 << 40))),
             (Value::Str("f".into()), Value::Float(1.5)),
             (Value::Str("n".into()), Value::None),
-            (
-                Value::Str("t".into()),
-                Value::Tuple(vec![
-                    Value::Int(1),
-                    Value::Int(70000),
-                    Value::Int(3),
-                    Value::Int(4),
-                ]),
-            ),
-            (
-                Value::Str("l".into()),
-                Value::List(vec![Value::Bool(true), Value::Str("é".into())]),
-            ),
+            (Value::Str("t".into()), Value::Tuple(vec![Value::Int(1), Value::Int(70000), Value::Int(3), Value::Int(4)])),
+            (Value::Str("l".into()), Value::List(vec![Value::Bool(true), Value::Str("é".into())])),
             (Value::Str("b".into()), Value::Bytes(vec![0, 200, 255])),
         ]));
     }
@@ -78,34 +67,17 @@ mod tests {
     #[test]
     fn checkpoint_mode_keeps_lightning_objects_inert() {
         let e = load(LIGHTNING, 0, "last.ckpt").unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"), "{e}");
         let (v, _) = load_mode(LIGHTNING, 0, "last.ckpt", Mode::Checkpoint).unwrap();
         assert_eq!(v.get("global_step"), Some(&Value::Int(7)));
-        assert_eq!(
-            v.get("state_dict").and_then(|d| d.get("w")),
-            Some(&Value::Float(1.5))
-        );
-        let inert =
-            Value::Inert("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint".into());
+        assert_eq!(v.get("state_dict").and_then(|d| d.get("w")), Some(&Value::Float(1.5)));
+        let inert = Value::Inert("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint".into());
         assert_eq!(v.get("loop"), Some(&inert));
-        assert_eq!(
-            v.get("dd"),
-            Some(&Value::Inert("collections.defaultdict".into()))
-        );
-        let Some(Value::Dict(callbacks)) = v.get("callbacks") else {
-            panic!("callbacks: {v:?}")
-        };
+        assert_eq!(v.get("dd"), Some(&Value::Inert("collections.defaultdict".into())));
+        let Some(Value::Dict(callbacks)) = v.get("callbacks") else { panic!("callbacks: {v:?}") };
         assert_eq!(callbacks[0].0, inert);
         // What could run code stays refused, checkpoint or not.
-        for p in [
-            &b"cos\nsystem\n(S'echo hi'\ntR."[..],
-            b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.",
-            b"c__builtin__\ngetattr\n.",
-        ] {
+        for p in [&b"cos\nsystem\n(S'echo hi'\ntR."[..], b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.", b"c__builtin__\ngetattr\n."] {
             assert!(load_mode(p, 0, "evil.ckpt", Mode::Checkpoint).is_err());
         }
     }
@@ -128,20 +100,14 @@ mod tests {
     /// still takes under half of it.
     #[test]
     fn a_large_training_checkpoint_fits_the_budget() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fixtures/single-file/sd1.ckpt");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/single-file/sd1.ckpt");
         let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
         let mut pkl = Vec::new();
         std::io::Read::read_to_end(&mut zip.by_name("sd1/data.pkl").unwrap(), &mut pkl).unwrap();
         let (v, _, used) = unpickler::load_measured(&pkl, 0, "sd1.ckpt", Mode::Checkpoint).unwrap();
-        let Some(Value::Dict(weights)) = v.get("state_dict") else {
-            panic!("{v:?}")
-        };
+        let Some(Value::Dict(weights)) = v.get("state_dict") else { panic!("{v:?}") };
         assert_eq!(weights.len(), 376);
-        assert!(
-            used * 12_000 / 376 < MAX_VALUE_BYTES / 2,
-            "{used} bytes for 376 tensors"
-        );
+        assert!(used * 12_000 / 376 < MAX_VALUE_BYTES / 2, "{used} bytes for 376 tensors");
     }
 
     #[test]

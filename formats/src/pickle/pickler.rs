@@ -145,15 +145,8 @@ impl Pickler {
                 self.op(OpCode::Tuple);
                 self.op(OpCode::Reduce);
             }
-            Value::Set(_)
-            | Value::Global(_)
-            | Value::Storage(_)
-            | Value::Object { .. }
-            | Value::Inert(_) => {
-                return Err(Error::format(
-                    "pickle writer",
-                    format!("cannot write a {}", value.kind()),
-                ));
+            Value::Set(_) | Value::Global(_) | Value::Storage(_) | Value::Object { .. } | Value::Inert(_) => {
+                return Err(Error::format("pickle writer", format!("cannot write a {}", value.kind())));
             }
         }
         Ok(())

@@ -31,22 +31,8 @@ pub fn load_mode(data: &[u8], start: usize, context: &str, mode: Mode) -> Result
 }
 
 /// [`load_mode`], also returning how much of [`MAX_VALUE_BYTES`] the pickle used.
-pub(super) fn load_measured(
-    data: &[u8],
-    start: usize,
-    context: &str,
-    mode: Mode,
-) -> Result<(Value, usize, usize)> {
-    let mut u = Unpickler {
-        mode,
-        data,
-        pos: start,
-        stack: Vec::new(),
-        marks: Vec::new(),
-        memo: HashMap::new(),
-        bytes_left: MAX_VALUE_BYTES,
-        context,
-    };
+pub(super) fn load_measured(data: &[u8], start: usize, context: &str, mode: Mode) -> Result<(Value, usize, usize)> {
+    let mut u = Unpickler { mode, data, pos: start, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), bytes_left: MAX_VALUE_BYTES, context };
     let value = u.run()?;
     Ok((value, u.pos, MAX_VALUE_BYTES - u.bytes_left))
 }
@@ -68,10 +54,7 @@ struct Unpickler<'a> {
 
 impl<'a> Unpickler<'a> {
     fn err(&self, message: impl Into<String>) -> Error {
-        Error::format(
-            format!("{} (pickle byte {})", self.context, self.pos),
-            message,
-        )
+        Error::format(format!("{} (pickle byte {})", self.context, self.pos), message)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -82,10 +65,7 @@ impl<'a> Unpickler<'a> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(self.err(format!(
-                "needs {n} more bytes but only {} are left (truncated or corrupt)",
-                self.data.len().saturating_sub(self.pos)
-            ))),
+            None => Err(self.err(format!("needs {n} more bytes but only {} are left (truncated or corrupt)", self.data.len().saturating_sub(self.pos)))),
         }
     }
     fn u8(&mut self) -> Result<u8> {
@@ -135,10 +115,7 @@ impl<'a> Unpickler<'a> {
         ))
     }
     fn charge(&mut self, bytes: usize) -> Result<()> {
-        self.bytes_left = self
-            .bytes_left
-            .checked_sub(bytes)
-            .ok_or_else(|| self.over_budget())?;
+        self.bytes_left = self.bytes_left.checked_sub(bytes).ok_or_else(|| self.over_budget())?;
         Ok(())
     }
     /// Charges a copy before it is made, given [`Value::tree_bytes`] of the original measured
@@ -200,11 +177,7 @@ impl<'a> Unpickler<'a> {
             None => return Err(self.err(format!("memo key {idx} missing"))),
         };
         self.charge_copy_of(bytes)?;
-        let (v, d) = self
-            .memo
-            .get(&idx)
-            .cloned()
-            .ok_or_else(|| self.err(format!("memo key {idx} missing")))?;
+        let (v, d) = self.memo.get(&idx).cloned().ok_or_else(|| self.err(format!("memo key {idx} missing")))?;
         self.push_charged(v, d)
     }
     fn memo_put(&mut self, idx: u32) -> Result<()> {
@@ -218,21 +191,14 @@ impl<'a> Unpickler<'a> {
     fn global(&self, module: &str, name: &str) -> Result<Value> {
         match Global::lookup(module, name) {
             Some(g) => Ok(Value::Global(g)),
-            None if self.mode == Mode::Checkpoint && allow_list::is_inert(module, name) => {
-                Ok(Value::Inert(format!("{module}.{name}")))
-            }
-            None => Err(Error::RefusedGlobal {
-                context: self.context.to_string(),
-                module: module.to_string(),
-                name: name.to_string(),
-            }),
+            None if self.mode == Mode::Checkpoint && allow_list::is_inert(module, name) => Ok(Value::Inert(format!("{module}.{name}"))),
+            None => Err(Error::RefusedGlobal { context: self.context.to_string(), module: module.to_string(), name: name.to_string() }),
         }
     }
 
     fn run(&mut self) -> Result<Value> {
         loop {
-            let op =
-                OpCode::try_from(self.u8()?).map_err(|unknown| self.err(unknown.to_string()))?;
+            let op = OpCode::try_from(self.u8()?).map_err(|unknown| self.err(unknown.to_string()))?;
             match op {
                 OpCode::Proto => {
                     let proto = self.u8()?;
@@ -299,9 +265,7 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Long => {
                     let s = self.line_str()?.trim().trim_end_matches('L');
-                    let v = s
-                        .parse()
-                        .map_err(|_| self.err(format!("LONG {s:?} out of range")))?;
+                    let v = s.parse().map_err(|_| self.err(format!("LONG {s:?} out of range")))?;
                     self.push(Value::Int(v))?
                 }
                 OpCode::BinFloat => {
@@ -312,9 +276,7 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Float => {
                     let s = self.line_str()?.trim();
-                    let v = s
-                        .parse()
-                        .map_err(|_| self.err(format!("bad FLOAT {s:?}")))?;
+                    let v = s.parse().map_err(|_| self.err(format!("bad FLOAT {s:?}")))?;
                     self.push(Value::Float(v))?
                 }
                 OpCode::BinUnicode => {
@@ -338,9 +300,7 @@ impl<'a> Unpickler<'a> {
                 OpCode::Unicode => {
                     let l = self.line()?;
                     if l.contains(&b'\\') {
-                        return Err(
-                            self.err("escaped protocol-0 unicode strings are not supported")
-                        );
+                        return Err(self.err("escaped protocol-0 unicode strings are not supported"));
                     }
                     let s = self.utf8(l)?;
                     self.push(Value::Str(s))?
@@ -359,12 +319,7 @@ impl<'a> Unpickler<'a> {
                 }
                 // Python 2 byte strings: decoded as text when they are UTF-8 (how py2 pickles
                 // hold names), kept as bytes otherwise.
-                OpCode::BinString
-                | OpCode::ShortBinString
-                | OpCode::BinBytes
-                | OpCode::ShortBinBytes
-                | OpCode::BinBytes8
-                | OpCode::ByteArray8 => {
+                OpCode::BinString | OpCode::ShortBinString | OpCode::BinBytes | OpCode::ShortBinBytes | OpCode::BinBytes8 | OpCode::ByteArray8 => {
                     let n = match op {
                         OpCode::BinString | OpCode::BinBytes => self.u32()? as usize,
                         OpCode::ShortBinString | OpCode::ShortBinBytes => self.u8()? as usize,
@@ -372,9 +327,7 @@ impl<'a> Unpickler<'a> {
                     };
                     let b = self.take(n)?;
                     let v = match (op, std::str::from_utf8(b)) {
-                        (OpCode::BinString | OpCode::ShortBinString, Ok(s)) => {
-                            Value::Str(s.to_string())
-                        }
+                        (OpCode::BinString | OpCode::ShortBinString, Ok(s)) => Value::Str(s.to_string()),
                         _ => Value::Bytes(b.to_vec()),
                     };
                     self.push(v)?
@@ -440,10 +393,7 @@ impl<'a> Unpickler<'a> {
                     let (args, da) = self.pop()?;
                     let (func, _) = self.pop()?;
                     let Value::Tuple(args) = args else {
-                        return Err(self.err(format!(
-                            "REDUCE arguments must be a tuple, got {}",
-                            args.kind()
-                        )));
+                        return Err(self.err(format!("REDUCE arguments must be a tuple, got {}", args.kind())));
                     };
                     let v = match inert_instance(&func, &args) {
                         Some(v) => v,
@@ -483,14 +433,11 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Put => {
                     let s = self.line_str()?.trim();
-                    let i = s
-                        .parse()
-                        .map_err(|_| self.err(format!("bad PUT index {s:?}")))?;
+                    let i = s.parse().map_err(|_| self.err(format!("bad PUT index {s:?}")))?;
                     self.memo_put(i)?
                 }
                 OpCode::Memoize => {
-                    let i =
-                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
+                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo too large"))?;
                     self.memo_put(i)?
                 }
                 OpCode::BinGet => {
@@ -503,25 +450,13 @@ impl<'a> Unpickler<'a> {
                 }
                 OpCode::Get => {
                     let s = self.line_str()?.trim();
-                    let i = s
-                        .parse()
-                        .map_err(|_| self.err(format!("bad GET index {s:?}")))?;
+                    let i = s.parse().map_err(|_| self.err(format!("bad GET index {s:?}")))?;
                     self.memo_get(i)?
                 }
-                OpCode::PersId => {
-                    return Err(
-                        self.err("text persistent ids (protocol 0) are not used by torch.save")
-                    )
-                }
-                OpCode::Inst | OpCode::Obj => {
-                    return Err(self.err("old-style class instances (INST/OBJ) are refused"))
-                }
-                OpCode::Ext1 | OpCode::Ext2 | OpCode::Ext4 => {
-                    return Err(self.err("extension registry codes (EXT) are refused"))
-                }
-                OpCode::NextBuffer | OpCode::ReadonlyBuffer => {
-                    return Err(self.err("out-of-band buffers are not supported"))
-                }
+                OpCode::PersId => return Err(self.err("text persistent ids (protocol 0) are not used by torch.save")),
+                OpCode::Inst | OpCode::Obj => return Err(self.err("old-style class instances (INST/OBJ) are refused")),
+                OpCode::Ext1 | OpCode::Ext2 | OpCode::Ext4 => return Err(self.err("extension registry codes (EXT) are refused")),
+                OpCode::NextBuffer | OpCode::ReadonlyBuffer => return Err(self.err("out-of-band buffers are not supported")),
             }
         }
     }
@@ -635,9 +570,7 @@ impl<'a> Unpickler<'a> {
             return Err(self.err(format!("persistent id must be a tuple, got {}", pid.kind())));
         };
         match items.as_slice() {
-            [Value::Str(tag), ty, key, Value::Str(location), n, rest @ ..]
-                if tag == "storage" && rest.len() <= 1 =>
-            {
+            [Value::Str(tag), ty, key, Value::Str(location), n, rest @ ..] if tag == "storage" && rest.len() <= 1 => {
                 let dtype = match ty {
                     Value::Global(Global::Storage(d)) => *d,
                     other => return Err(self.err(format!("unsupported storage type {other:?}"))),
@@ -647,26 +580,17 @@ impl<'a> Unpickler<'a> {
                     Value::Int(i) => i.to_string(),
                     _ => return Err(self.err("storage key must be a string")),
                 };
-                let numel = as_usize(Some(n))
-                    .ok_or_else(|| self.err("storage size must be a non-negative int"))?;
+                let numel = as_usize(Some(n)).ok_or_else(|| self.err("storage size must be a non-negative int"))?;
                 let view = match rest.first() {
                     None | Some(Value::None) => None,
                     Some(Value::Tuple(v)) if v.len() == 3 => {
-                        let off = as_usize(v.get(1))
-                            .ok_or_else(|| self.err("bad storage view offset"))?;
-                        let len =
-                            as_usize(v.get(2)).ok_or_else(|| self.err("bad storage view size"))?;
+                        let off = as_usize(v.get(1)).ok_or_else(|| self.err("bad storage view offset"))?;
+                        let len = as_usize(v.get(2)).ok_or_else(|| self.err("bad storage view size"))?;
                         Some((off, len))
                     }
                     Some(_) => return Err(self.err("bad storage view")),
                 };
-                Ok(Value::Storage(Box::new(StorageRef {
-                    key,
-                    dtype,
-                    numel,
-                    location: location.clone(),
-                    view,
-                })))
+                Ok(Value::Storage(Box::new(StorageRef { key, dtype, numel, location: location.clone(), view })))
             }
             _ => Err(self.err("persistent id is not a torch storage reference")),
         }
@@ -679,9 +603,7 @@ impl<'a> Unpickler<'a> {
 fn inert_instance(func: &Value, args: &[Value]) -> Option<Value> {
     match (func, args.first()) {
         (Value::Inert(name), _) => Some(Value::Inert(name.clone())),
-        (Value::Global(Global::Reconstructor), Some(Value::Inert(name))) => {
-            Some(Value::Inert(name.clone()))
-        }
+        (Value::Global(Global::Reconstructor), Some(Value::Inert(name))) => Some(Value::Inert(name.clone())),
         _ => None,
     }
 }

@@ -49,11 +49,7 @@ impl Value {
     /// Looks a string key up in a dict (the last occurrence wins, like repeated `SETITEM`).
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Dict(items) => items
-                .iter()
-                .rev()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v),
+            Value::Dict(items) => items.iter().rev().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -119,9 +115,7 @@ impl Value {
             Value::Dict(v) => v.capacity() * 2 * SLOT,
             Value::Storage(s) => std::mem::size_of::<StorageRef>() + s.heap_bytes(),
             Value::Tensor(t) => {
-                std::mem::size_of::<TensorRef>()
-                    + t.storage.heap_bytes()
-                    + (t.shape.capacity() + t.stride.capacity()) * std::mem::size_of::<usize>()
+                std::mem::size_of::<TensorRef>() + t.storage.heap_bytes() + (t.shape.capacity() + t.stride.capacity()) * std::mem::size_of::<usize>()
             }
             Value::Object { .. } => SLOT,
             Value::None | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::Global(_) => 0,
@@ -207,9 +201,7 @@ pub(super) fn as_usize(v: Option<&Value>) -> Option<usize> {
 
 pub(super) fn usize_tuple(v: Option<&Value>) -> Option<Vec<usize>> {
     match v {
-        Some(Value::Tuple(items) | Value::List(items)) => {
-            items.iter().map(|x| as_usize(Some(x))).collect()
-        }
+        Some(Value::Tuple(items) | Value::List(items)) => items.iter().map(|x| as_usize(Some(x))).collect(),
         _ => None,
     }
 }

@@ -8,25 +8,14 @@ use std::path::PathBuf;
 /// it can import every module in `modules`; otherwise None after one line saying what `test`
 /// skips and why.
 pub fn reference_python(modules: &[&str], test: &str) -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     let cache = env("TI_LIBTORCH_CACHE")
         .or_else(|| env("XDG_CACHE_HOME").map(|c| c.join("textual-inversion")))
         .or_else(|| env("HOME").map(|h| h.join(".cache/textual-inversion")));
-    let candidates: Vec<PathBuf> = env("TI_PYTHON")
-        .into_iter()
-        .chain(cache.map(|c| c.join("pyenv-fixtures/bin/python")))
-        .collect();
+    let candidates: Vec<PathBuf> = env("TI_PYTHON").into_iter().chain(cache.map(|c| c.join("pyenv-fixtures/bin/python"))).collect();
     let import = format!("import {}", modules.join(", "));
     for p in &candidates {
-        if std::process::Command::new(p)
-            .args(["-c", &import])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if std::process::Command::new(p).args(["-c", &import]).output().is_ok_and(|o| o.status.success()) {
             return Some(p.clone());
         }
     }

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 /// `$TI_REALWORLD_DIR`, an absolute path), or None after printing one line saying the test is
 /// skipped: a user's clone has no `../shared`, and those files are not redistributed.
 pub fn realworld_dir(repo: &Path, test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("TI_REALWORLD_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo.join("../shared/realworld"));
+    let dir = std::env::var_os("TI_REALWORLD_DIR").map(PathBuf::from).unwrap_or_else(|| repo.join("../shared/realworld"));
     if dir.join("bad-artist.pt").is_file() {
         return Some(dir);
     }

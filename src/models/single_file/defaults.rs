@@ -84,8 +84,5 @@ pub fn folder_in(cache: &std::path::Path, arch: Arch) -> Result<PathBuf> {
 
 fn cache_root() -> PathBuf {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    env("XDG_CACHE_HOME")
-        .or_else(|| env("HOME").map(|h| h.join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("textual-inversion")
+    env("XDG_CACHE_HOME").or_else(|| env("HOME").map(|h| h.join(".cache"))).unwrap_or_else(std::env::temp_dir).join("textual-inversion")
 }

@@ -70,7 +70,12 @@ impl SingleFile {
             Some(c) => c,
             None => {
                 let dir = defaults::folder(arch)?;
-                tracing::info!("{}: {} checkpoint, read with the bundled configs of {} (give --config DIR for another)", path.display(), arch.name(), defaults::source(arch));
+                tracing::info!(
+                    "{}: {} checkpoint, read with the bundled configs of {} (give --config DIR for another)",
+                    path.display(),
+                    arch.name(),
+                    defaults::source(arch)
+                );
                 ModelRepo::Local(dir)
             }
         };

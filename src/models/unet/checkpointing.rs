@@ -203,11 +203,8 @@ impl Recomputable<'_> {
             let x = leaf(&saved.input);
             let (out, states) = block.forward(&x, &leaves.temb, &leaves.context);
             // The block's output feeds the next block; its states feed the up blocks.
-            let state_grads: Vec<(Tensor, Tensor)> = states
-                .into_iter()
-                .zip(saved.states.clone())
-                .filter_map(|(s, k)| skip_grads[k].take().map(|g| (s, g)))
-                .collect();
+            let state_grads: Vec<(Tensor, Tensor)> =
+                states.into_iter().zip(saved.states.clone()).filter_map(|(s, k)| skip_grads[k].take().map(|g| (s, g))).collect();
             let inputs = leaves.inputs(vec![&x], block.uses_context());
             let mut grads = {
                 let mut outputs = vec![(out, &grad)];

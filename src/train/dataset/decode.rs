@@ -73,16 +73,11 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
         bail!("empty image ({w}x{h})");
     }
     if pixels > MAX_PIXELS {
-        bail!(
-            "{w}x{h} is {:.1} megapixels, above the limit of {:.1}; downscale it first",
-            pixels as f64 / 1e6,
-            MAX_PIXELS as f64 / 1e6
-        );
+        bail!("{w}x{h} is {:.1} megapixels, above the limit of {:.1}; downscale it first", pixels as f64 / 1e6, MAX_PIXELS as f64 / 1e6);
     }
     // A broken EXIF block only loses the rotation, as in Pillow's exif_transpose.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let image =
-        DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("corrupt or truncated {format:?} file: {e}"))?;
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("corrupt or truncated {format:?} file: {e}"))?;
     let (rgb, decoded_mode) = to_rgb8(image)?;
     let mut oriented = DynamicImage::ImageRgb8(rgb);
     oriented.apply_orientation(orientation);
@@ -164,9 +159,7 @@ fn jpeg_components_if_complete(b: &[u8]) -> Result<u8> {
             0x01 | 0xD0..=0xD8 => continue,
             _ => {}
         }
-        let Some(len) = b.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
-            bail!(TRUNCATED)
-        };
+        let Some(len) = b.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { bail!(TRUNCATED) };
         let end = i + len;
         if len < 2 || end > b.len() {
             bail!(TRUNCATED);

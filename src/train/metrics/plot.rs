@@ -86,7 +86,16 @@ fn ticks(lo: f64, hi: f64, target: f64) -> (Vec<f64>, usize) {
     }
     let mag = 10f64.powf(raw.log10().floor());
     let f = raw / mag;
-    let step = mag * if f < 1.5 { 1.0 } else if f < 3.5 { 2.0 } else if f < 7.5 { 5.0 } else { 10.0 };
+    let step = mag
+        * if f < 1.5 {
+            1.0
+        } else if f < 3.5 {
+            2.0
+        } else if f < 7.5 {
+            5.0
+        } else {
+            10.0
+        };
     let decimals = (-step.log10().floor()).clamp(0.0, 12.0) as usize;
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;

@@ -166,10 +166,7 @@ impl EventWriter {
     }
 
     fn write_event(&mut self, event: &[u8]) -> Result<()> {
-        self.file
-            .write_all(&tfrecord(event))
-            .and_then(|()| self.file.flush())
-            .with_context(|| format!("writing {}", self.path.display()))
+        self.file.write_all(&tfrecord(event)).and_then(|()| self.file.flush()).with_context(|| format!("writing {}", self.path.display()))
     }
 
     /// A scalar (`Summary.Value.simple_value`, f32 as `SummaryWriter.add_scalar` stores it).
@@ -190,4 +187,3 @@ impl EventWriter {
         self.write_event(&e)
     }
 }
-
