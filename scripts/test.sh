@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs exactly this through .ci/run).
-# Sets up libtorch if needed (scripts/setup-libtorch.sh), then runs every test of the workspace.
+# Sets up libtorch if needed (scripts/setup-libtorch.sh), checks formatting and lints, then runs
+# every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup-libtorch.sh)"
@@ -8,4 +9,11 @@ realworld=${TI_REALWORLD_DIR:-../shared/realworld}
 if [[ ! -f "$realworld/bad-artist.pt" ]]; then
   echo "[test] $realworld has no published embedding files: the tests that read them skip (set TI_REALWORLD_DIR to run them)" >&2
 fi
+# Style and lints gate the tests (rustfmt.toml holds the style).
+cargo fmt --all --check
+cargo clippy --workspace --release --all-targets -- -D warnings
+# One libtorch thread per process: the test harness already runs tests in parallel, and each
+# test runs the binary; libtorch's default of a thread per core oversubscribes a small machine
+# (a tiny generate took 15x longer under load). Results do not depend on it.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec cargo test --workspace --release "$@"
