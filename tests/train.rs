@@ -202,18 +202,7 @@ fn output_files_follow_the_umask() {
             out.join("images").display()
         );
         ok(Command::new("sh").arg("-c").arg(&gen).arg(bin).output().unwrap());
-        let mut files = Vec::new();
-        let mut stack = vec![out.clone()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    files.push(p);
-                }
-            }
-        }
+        let files = common::files_under(&out);
         for name in [
             "learned_embeds.safetensors",
             "learned_embeds-steps-1.safetensors",
