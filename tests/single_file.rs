@@ -19,7 +19,7 @@ use textual_inversion::device::Precision;
 use textual_inversion::models::repo::{HubOptions, ModelRepo, ModelSource};
 use textual_inversion::models::single_file::{defaults, Arch};
 use textual_inversion::models::stable_diffusion::{LoadOptions, WeightOptions};
-use textual_inversion::models::weights::Checkpoint;
+use textual_inversion::models::weights::ModelFile;
 use textual_inversion::pipeline::{GenerateOptions, Models};
 use textual_inversion::schedulers;
 
@@ -90,8 +90,8 @@ fn single_files_generate_what_diffusers_from_single_file_does() {
 
 #[test]
 fn a_lightning_ckpt_holds_the_same_tensors_and_generates_the_same_image() {
-    let st = Checkpoint::open(&dir().join("sd1.safetensors")).unwrap();
-    let ck = Checkpoint::open(&dir().join("sd1.ckpt")).unwrap();
+    let st = ModelFile::open(&dir().join("sd1.safetensors")).unwrap();
+    let ck = ModelFile::open(&dir().join("sd1.ckpt")).unwrap();
     assert_eq!(ck.global_step, Some(470_000));
     assert_eq!(st.tensors().keys(), ck.tensors().keys(), "the .ckpt's state_dict has the .safetensors' keys");
     // The same bytes: a component built from each gives the same tensors.

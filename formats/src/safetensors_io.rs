@@ -104,6 +104,13 @@ pub fn to_bytes(tensors: &[(String, RawTensor)], metadata: Option<&BTreeMap<Stri
     safetensors::serialize(views, meta).map_err(|e| Error::format("safetensors writer", e.to_string()))
 }
 
+/// Writes a safetensors file atomically with `{"format": "pt"}`, the metadata
+/// `safetensors.torch.save_file` writes and transformers' loaders check for.
+pub fn save_pt(path: &Path, tensors: &[(String, RawTensor)]) -> Result<()> {
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    save(path, tensors, Some(&meta))
+}
+
 /// Writes a safetensors file atomically.
 pub fn save(path: &Path, tensors: &[(String, RawTensor)], metadata: Option<&BTreeMap<String, String>>) -> Result<()> {
     crate::atomic::write(path, &to_bytes(tensors, metadata)?)

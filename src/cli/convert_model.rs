@@ -145,9 +145,7 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
     let name = if component.starts_with("text_encoder") { "model.safetensors" } else { "diffusion_pytorch_model.safetensors" };
     let dir = out.join(component);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    safetensors_io::save(&dir.join(name), &tensors, Some(&meta))?;
+    safetensors_io::save_pt(&dir.join(name), &tensors)?;
     tracing::info!("{component}: {} tensors", tensors.len());
     Ok(())
 }

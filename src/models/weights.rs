@@ -47,7 +47,7 @@ enum Entry {
     Derived { base: Box<Entry>, view: View },
 }
 
-/// How a single-file checkpoint's tensor becomes one of ours (see [`Checkpoint::component`]).
+/// How a single-file checkpoint's tensor becomes one of ours (see [`ModelFile::component`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     Whole,
@@ -407,9 +407,10 @@ fn open_source(path: &Path, idx: usize, checkpoint: bool) -> Result<(Source, Vec
     }
 }
 
-/// A single-file checkpoint (the original LDM layout: every component's tensors in one
-/// `.safetensors` or `.ckpt`), opened once and shared by the components built from it.
-pub struct Checkpoint {
+/// A single-file model (the original LDM layout: every component's tensors in one
+/// `.safetensors` or `.ckpt`), opened once and shared by the components built from it. (A
+/// training run's `checkpoint-N` folder is `train::state::Checkpoint`.)
+pub struct ModelFile {
     /// Every tensor under its stored name.
     all: Weights,
     /// The safetensors header's `__metadata__` (model-spec keys such as `modelspec.prediction_type`).
@@ -418,7 +419,7 @@ pub struct Checkpoint {
     pub global_step: Option<i64>,
 }
 
-impl Checkpoint {
+impl ModelFile {
     pub fn open(path: &Path) -> Result<Self> {
         let all = Weights::open_files(&[path.to_path_buf()], Placement::cpu_f32(), true)?;
         if all.entries.is_empty() {
@@ -428,7 +429,7 @@ impl Checkpoint {
             Source::Safetensors(st) => (st.metadata().unwrap_or_default(), None),
             Source::Torch(tf) => (Default::default(), tf.root.get("global_step").and_then(|v| v.as_int())),
         };
-        Ok(Checkpoint { all, metadata, global_step })
+        Ok(ModelFile { all, metadata, global_step })
     }
 
     /// The stored tensors under their stored names.

@@ -11,7 +11,6 @@ use crate::formats::RawTensor;
 use crate::models::repo::ModelRepo;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Tensor;
 
@@ -130,9 +129,7 @@ fn save_encoder(repo: &ModelRepo, out: &Path, folder: &str, ids: &[i64], rows: &
     tensors[key].1 = RawTensor::new(old.dtype, shape, data)?;
     atomic::ensure_dir(out, Path::new(folder))?;
     write_json(&out.join(folder).join("config.json"), &config)?;
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    safetensors_io::save(&out.join(folder).join("model.safetensors"), &tensors, Some(&meta))?;
+    safetensors_io::save_pt(&out.join(folder).join("model.safetensors"), &tensors)?;
     Ok(())
 }
 

@@ -112,11 +112,9 @@ pub fn save(dir: &Path, c: &Checkpoint) -> Result<()> {
 /// Writes the checkpoint into `tmp`, then renames it to `dir`.
 fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
     std::fs::create_dir(tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
     for (i, rows) in c.rows.iter().enumerate() {
         let rows = crate::tensors::from_tch(rows)?;
-        crate::formats::safetensors_io::save(&tmp.join(rows_file(i)), &[(c.position.placeholder_token.clone(), rows)], Some(&meta))?;
+        crate::formats::safetensors_io::save_pt(&tmp.join(rows_file(i)), &[(c.position.placeholder_token.clone(), rows)])?;
     }
     let mut tensors = Vec::new();
     for (prefix, items) in [("optimizer.", &c.optimizer), ("scheduler.", &c.scheduler)] {

@@ -5,7 +5,6 @@ use crate::pickle::Value;
 use crate::tensor::RawTensor;
 use crate::torch_file::TorchWriter;
 use crate::{safetensors_io, DType};
-use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Output layouts of `convert` (and of training).
@@ -81,11 +80,7 @@ pub fn write(path: &Path, format: OutFormat, token: &str, embedding: &Embedding,
         }
     };
     match format {
-        OutFormat::Diffusers => {
-            let mut meta = BTreeMap::new();
-            meta.insert("format".to_string(), "pt".to_string());
-            safetensors_io::save(path, &[(token.to_string(), single()?)], Some(&meta))
-        }
+        OutFormat::Diffusers => safetensors_io::save_pt(path, &[(token.to_string(), single()?)]),
         OutFormat::DiffusersBin => {
             let mut w = TorchWriter::new();
             let t = w.tensor(single()?);

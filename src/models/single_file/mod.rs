@@ -12,7 +12,7 @@ pub mod ldm_keys;
 use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
 use super::repo::ModelRepo;
 use super::stable_diffusion::Family;
-use super::weights::{Checkpoint, Placement, View, Weights};
+use super::weights::{ModelFile, Placement, View, Weights};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -51,7 +51,7 @@ const XL_TEXT_2: &str = "conditioner.embedders.1.model.";
 /// An opened single-file checkpoint with the configs it is read with.
 pub struct SingleFile {
     pub path: PathBuf,
-    pub checkpoint: Checkpoint,
+    pub model_file: ModelFile,
     pub arch: Arch,
     /// Where configs and tokenizers come from: `--config DIR` or the bundled defaults.
     pub config: Box<ModelRepo>,
@@ -64,8 +64,8 @@ impl SingleFile {
     /// Opens `path`; `config`: the diffusers folder (or Hub id) to take configs from;
     /// `prediction_type`: `--prediction_type`.
     pub fn open(path: &Path, config: Option<ModelRepo>, prediction_type: Option<&str>) -> Result<Self> {
-        let checkpoint = Checkpoint::open(path)?;
-        let arch = detect(&checkpoint)?;
+        let model_file = ModelFile::open(path)?;
+        let arch = detect(&model_file)?;
         let config = match config {
             Some(c) => c,
             None => {
@@ -81,12 +81,12 @@ impl SingleFile {
         };
         let prediction_type = match prediction_type {
             Some(p) => Some((p.to_string(), "--prediction_type".to_string())),
-            None => file_prediction_type(path, &checkpoint, arch),
+            None => file_prediction_type(path, &model_file, arch),
         };
         if let Some((p, why)) = &prediction_type {
             tracing::info!("prediction type {p} ({why})");
         }
-        Ok(SingleFile { path: path.to_path_buf(), checkpoint, arch, config: Box::new(config), prediction_type })
+        Ok(SingleFile { path: path.to_path_buf(), model_file, arch, config: Box::new(config), prediction_type })
     }
 
     pub fn describe(&self) -> String {
@@ -106,7 +106,7 @@ impl SingleFile {
     /// One component's weights (`unet`, `vae`, `text_encoder`, `text_encoder_2`) under
     /// diffusers' names, laid out by that component's config.
     pub fn weights(&self, component: &str, placement: Placement) -> Result<Weights> {
-        let ck = &self.checkpoint;
+        let ck = &self.model_file;
         let config_path = |f: &str| self.config.require(&format!("{component}/{f}"));
         let only = |prefix: &'static str, map: KeyMap<'_>| {
             ck.component(component, placement, |k, shape| k.strip_prefix(prefix).map(|r| map(r, shape)).unwrap_or_default())
@@ -152,7 +152,7 @@ impl SingleFile {
 /// The model type, from the keys: SDXL's second (OpenCLIP) encoder, SD 2's OpenCLIP encoder or
 /// its 1024-wide cross-attention (diffusers' test), else SD 1. Types this tool does not run
 /// (inpainting, refiner, ControlNet, upscaler, a lone UNet or VAE) are refused by name.
-pub fn detect(ck: &Checkpoint) -> Result<Arch> {
+pub fn detect(ck: &ModelFile) -> Result<Arch> {
     let ck = ck.tensors();
     let name = ck.name();
     let keys = ck.keys();
@@ -200,7 +200,7 @@ pub fn detect(ck: &Checkpoint) -> Result<Arch> {
 /// (`modelspec.prediction_type`), a `parameterization` line in a `.yaml` of the same name beside
 /// it (the web UI's convention), kohya's `v_pred` marker key, and for SD 2 diffusers' rule
 /// (`global_step` 875000, the 512-px base model, is epsilon). None: the config's.
-fn file_prediction_type(path: &Path, ck: &Checkpoint, arch: Arch) -> Option<(String, String)> {
+fn file_prediction_type(path: &Path, ck: &ModelFile, arch: Arch) -> Option<(String, String)> {
     if let Some(p) = ck.metadata.get("modelspec.prediction_type") {
         let p = match p.as_str() {
             "v" | "v_prediction" => "v_prediction",
