@@ -22,6 +22,7 @@ use textual_inversion::models::stable_diffusion::{LoadOptions, WeightOptions};
 use textual_inversion::models::weights::ModelFile;
 use textual_inversion::pipeline::{GenerateOptions, Models};
 use textual_inversion::schedulers;
+use textual_inversion::schedulers::PredictionType;
 
 const TOL: f64 = 1e-4;
 
@@ -178,7 +179,7 @@ fn prediction_type_comes_from_the_flag_the_metadata_or_a_yaml_beside_the_file() 
     let sd1 = dir().join("sd1.safetensors");
     let cfg = dir().join("sd1");
     let prediction = |file: &Path, flag: Option<&str>| {
-        let s = ModelSource { prediction_type: flag.map(String::from), ..source(file, Some(&cfg)) };
+        let s = ModelSource { prediction_type: flag.map(|f| <PredictionType as clap::ValueEnum>::from_str(f, false).unwrap()), ..source(file, Some(&cfg)) };
         let repo = s.resolve().unwrap();
         textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.unwrap_or_else(|| "epsilon".into())
     };
@@ -192,11 +193,11 @@ fn prediction_type_comes_from_the_flag_the_metadata_or_a_yaml_beside_the_file() 
     assert_eq!(prediction(&copy, Some("epsilon")), "epsilon", "the flag wins");
     // SD 2's own scheduler config says v_prediction.
     let sd2 = dir().join("sd2.safetensors");
-    let s = ModelSource { prediction_type: Some("epsilon".into()), ..source(&sd2, Some(&dir().join("sd2"))) };
+    let s = ModelSource { prediction_type: Some(PredictionType::Epsilon), ..source(&sd2, Some(&dir().join("sd2"))) };
     let repo = s.resolve().unwrap();
     assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_deref(), Some("epsilon"));
     // The flag applies to diffusers folders too.
-    let folder = ModelSource { prediction_type: Some("v_prediction".into()), ..ModelSource::new(fixtures().join("tiny-sd").display().to_string()) };
+    let folder = ModelSource { prediction_type: Some(PredictionType::VPrediction), ..ModelSource::new(fixtures().join("tiny-sd").display().to_string()) };
     let repo = folder.resolve().unwrap();
     assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_deref(), Some("v_prediction"));
     let plain = ModelSource::new(fixtures().join("tiny-sd").display().to_string()).resolve().unwrap();

@@ -100,8 +100,8 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
     }
     // The scheduler config carries the prediction type the checkpoint is read with.
     let mut scheduler: serde_json::Value = config::read(&repo.require("scheduler/scheduler_config.json")?)?;
-    if let (Some((p, _)), Some(obj)) = (repo.prediction_override(), scheduler.as_object_mut()) {
-        obj.insert("prediction_type".into(), serde_json::Value::String(p));
+    if let (Some(p), Some(obj)) = (repo.prediction_override(), scheduler.as_object_mut()) {
+        obj.insert("prediction_type".into(), serde_json::Value::String(p.value.name().into()));
     }
     let path = out.join("scheduler/scheduler_config.json");
     std::fs::create_dir_all(out.join("scheduler"))?;

@@ -48,9 +48,9 @@ pub struct ModelFileArgs {
     /// or SDXL base), as diffusers' `from_single_file(config=...)`.
     #[arg(long)]
     pub config: Option<String>,
-    /// epsilon or v_prediction: overrides the scheduler config's (and what a single file says).
-    #[arg(long = "prediction_type", value_parser = ["epsilon", "v_prediction", "sample"])]
-    pub prediction_type: Option<String>,
+    /// What the model predicts, overriding the scheduler config (and what a single file says).
+    #[arg(long = "prediction_type", value_enum)]
+    pub prediction_type: Option<crate::schedulers::PredictionType>,
 }
 
 impl ModelFileArgs {
@@ -59,7 +59,7 @@ impl ModelFileArgs {
             name_or_path: name_or_path.to_string(),
             revision,
             config: self.config.clone(),
-            prediction_type: self.prediction_type.clone(),
+            prediction_type: self.prediction_type,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! through `hf-hub` — the user's existing cache first (`HF_HUB_CACHE`, `HF_HOME`), then a
 //! download unless offline (`HF_HUB_OFFLINE=1`) — and which weight files to load (variants,
 //! safetensors before pickles, sharded checkpoints), as diffusers chooses them.
+use crate::schedulers::{PredictionOverride, PredictionType};
 use anyhow::{bail, Context, Result};
 use hf_hub::{Repo, RepoType};
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ pub struct ModelSource {
     /// and tokenizers it is read with (default: the bundled ones for its type).
     pub config: Option<String>,
     /// `--prediction_type`: overrides the scheduler config's (and a single file's own).
-    pub prediction_type: Option<String>,
+    pub prediction_type: Option<PredictionType>,
 }
 
 impl ModelSource {
@@ -53,7 +54,7 @@ impl ModelSource {
                 Some(c) => Some(ModelRepo::resolve(c, None, &hub).with_context(|| format!("--config {c}"))?),
                 None => None,
             };
-            let file = super::single_file::SingleFile::open(path, config, self.prediction_type.as_deref())?;
+            let file = super::single_file::SingleFile::open(path, config, self.prediction_type)?;
             return Ok(ModelRepo::SingleFile(Box::new(file)));
         }
         if self.config.is_some() {
@@ -61,7 +62,7 @@ impl ModelSource {
         }
         let repo = ModelRepo::resolve(&self.name_or_path, self.revision.as_deref(), &hub)?;
         Ok(match &self.prediction_type {
-            Some(p) => ModelRepo::Overridden { inner: Box::new(repo), prediction_type: p.clone() },
+            Some(p) => ModelRepo::Overridden { inner: Box::new(repo), prediction_type: *p },
             None => repo,
         })
     }
@@ -85,7 +86,7 @@ pub enum ModelRepo {
     /// A folder or Hub model read with `--prediction_type`.
     Overridden {
         inner: Box<ModelRepo>,
-        prediction_type: String,
+        prediction_type: PredictionType,
     },
 }
 
@@ -141,10 +142,10 @@ impl ModelRepo {
     }
 
     /// The prediction type that replaces the scheduler config's, and why.
-    pub fn prediction_override(&self) -> Option<(String, String)> {
+    pub fn prediction_override(&self) -> Option<PredictionOverride> {
         match self {
             ModelRepo::SingleFile(f) => f.prediction_type.clone(),
-            ModelRepo::Overridden { prediction_type, .. } => Some((prediction_type.clone(), "--prediction_type".into())),
+            ModelRepo::Overridden { prediction_type, .. } => Some(PredictionOverride { value: *prediction_type, source: "--prediction_type".into() }),
             _ => None,
         }
     }

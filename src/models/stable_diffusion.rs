@@ -214,8 +214,8 @@ fn check_widths(repo: &ModelRepo, text: &ClipTextModel, text_2: Option<&ClipText
 pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
     let path = repo.require("scheduler/scheduler_config.json")?;
     let mut config = SchedulerConfig::read(&path)?;
-    if let Some((p, _)) = repo.prediction_override() {
-        config.prediction_type = Some(p);
+    if let Some(p) = repo.prediction_override() {
+        config.prediction_type = Some(p.value.name().to_string());
     }
     Ok(config)
 }

@@ -177,15 +177,24 @@ fn null_is_false<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Err
     Ok(Some(Option::<bool>::deserialize(d)?.unwrap_or(false)))
 }
 
-/// Which quantity the model predicts (`prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which quantity the model predicts (`prediction_type`; also `--prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PredictionType {
     /// The noise (SD 1.x).
     Epsilon,
     /// v = alpha_t * noise - sigma_t * x0 (SD 2.x 768 px).
+    #[value(name = "v_prediction")]
     VPrediction,
     /// The clean sample x0.
     Sample,
+}
+
+/// A prediction type that replaces the scheduler config's, and where it comes from (the flag,
+/// a single file's metadata, a `.yaml` beside it, ...), for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PredictionOverride {
+    pub value: PredictionType,
+    pub source: String,
 }
 
 impl PredictionType {

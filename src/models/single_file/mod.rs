@@ -13,6 +13,7 @@ use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
 use super::repo::ModelRepo;
 use super::stable_diffusion::Family;
 use super::weights::{ModelFile, Placement, View, Weights};
+use crate::schedulers::{PredictionOverride, PredictionType};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -57,13 +58,13 @@ pub struct SingleFile {
     pub config: Box<ModelRepo>,
     /// The prediction type the scheduler config is overridden with (`--prediction_type`, or
     /// what the file says), and why.
-    pub prediction_type: Option<(String, String)>,
+    pub prediction_type: Option<PredictionOverride>,
 }
 
 impl SingleFile {
     /// Opens `path`; `config`: the diffusers folder (or Hub id) to take configs from;
     /// `prediction_type`: `--prediction_type`.
-    pub fn open(path: &Path, config: Option<ModelRepo>, prediction_type: Option<&str>) -> Result<Self> {
+    pub fn open(path: &Path, config: Option<ModelRepo>, prediction_type: Option<PredictionType>) -> Result<Self> {
         let model_file = ModelFile::open(path)?;
         let arch = detect(&model_file)?;
         let config = match config {
@@ -80,11 +81,11 @@ impl SingleFile {
             }
         };
         let prediction_type = match prediction_type {
-            Some(p) => Some((p.to_string(), "--prediction_type".to_string())),
+            Some(value) => Some(PredictionOverride { value, source: "--prediction_type".to_string() }),
             None => file_prediction_type(path, &model_file, arch),
         };
-        if let Some((p, why)) = &prediction_type {
-            tracing::info!("prediction type {p} ({why})");
+        if let Some(p) = &prediction_type {
+            tracing::info!("prediction type {} ({})", p.value.name(), p.source);
         }
         Ok(SingleFile { path: path.to_path_buf(), model_file, arch, config: Box::new(config), prediction_type })
     }
@@ -200,17 +201,18 @@ pub fn detect(ck: &ModelFile) -> Result<Arch> {
 /// (`modelspec.prediction_type`), a `parameterization` line in a `.yaml` of the same name beside
 /// it (the web UI's convention), kohya's `v_pred` marker key, and for SD 2 diffusers' rule
 /// (`global_step` 875000, the 512-px base model, is epsilon). None: the config's.
-fn file_prediction_type(path: &Path, ck: &ModelFile, arch: Arch) -> Option<(String, String)> {
+fn file_prediction_type(path: &Path, ck: &ModelFile, arch: Arch) -> Option<PredictionOverride> {
+    let says = |value, source: String| Some(PredictionOverride { value, source });
     if let Some(p) = ck.metadata.get("modelspec.prediction_type") {
         let p = match p.as_str() {
-            "v" | "v_prediction" => "v_prediction",
-            "epsilon" | "eps" => "epsilon",
+            "v" | "v_prediction" => PredictionType::VPrediction,
+            "epsilon" | "eps" => PredictionType::Epsilon,
             other => {
                 tracing::warn!("{}: modelspec.prediction_type {other:?} is not one this tool knows; using the config's", path.display());
                 return None;
             }
         };
-        return Some((p.into(), "the file's modelspec.prediction_type".into()));
+        return says(p, "the file's modelspec.prediction_type".into());
     }
     let yaml = path.with_extension("yaml");
     // Read only when it is a regular file (a FIFO or device there would never end), and small.
@@ -223,13 +225,13 @@ fn file_prediction_type(path: &Path, ck: &ModelFile, arch: Arch) -> Option<(Stri
             let l = l.trim();
             l.strip_prefix("parameterization:").is_some_and(|v| matches!(v.trim().trim_matches(['"', '\'']), "v"))
         });
-        return Some(((if v { "v_prediction" } else { "epsilon" }).into(), format!("{}", yaml.display())));
+        return says(if v { PredictionType::VPrediction } else { PredictionType::Epsilon }, yaml.display().to_string());
     }
     if ck.tensors().contains("v_pred") {
-        return Some(("v_prediction".into(), "the file's v_pred key".into()));
+        return says(PredictionType::VPrediction, "the file's v_pred key".into());
     }
     if arch == Arch::Sd2 && ck.global_step == Some(875_000) {
-        return Some(("epsilon".into(), "global_step 875000: SD 2 base, as diffusers decides".into()));
+        return says(PredictionType::Epsilon, "global_step 875000: SD 2 base, as diffusers decides".into());
     }
     None
 }
