@@ -56,27 +56,7 @@ pub fn remove_tracked() -> usize {
 
 /// What kind of non-regular file `m` describes, for error messages.
 fn kind_name(m: &std::fs::Metadata) -> &'static str {
-    let t = m.file_type();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_block_device() || t.is_char_device() {
-            return "a device node";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_dir() {
-        "a folder"
-    } else {
-        "not a regular file"
-    }
+    crate::regular::describe(&m.file_type())
 }
 
 /// Whether `path` may be replaced: it does not exist, or it is a regular file (not a link to

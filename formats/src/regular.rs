@@ -59,7 +59,8 @@ pub fn read_to_string(path: &Path, max_bytes: u64) -> Result<String> {
     String::from_utf8(read(path, max_bytes)?).map_err(|e| Error::format(path.display().to_string(), format!("not UTF-8 text: {e}")))
 }
 
-fn describe(kind: &std::fs::FileType) -> &'static str {
+/// What kind of file `kind` is, for errors that refuse it ("a FIFO", "a symbolic link", ...).
+pub(crate) fn describe(kind: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileTypeExt;
@@ -76,7 +77,9 @@ fn describe(kind: &std::fs::FileType) -> &'static str {
             return "a socket";
         }
     }
-    if kind.is_dir() {
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
         "a folder"
     } else {
         "not a plain file"
