@@ -13,12 +13,10 @@ copy() {  # seeds named after their folder too, so equal file names do not colli
   local d=$1; shift
   for f in "$@"; do cp "$f" "$d/$(basename "$(dirname "$f")")-$(basename "$f")"; done
 }
-seed() {
-  local t=$1 d=fuzz/corpus/$1; mkdir -p "$d"
-  case $t in
-    pickle) python3 - "$d" <<'PY'
+data_pkls() {  # DIR GLOB...: the data.pkl of every torch.save zip the globs match
+  python3 - "$@" <<'PY'
 import sys, zipfile, glob, os
-for f in glob.glob("fixtures/*/*.pt") + glob.glob("fixtures/*/*.bin"):
+for f in [f for g in sys.argv[2:] for f in glob.glob(g)]:
     try:
         z = zipfile.ZipFile(f)
     except zipfile.BadZipFile:
@@ -27,20 +25,19 @@ for f in glob.glob("fixtures/*/*.pt") + glob.glob("fixtures/*/*.bin"):
         if n.endswith("data.pkl"):
             open(os.path.join(sys.argv[1], os.path.basename(f) + ".pkl"), "wb").write(z.read(n))
 PY
-    ;;
-    checkpoint) python3 - "$d" <<'PY'
-# Every pickle of the fixtures (the SD 1.x training checkpoint's included), and checkpoint-style
-# pickles naming Lightning, OmegaConf and numpy classes (stand-ins: nothing is imported).
-import sys, zipfile, glob, os, pickle, types, collections
+}
+seed() {
+  local t=$1 d=fuzz/corpus/$1; mkdir -p "$d"
+  case $t in
+    pickle) data_pkls "$d" 'fixtures/*/*.pt' 'fixtures/*/*.bin' ;;
+    checkpoint)
+      # Every pickle of the fixtures (the SD 1.x training checkpoint's included), and
+      # checkpoint-style pickles naming Lightning, OmegaConf and numpy classes (stand-ins:
+      # nothing is imported).
+      data_pkls "$d" 'fixtures/*/*.pt' 'fixtures/*/*.bin' 'fixtures/*/*.ckpt'
+      python3 - "$d" <<'PY'
+import sys, os, pickle, types, collections
 out = sys.argv[1]
-for f in glob.glob("fixtures/*/*.pt") + glob.glob("fixtures/*/*.bin") + glob.glob("fixtures/*/*.ckpt"):
-    try:
-        z = zipfile.ZipFile(f)
-    except zipfile.BadZipFile:
-        continue
-    for n in z.namelist():
-        if n.endswith("data.pkl"):
-            open(os.path.join(out, os.path.basename(f) + ".pkl"), "wb").write(z.read(n))
 def stub(module, name):
     parts = module.split(".")
     for i in range(1, len(parts) + 1):  # pickle imports the module, so its parents too
