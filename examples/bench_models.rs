@@ -2,7 +2,8 @@
 //! UNet forward at 512 px, on the same SD 1.5-shaped folder diffusers loads. Prints JSON.
 use std::time::Instant;
 use tch::{Kind, Tensor};
-use textual_inversion::models::repo::{HubOptions, ModelRepo};
+use textual_inversion::models::files::HubOptions;
+use textual_inversion::models::repo::ModelRepo;
 use textual_inversion::models::stable_diffusion::{load_text_encoder, load_unet, load_vae, WeightOptions};
 use textual_inversion::models::weights::Placement;
 

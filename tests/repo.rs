@@ -7,7 +7,8 @@ use tch::{Kind, Tensor};
 use textual_inversion::formats::safetensors_io;
 use textual_inversion::formats::DType;
 use textual_inversion::models::config::{self, UNetConfig};
-use textual_inversion::models::repo::{HubOptions, ModelRepo};
+use textual_inversion::models::files::HubOptions;
+use textual_inversion::models::repo::ModelRepo;
 use textual_inversion::models::unet::UNet2DConditionModel;
 use textual_inversion::models::weights::{Placement, Weights};
 

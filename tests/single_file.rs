@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 use textual_inversion::device::Precision;
-use textual_inversion::models::repo::{HubOptions, ModelRepo, ModelSource};
+use textual_inversion::models::files::HubOptions;
+use textual_inversion::models::repo::{ModelRepo, ModelSource};
 use textual_inversion::models::single_file::{defaults, Arch};
 use textual_inversion::models::stable_diffusion::{LoadOptions, WeightOptions};
 use textual_inversion::models::weights::ModelFile;
@@ -100,7 +101,7 @@ fn a_lightning_ckpt_holds_the_same_tensors_and_generates_the_same_image() {
     let a = source(&dir().join("sd1.safetensors"), Some(&cfg)).resolve().unwrap();
     let b = source(&dir().join("sd1.ckpt"), Some(&cfg)).resolve().unwrap();
     for component in ["unet", "vae", "text_encoder"] {
-        let (wa, wb) = (a.single_file().unwrap().weights(component, placement()).unwrap(), b.single_file().unwrap().weights(component, placement()).unwrap());
+        let (wa, wb) = (a.single_file_weights(component, placement()).unwrap().unwrap(), b.single_file_weights(component, placement()).unwrap().unwrap());
         assert_eq!(wa.keys(), wb.keys(), "{component}");
         for k in wa.keys() {
             assert!(wa.stored_tensor(k).unwrap().equal(&wb.stored_tensor(k).unwrap()), "{component}: {k}");
@@ -210,7 +211,7 @@ fn bundled_configs_are_written_once_and_read_without_network() {
     for arch in [Arch::Sd1, Arch::Sd2, Arch::Xl] {
         let folder = defaults::folder_in(tmp.path(), arch).unwrap();
         assert!(folder.starts_with(tmp.path()), "{}", folder.display());
-        let repo = ModelRepo::Local(folder.clone());
+        let repo = ModelRepo::local(folder.clone());
         use textual_inversion::models::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
         let unet: UNetConfig = config::read(&folder.join("unet/config.json")).unwrap();
         unet.validate(&folder.join("unet/config.json")).unwrap();

@@ -137,7 +137,8 @@ fn full_pipeline_loads_with_the_new_tokens() {
     let out = dir.path().join("full");
     ok(train(&out, &["--max_train_steps", "2", "--save_as_full_pipeline"]));
     // Our own loader reads it as a model: the tokens are there, the rows are the trained ones.
-    use textual_inversion::models::repo::{HubOptions, ModelRepo};
+    use textual_inversion::models::files::HubOptions;
+    use textual_inversion::models::repo::ModelRepo;
     use textual_inversion::models::stable_diffusion::{self as sd, WeightOptions};
     let model = ModelRepo::resolve(out.to_str().unwrap(), None, &HubOptions::default()).unwrap();
     let tok = sd::load_tokenizer(&model).unwrap();

@@ -59,14 +59,14 @@ pub fn run(args: ConvertModelArgs) -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e).with_context(|| format!("moving the converted model to {}", args.output.display()));
     }
-    tracing::info!("wrote {} ({}, from {})", args.output.display(), file.arch.name(), file.describe());
+    tracing::info!("wrote {} ({}, from {})", args.output.display(), file.arch.name(), repo.describe());
     Ok(())
 }
 
 /// Writes the configs, tokenizers and weights of `file` (read as `repo`) into `out`.
 fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Kind>) -> Result<()> {
     let family = sd::family(repo)?;
-    file.check_family(family)?;
+    repo.check_pipeline(family.is_xl())?;
     let components = family.components();
     // model_index.json names only what the folder holds: a safety checker or feature extractor
     // the config lists is written as absent ([null, null]), as save_pretrained does for a
@@ -100,7 +100,7 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
     }
     // The scheduler config carries the prediction type the checkpoint is read with.
     let mut scheduler: serde_json::Value = config::read(&repo.require("scheduler/scheduler_config.json")?)?;
-    if let (Some(p), Some(obj)) = (repo.prediction_override(), scheduler.as_object_mut()) {
+    if let (Some(p), Some(obj)) = (&repo.prediction_type, scheduler.as_object_mut()) {
         obj.insert("prediction_type".into(), serde_json::Value::String(p.value.name().into()));
     }
     let path = out.join("scheduler/scheduler_config.json");
@@ -115,7 +115,8 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
 /// Checks that `component` builds from the checkpoint (every tensor its config needs, none
 /// mis-shaped), then writes its tensors under diffusers' names.
 fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &Path, kind: Option<Kind>) -> Result<()> {
-    let weights = file.weights(component, Placement::cpu_f32())?;
+    let config = repo.require(&format!("{component}/config.json"))?;
+    let weights = file.weights(component, &config, Placement::cpu_f32())?;
     // From the header: nothing is read before the model check below has compared every
     // tensor's shape with the config's (a stored view can claim terabytes).
     let stored_kind = weights.keys().first().and_then(|k| weights.stored_dtype(k)).map(crate::tensors::kind).unwrap_or(Kind::Float);

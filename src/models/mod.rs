@@ -1,16 +1,18 @@
-//! Stable Diffusion's parts on libtorch, loaded from a diffusers model folder. One file per
+//! Stable Diffusion's parts (SD 1.x, 2.x and SDXL) on libtorch. One file per
 //! diffusers/transformers module; tensor names equal the checkpoint keys.
 //!
-//! Where a second model family slots in (SDXL): its second text encoder is a CLIP text model
-//! with a `text_projection` (transformers' `CLIPTextModelWithProjection`) — `clip.rs`, beside
-//! `ClipTextModel`; its added conditioning (`add_time_proj`, `add_embedding`) is a sinusoidal
-//! projection and an MLP, as the timestep's — `timestep_embedding.rs`, read by `unet.rs` when
-//! `addition_embed_type` is `text_time`; its components (`tokenizer_2`, `text_encoder_2`) load
-//! in `stable_diffusion.rs` next to the others.
+//! Loading runs one way: [`files`] finds a model's files (a folder, or the Hub), [`weights`]
+//! and [`single_file`] read tensors, [`repo`] puts those together into the one model value
+//! (where the files are, how they are laid out, any prediction-type override), and
+//! [`stable_diffusion`] builds the modules from it. SDXL's second encoder is the CLIP text
+//! model with its `text_projection` (`clip.rs`); its added conditioning is in
+//! `timestep_embedding.rs`, read by `unet.rs` when `addition_embed_type` is `text_time`.
 pub mod attention;
 pub mod clip;
 pub mod config;
+pub mod files;
 pub mod nn;
+pub mod prediction;
 pub mod repo;
 pub mod resnet;
 pub mod single_file;

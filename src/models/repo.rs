@@ -1,31 +1,15 @@
-//! Where a model's files come from: a local diffusers folder, or a Hugging Face Hub id resolved
-//! through `hf-hub` — the user's existing cache first (`HF_HUB_CACHE`, `HF_HOME`), then a
-//! download unless offline (`HF_HUB_OFFLINE=1`) — and which weight files to load (variants,
-//! safetensors before pickles, sharded checkpoints), as diffusers chooses them.
-use crate::schedulers::{PredictionOverride, PredictionType};
+//! A model as the loaders read it: where its files come from ([`ModelFiles`]: a local folder
+//! or a Hub id), how they are laid out ([`Layout`]: a diffusers folder, or one original-layout
+//! checkpoint read with a config folder's configs and tokenizers) and the prediction type that
+//! replaces the scheduler config's, if any. [`ModelSource`] holds the flags that name a model;
+//! [`ModelSource::resolve`] makes the one value every loader takes.
+use super::files::{HubOptions, ModelFiles};
+use super::prediction::PredictionOverride;
+use super::single_file::{defaults, Arch, SingleFile};
+use super::weights::{Placement, Weights};
+use crate::schedulers::PredictionType;
 use anyhow::{bail, Context, Result};
-use hf_hub::{Repo, RepoType};
 use std::path::{Path, PathBuf};
-
-/// How to reach the Hub.
-#[derive(Debug, Clone, Default)]
-pub struct HubOptions {
-    /// Cache folder (the `hub` folder: `models--org--name/...`); default from the environment.
-    pub cache_dir: Option<PathBuf>,
-    /// Never download (`HF_HUB_OFFLINE=1`).
-    pub offline: bool,
-    pub token: Option<String>,
-}
-
-impl HubOptions {
-    /// `HF_HUB_CACHE`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_TOKEN`, as huggingface_hub reads them.
-    pub fn from_env() -> Self {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let cache_dir = env("HF_HUB_CACHE").map(PathBuf::from).or_else(|| env("HF_HOME").map(|h| PathBuf::from(h).join("hub")));
-        let offline = env("HF_HUB_OFFLINE").is_some_and(|v| !matches!(v.as_str(), "0" | "false" | "False"));
-        HubOptions { cache_dir, offline, token: env("HF_TOKEN") }
-    }
-}
 
 /// `--pretrained_model_name_or_path` and `--revision`: where a model comes from.
 #[derive(Debug, Clone, Default)]
@@ -49,157 +33,113 @@ impl ModelSource {
     pub fn resolve(&self) -> Result<ModelRepo> {
         let hub = HubOptions::from_env();
         let path = Path::new(&self.name_or_path);
+        let flag = self.prediction_type.map(PredictionOverride::flag);
         if path.is_file() {
-            let config = match &self.config {
-                Some(c) => Some(ModelRepo::resolve(c, None, &hub).with_context(|| format!("--config {c}"))?),
-                None => None,
+            let file = SingleFile::open(path)?;
+            let files = match &self.config {
+                Some(c) => ModelFiles::resolve(c, None, &hub).with_context(|| format!("--config {c}"))?,
+                None => {
+                    let dir = defaults::folder(file.arch)?;
+                    tracing::info!(
+                        "{}: {} checkpoint, read with the bundled configs of {} (give --config DIR for another)",
+                        path.display(),
+                        file.arch.name(),
+                        defaults::source(file.arch)
+                    );
+                    ModelFiles::Local(dir)
+                }
             };
-            let file = super::single_file::SingleFile::open(path, config, self.prediction_type)?;
-            return Ok(ModelRepo::SingleFile(Box::new(file)));
+            let prediction_type = flag.or_else(|| file.own_prediction_type());
+            if let Some(p) = &prediction_type {
+                tracing::info!("prediction type {} ({})", p.value.name(), p.source);
+            }
+            return Ok(ModelRepo { files, layout: Layout::SingleFile(Box::new(file)), prediction_type });
         }
         if self.config.is_some() {
             bail!("--config is for single-file checkpoints; {} is not a file", self.name_or_path);
         }
-        let repo = ModelRepo::resolve(&self.name_or_path, self.revision.as_deref(), &hub)?;
-        Ok(match &self.prediction_type {
-            Some(p) => ModelRepo::Overridden { inner: Box::new(repo), prediction_type: *p },
-            None => repo,
-        })
+        let files = ModelFiles::resolve(&self.name_or_path, self.revision.as_deref(), &hub)?;
+        Ok(ModelRepo { files, layout: Layout::Diffusers, prediction_type: flag })
     }
 }
 
-/// A model: a local folder, a Hub repository at a revision, or a single-file checkpoint.
-// One per run (or per --config): the Hub variant's size does not matter, boxing it would only
-// add indirection to every match.
-#[allow(clippy::large_enum_variant)]
-pub enum ModelRepo {
-    Local(PathBuf),
-    Hub {
-        id: String,
-        revision: String,
-        cache: hf_hub::Cache,
-        snapshot: Option<PathBuf>,
-        api: Option<hf_hub::api::sync::ApiRepo>,
-    },
-    /// An original-layout checkpoint; its configs and tokenizers are those of its config folder.
-    SingleFile(Box<super::single_file::SingleFile>),
-    /// A folder or Hub model read with `--prediction_type`.
-    Overridden {
-        inner: Box<ModelRepo>,
-        prediction_type: PredictionType,
-    },
+/// How a model's weights are stored.
+pub enum Layout {
+    /// Each component's weights in its subfolder, as `save_pretrained` writes them.
+    Diffusers,
+    /// Every tensor in one original-layout checkpoint; configs and tokenizers from the files.
+    SingleFile(Box<SingleFile>),
+}
+
+/// A resolved model: the one value `generate`, `train` and `convert-model` load from.
+pub struct ModelRepo {
+    /// Configs, tokenizers and (for [`Layout::Diffusers`]) weights.
+    pub files: ModelFiles,
+    pub layout: Layout,
+    /// Replaces the scheduler config's `prediction_type` (`--prediction_type`, or what a
+    /// single file says of itself).
+    pub prediction_type: Option<PredictionOverride>,
 }
 
 impl ModelRepo {
-    /// Resolves `--pretrained_model_name_or_path`: an existing folder, else a Hub id.
+    /// A diffusers model: an existing folder, else a Hub id; nothing overridden.
     pub fn resolve(name: &str, revision: Option<&str>, hub: &HubOptions) -> Result<Self> {
-        let path = Path::new(name);
-        if path.is_dir() {
-            return Ok(ModelRepo::Local(path.to_path_buf()));
-        }
-        if path.exists() {
-            bail!("{name} is a file; expected a diffusers model folder or a Hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5");
-        }
-        let looks_like_id = name.split('/').count() == 2 && !name.starts_with('.') && !name.contains("..");
-        if !looks_like_id {
-            bail!("no folder named {name}, and it is not a Hub id (org/name)");
-        }
-        let revision = revision.unwrap_or("main").to_string();
-        let cache = hf_hub::Cache::new(hub.cache_dir.clone().unwrap_or_else(|| hf_hub::Cache::from_env().path().clone()));
-        // A commit hash has no ref file: use its snapshot folder directly.
-        let snapshot = cache.path().join(format!("models--{}", name.replace('/', "--"))).join("snapshots").join(&revision);
-        let snapshot = snapshot.is_dir().then_some(snapshot);
-        let api = if hub.offline {
-            None
-        } else {
-            let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-                .with_token(hub.token.clone())
-                .with_progress(true)
-                .build()
-                .context("setting up the Hub client")?;
-            Some(api.repo(Repo::with_revision(name.to_string(), RepoType::Model, revision.clone())))
-        };
-        Ok(ModelRepo::Hub { id: name.to_string(), revision, cache, snapshot, api })
+        Ok(Self::diffusers(ModelFiles::resolve(name, revision, hub)?))
+    }
+
+    /// A diffusers folder on disk; nothing overridden.
+    pub fn local(folder: impl Into<PathBuf>) -> Self {
+        Self::diffusers(ModelFiles::Local(folder.into()))
+    }
+
+    fn diffusers(files: ModelFiles) -> Self {
+        ModelRepo { files, layout: Layout::Diffusers, prediction_type: None }
     }
 
     /// Human-readable name for messages.
     pub fn describe(&self) -> String {
-        match self {
-            ModelRepo::Local(p) => p.display().to_string(),
-            ModelRepo::Hub { id, revision, .. } => format!("{id}@{revision}"),
-            ModelRepo::SingleFile(f) => f.describe(),
-            ModelRepo::Overridden { inner, .. } => inner.describe(),
+        match &self.layout {
+            Layout::Diffusers => self.files.describe(),
+            Layout::SingleFile(f) => format!("{} (configs from {})", f.path.display(), self.files.describe()),
         }
     }
 
     /// The single-file checkpoint this is, if it is one.
-    pub fn single_file(&self) -> Option<&super::single_file::SingleFile> {
-        match self {
-            ModelRepo::SingleFile(f) => Some(f),
-            ModelRepo::Overridden { inner, .. } => inner.single_file(),
-            _ => None,
+    pub fn single_file(&self) -> Option<&SingleFile> {
+        match &self.layout {
+            Layout::SingleFile(f) => Some(f),
+            Layout::Diffusers => None,
         }
     }
 
-    /// The prediction type that replaces the scheduler config's, and why.
-    pub fn prediction_override(&self) -> Option<PredictionOverride> {
-        match self {
-            ModelRepo::SingleFile(f) => f.prediction_type.clone(),
-            ModelRepo::Overridden { prediction_type, .. } => Some(PredictionOverride { value: *prediction_type, source: "--prediction_type".into() }),
-            _ => None,
+    /// The model's own folder on disk, if it has one: a local diffusers folder or a Hub
+    /// snapshot (a single file's config folder is not its own).
+    pub fn model_folder(&self) -> Option<&Path> {
+        match self.layout {
+            Layout::Diffusers => self.files.local_folder(),
+            Layout::SingleFile(_) => None,
         }
     }
 
-    /// The local path of `file` (e.g. `unet/config.json`), downloading it if needed and
-    /// allowed; `Ok(None)` if the model has no such file.
+    /// The local path of `file` (e.g. `unet/config.json`); see [`ModelFiles::get`].
     pub fn get(&self, file: &str) -> Result<Option<PathBuf>> {
-        match self {
-            ModelRepo::SingleFile(f) => f.config.get(file),
-            ModelRepo::Overridden { inner, .. } => inner.get(file),
-            ModelRepo::Local(root) => {
-                // Anything there but a folder is the file: its reader refuses what is not a
-                // regular file (a FIFO, a link to a device) by name, rather than this saying
-                // the model has no such file.
-                let p = root.join(file);
-                Ok((p.exists() && !p.is_dir()).then_some(p))
-            }
-            ModelRepo::Hub { cache, id, revision, snapshot, api } => {
-                if let Some(s) = snapshot {
-                    let p = s.join(file);
-                    if p.exists() && !p.is_dir() {
-                        return Ok(Some(p));
-                    }
-                }
-                let cached = cache.repo(Repo::with_revision(id.clone(), RepoType::Model, revision.clone())).get(file);
-                if cached.is_some() {
-                    return Ok(cached);
-                }
-                match api {
-                    None => Ok(None),
-                    Some(api) => match api.get(file) {
-                        Ok(p) => Ok(Some(p)),
-                        Err(hf_hub::api::sync::ApiError::RequestError(e)) if is_not_found(&e) => Ok(None),
-                        Err(e) => Err(e).with_context(|| format!("downloading {file} from {id}@{revision}")),
-                    },
-                }
-            }
-        }
+        self.files.get(file)
     }
 
     /// Like [`ModelRepo::get`], but the file must exist.
     pub fn require(&self, file: &str) -> Result<PathBuf> {
         match self.get(file)? {
             Some(p) => Ok(p),
-            None => bail!("{} has no {file}{}", self.describe(), self.offline_hint()),
+            None => bail!("{} has no {file}{}", self.describe(), self.files.offline_hint()),
         }
     }
 
-    fn offline_hint(&self) -> &'static str {
-        match self {
-            ModelRepo::Hub { api: None, .. } => " in the local Hugging Face cache (offline: HF_HUB_OFFLINE is set)",
-            ModelRepo::SingleFile(f) => f.config.offline_hint(),
-            ModelRepo::Overridden { inner, .. } => inner.offline_hint(),
-            _ => "",
+    /// A diffusers folder's weight files of `component` ([`ModelFiles::find_weight_files`]);
+    /// a single file has none apart from itself.
+    pub fn find_weight_files(&self, component: &str, variant: Option<&str>, use_safetensors: Option<bool>) -> Result<Result<Vec<PathBuf>, Vec<String>>> {
+        match &self.layout {
+            Layout::Diffusers => self.files.find_weight_files(component, variant, use_safetensors),
+            Layout::SingleFile(f) => Ok(Err(vec![format!("{component}/ (a single-file checkpoint: its tensors are all in {})", f.path.display())])),
         }
     }
 
@@ -214,73 +154,27 @@ impl ModelRepo {
                 self.describe(),
                 variant.map(|v| format!(" in variant {v}")).unwrap_or_default(),
                 tried.join(", "),
-                self.offline_hint()
+                self.files.offline_hint()
             ),
         }
     }
 
-    /// [`ModelRepo::weight_files`], with "none found" as `Ok(Err(files looked for))` rather
-    /// than an error (network and parse failures are still errors).
-    pub fn find_weight_files(&self, component: &str, variant: Option<&str>, use_safetensors: Option<bool>) -> Result<Result<Vec<PathBuf>, Vec<String>>> {
-        match self {
-            ModelRepo::SingleFile(f) => return Ok(Err(vec![format!("{component}/ (a single-file checkpoint: its tensors are all in {})", f.path.display())])),
-            ModelRepo::Overridden { inner, .. } => return inner.find_weight_files(component, variant, use_safetensors),
-            _ => {}
-        }
-        let v = variant.map(|v| format!(".{v}")).unwrap_or_default();
-        let stems: &[&str] = if component.starts_with("text_encoder") { &["model", "pytorch_model"] } else { &["diffusion_pytorch_model"] };
-        let mut candidates = Vec::new();
-        for ext in match use_safetensors {
-            Some(true) => vec!["safetensors"],
-            Some(false) => vec!["bin"],
-            None => vec!["safetensors", "bin"],
-        } {
-            for stem in stems {
-                // transformers names its bins pytorch_model.bin and safetensors model.safetensors.
-                if (ext == "bin" && *stem == "model") || (ext == "safetensors" && *stem == "pytorch_model") {
-                    continue;
-                }
-                candidates.push((format!("{component}/{stem}{v}.{ext}"), false));
-                candidates.push((format!("{component}/{stem}.{ext}.index{v}.json"), true));
-                candidates.push((format!("{component}/{stem}.{ext}.index.json"), true));
-            }
-        }
-        for (file, is_index) in &candidates {
-            let Some(path) = self.get(file)? else { continue };
-            if !is_index {
-                return Ok(Ok(vec![path]));
-            }
-            let shards = shard_files(&path)?;
-            // An un-suffixed index only serves a variant through variant-named shards.
-            if let Some(v) = variant {
-                if !file.contains(&format!(".{v}.")) && !shards.iter().all(|s| s.contains(&format!(".{v}."))) {
-                    continue;
-                }
-            }
-            return shards.iter().map(|s| self.require(&format!("{component}/{s}"))).collect::<Result<_>>().map(Ok);
-        }
-        Ok(Err(candidates.into_iter().filter(|(_, idx)| !idx).map(|(f, _)| f).collect()))
+    /// A single file's `component` under diffusers' names, laid out by the config folder's
+    /// `component/config.json`; `None` for a diffusers folder.
+    pub fn single_file_weights(&self, component: &str, placement: Placement) -> Result<Option<Weights>> {
+        let Some(file) = self.single_file() else { return Ok(None) };
+        let config = self.require(&format!("{component}/config.json"))?;
+        file.weights(component, &config, placement).map(Some)
     }
-}
 
-/// A file the repository does not have (the Hub answers 404), as opposed to a network failure.
-fn is_not_found(e: &ureq::Error) -> bool {
-    matches!(e, ureq::Error::Status(404, _))
-}
-
-/// The distinct shard files a `*.index.json` lists.
-fn shard_files(index: &Path) -> Result<Vec<String>> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        weight_map: std::collections::BTreeMap<String, String>,
+    /// Fails when the configs' pipeline is not a single file's own (an SDXL checkpoint read with
+    /// SD configs, or the reverse); a diffusers folder always passes.
+    pub fn check_pipeline(&self, is_xl: bool) -> Result<()> {
+        let Some(file) = self.single_file() else { return Ok(()) };
+        if is_xl != (file.arch == Arch::Xl) {
+            let pipeline = if is_xl { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" };
+            bail!("{} is a {} checkpoint but its configs ({}) are a {pipeline}", file.path.display(), file.arch.name(), self.files.describe());
+        }
+        Ok(())
     }
-    let text = crate::formats::regular::read_to_string(index, crate::formats::regular::CONFIG_MAX_BYTES)?;
-    let idx: Index = serde_json::from_str(&text).with_context(|| format!("{}: not a checkpoint index", index.display()))?;
-    let mut files: Vec<String> = idx.weight_map.into_values().collect();
-    files.sort();
-    files.dedup();
-    if let Some(bad) = files.iter().find(|f| f.contains('/') || f.contains("..")) {
-        bail!("{}: shard name {bad:?} points outside the folder", index.display());
-    }
-    Ok(files)
 }

@@ -91,7 +91,7 @@ pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Components> {
             if weights.variant.is_some() {
                 tracing::warn!("--variant does not apply to a single-file checkpoint ({}): ignored", file.path.display());
             }
-            file.check_family(family)?;
+            repo.check_pipeline(family.is_xl())?;
         }
         None => check_variant(repo, weights, family.components())?,
     }
@@ -102,7 +102,7 @@ pub fn load(repo: &ModelRepo, options: &LoadOptions) -> Result<Components> {
                 "reading {} as {} with the configs of {}: a model of other shapes needs --config DIR (a diffusers folder of its architecture)",
                 file.path.display(),
                 file.arch.name(),
-                file.config.describe()
+                repo.files.describe()
             )
         }),
         None => parts,
@@ -214,7 +214,7 @@ fn check_widths(repo: &ModelRepo, text: &ClipTextModel, text_2: Option<&ClipText
 pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
     let path = repo.require("scheduler/scheduler_config.json")?;
     let mut config = SchedulerConfig::read(&path)?;
-    if let Some(p) = repo.prediction_override() {
+    if let Some(p) = &repo.prediction_type {
         config.prediction_type = Some(p.value.name().to_string());
     }
     Ok(config)
@@ -257,8 +257,8 @@ pub fn check_variant(repo: &ModelRepo, opts: &WeightOptions, components: &[&str]
 }
 
 fn load_weights(repo: &ModelRepo, component: &str, opts: &WeightOptions, placement: Placement) -> Result<Weights> {
-    if let Some(file) = repo.single_file() {
-        return file.weights(component, placement);
+    if let Some(weights) = repo.single_file_weights(component, placement)? {
+        return Ok(weights);
     }
     let mut variant = opts.variant.as_deref();
     if let Some(v) = variant {

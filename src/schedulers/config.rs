@@ -189,14 +189,6 @@ pub enum PredictionType {
     Sample,
 }
 
-/// A prediction type that replaces the scheduler config's, and where it comes from (the flag,
-/// a single file's metadata, a `.yaml` beside it, ...), for the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PredictionOverride {
-    pub value: PredictionType,
-    pub source: String,
-}
-
 impl PredictionType {
     pub fn name(self) -> &'static str {
         match self {

@@ -40,7 +40,7 @@ use std::fmt;
 use std::str::FromStr;
 use tch::{Device, Kind, Tensor};
 
-pub use config::{PredictionOverride, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use config::{PredictionType, SchedulerConfig, TimestepSpacing};
 pub use ddpm::DdpmScheduler;
 
 /// An inference sampler. Timesteps are f64 holding diffusers' exact values: integers for PNDM,

@@ -8,20 +8,10 @@ use super::on_update::trigger_name;
 use crate::formats::atomic;
 use crate::models::repo::ModelRepo;
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Names listed before "and N more" in the warning about replaced files.
 const LISTED: usize = 8;
-
-/// The model's folder on disk, if it has one (a local folder, or a Hub snapshot).
-fn model_folder(repo: &ModelRepo) -> Option<PathBuf> {
-    match repo {
-        ModelRepo::Local(p) => Some(p.clone()),
-        ModelRepo::Hub { snapshot, .. } => snapshot.clone(),
-        ModelRepo::Overridden { inner, .. } => model_folder(inner),
-        ModelRepo::SingleFile(_) => None,
-    }
-}
 
 fn same_folder(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
@@ -100,8 +90,8 @@ impl Plan<'_> {
 pub fn prepare(cfg: &TrainConfig, repo: &ModelRepo, xl: bool) -> Result<()> {
     let dir = &cfg.output.dir;
     if cfg.output.save_as_full_pipeline {
-        if let Some(model) = model_folder(repo) {
-            if same_folder(dir, &model) {
+        if let Some(model) = repo.model_folder() {
+            if same_folder(dir, model) {
                 bail!(
                     "--output_dir {} is the model's own folder: --save_as_full_pipeline would replace the model's files with the trained pipeline's. Choose another --output_dir",
                     dir.display()

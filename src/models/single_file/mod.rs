@@ -6,14 +6,16 @@
 //! ([`defaults`]), and each component's tensors are mapped to diffusers' names ([`ldm_keys`])
 //! straight from the mapped file, without a conversion pass. A `.ckpt` is read with the
 //! checkpoint pickle mode: Lightning's objects in it stay inert, nothing is executed.
+//!
+//! This module reads the file alone: which config folder goes with it is the caller's
+//! (`repo::ModelRepo`), and each component's config is handed in when its keys are mapped.
 pub mod defaults;
 pub mod ldm_keys;
 
 use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
-use super::repo::ModelRepo;
-use super::stable_diffusion::Family;
+use super::prediction::{PredictionOverride, PredictionSource};
 use super::weights::{ModelFile, Placement, View, Weights};
-use crate::schedulers::{PredictionOverride, PredictionType};
+use crate::schedulers::PredictionType;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -49,66 +51,30 @@ const SD2_TEXT: &str = "cond_stage_model.model.";
 const XL_TEXT: &str = "conditioner.embedders.0.transformer.";
 const XL_TEXT_2: &str = "conditioner.embedders.1.model.";
 
-/// An opened single-file checkpoint with the configs it is read with.
+/// An opened single-file checkpoint.
 pub struct SingleFile {
     pub path: PathBuf,
     pub model_file: ModelFile,
     pub arch: Arch,
-    /// Where configs and tokenizers come from: `--config DIR` or the bundled defaults.
-    pub config: Box<ModelRepo>,
-    /// The prediction type the scheduler config is overridden with (`--prediction_type`, or
-    /// what the file says), and why.
-    pub prediction_type: Option<PredictionOverride>,
 }
 
 impl SingleFile {
-    /// Opens `path`; `config`: the diffusers folder (or Hub id) to take configs from;
-    /// `prediction_type`: `--prediction_type`.
-    pub fn open(path: &Path, config: Option<ModelRepo>, prediction_type: Option<PredictionType>) -> Result<Self> {
+    pub fn open(path: &Path) -> Result<Self> {
         let model_file = ModelFile::open(path)?;
         let arch = detect(&model_file)?;
-        let config = match config {
-            Some(c) => c,
-            None => {
-                let dir = defaults::folder(arch)?;
-                tracing::info!(
-                    "{}: {} checkpoint, read with the bundled configs of {} (give --config DIR for another)",
-                    path.display(),
-                    arch.name(),
-                    defaults::source(arch)
-                );
-                ModelRepo::Local(dir)
-            }
-        };
-        let prediction_type = match prediction_type {
-            Some(value) => Some(PredictionOverride { value, source: "--prediction_type".to_string() }),
-            None => file_prediction_type(path, &model_file, arch),
-        };
-        if let Some(p) = &prediction_type {
-            tracing::info!("prediction type {} ({})", p.value.name(), p.source);
-        }
-        Ok(SingleFile { path: path.to_path_buf(), model_file, arch, config: Box::new(config), prediction_type })
+        Ok(SingleFile { path: path.to_path_buf(), model_file, arch })
     }
 
-    pub fn describe(&self) -> String {
-        format!("{} (configs from {})", self.path.display(), self.config.describe())
-    }
-
-    /// Fails when the config folder's pipeline is not this checkpoint's (an SDXL file read with
-    /// SD configs, or the reverse).
-    pub fn check_family(&self, family: Family) -> Result<()> {
-        if family.is_xl() != (self.arch == Arch::Xl) {
-            let pipeline = if family.is_xl() { "StableDiffusionXLPipeline" } else { "StableDiffusionPipeline" };
-            bail!("{} is a {} checkpoint but its configs ({}) are a {pipeline}", self.path.display(), self.arch.name(), self.config.describe());
-        }
-        Ok(())
+    /// What the file says of its prediction type (see [`file_prediction_type`]); asked only
+    /// when `--prediction_type` does not decide, since it may read a `.yaml` beside the file.
+    pub fn own_prediction_type(&self) -> Option<PredictionOverride> {
+        file_prediction_type(&self.path, &self.model_file, self.arch)
     }
 
     /// One component's weights (`unet`, `vae`, `text_encoder`, `text_encoder_2`) under
-    /// diffusers' names, laid out by that component's config.
-    pub fn weights(&self, component: &str, placement: Placement) -> Result<Weights> {
+    /// diffusers' names, laid out by that component's config (`config_json`).
+    pub fn weights(&self, component: &str, config_json: &Path, placement: Placement) -> Result<Weights> {
         let ck = &self.model_file;
-        let config_path = |f: &str| self.config.require(&format!("{component}/{f}"));
         let only = |prefix: &'static str, map: KeyMap<'_>| {
             ck.component(component, placement, |k, shape| k.strip_prefix(prefix).map(|r| map(r, shape)).unwrap_or_default())
         };
@@ -116,19 +82,19 @@ impl SingleFile {
         let weights = match component {
             "unet" => {
                 // Validated before its layer counts size the key layout.
-                let cfg: UNetConfig = config::load(&config_path("config.json")?)?;
+                let cfg: UNetConfig = config::load(config_json)?;
                 let blocks = cfg.block_out_channels.len();
                 let layers: Vec<usize> = (0..blocks).map(|b| cfg.layers_per_block.get(b).unwrap_or(2).max(0) as usize).collect();
                 let layout = ldm_keys::UNetLayout::new(&layers);
                 only(UNET, &|k, _| whole(layout.key(k)))?
             }
             "vae" => {
-                let cfg: VaeConfig = config::load(&config_path("config.json")?)?;
+                let cfg: VaeConfig = config::load(config_json)?;
                 let blocks = cfg.block_out_channels.len();
                 only(VAE, &|k, _| whole(ldm_keys::vae_key(k, blocks)))?
             }
             "text_encoder" | "text_encoder_2" => {
-                let cfg: ClipTextConfig = config::load(&config_path("config.json")?)?;
+                let cfg: ClipTextConfig = config::load(config_json)?;
                 let layers = cfg.num_hidden_layers.max(0) as usize;
                 let (prefix, open_clip) = match (component, self.arch) {
                     ("text_encoder", Arch::Sd1) => (SD1_TEXT, false),
@@ -202,7 +168,7 @@ pub fn detect(ck: &ModelFile) -> Result<Arch> {
 /// it (the web UI's convention), kohya's `v_pred` marker key, and for SD 2 diffusers' rule
 /// (`global_step` 875000, the 512-px base model, is epsilon). None: the config's.
 fn file_prediction_type(path: &Path, ck: &ModelFile, arch: Arch) -> Option<PredictionOverride> {
-    let says = |value, source: String| Some(PredictionOverride { value, source });
+    let says = |value, source| Some(PredictionOverride { value, source });
     if let Some(p) = ck.metadata.get("modelspec.prediction_type") {
         let p = match p.as_str() {
             "v" | "v_prediction" => PredictionType::VPrediction,
@@ -212,7 +178,7 @@ fn file_prediction_type(path: &Path, ck: &ModelFile, arch: Arch) -> Option<Predi
                 return None;
             }
         };
-        return says(p, "the file's modelspec.prediction_type".into());
+        return says(p, PredictionSource::Modelspec);
     }
     let yaml = path.with_extension("yaml");
     // Read only when it is a regular file (a FIFO or device there would never end), and small.
@@ -225,13 +191,13 @@ fn file_prediction_type(path: &Path, ck: &ModelFile, arch: Arch) -> Option<Predi
             let l = l.trim();
             l.strip_prefix("parameterization:").is_some_and(|v| matches!(v.trim().trim_matches(['"', '\'']), "v"))
         });
-        return says(if v { PredictionType::VPrediction } else { PredictionType::Epsilon }, yaml.display().to_string());
+        return says(if v { PredictionType::VPrediction } else { PredictionType::Epsilon }, PredictionSource::Yaml(yaml));
     }
     if ck.tensors().contains("v_pred") {
-        return says(PredictionType::VPrediction, "the file's v_pred key".into());
+        return says(PredictionType::VPrediction, PredictionSource::VPredKey);
     }
     if arch == Arch::Sd2 && ck.global_step == Some(875_000) {
-        return says(PredictionType::Epsilon, "global_step 875000: SD 2 base, as diffusers decides".into());
+        return says(PredictionType::Epsilon, PredictionSource::Sd2BaseStep);
     }
     None
 }
