@@ -203,8 +203,9 @@ fn cuda_backend_registers_with_a_cuda_libtorch() {
         .or_else(|| env("HOME").map(|h| h.join(".cache/textual-inversion")));
     let full = env("TI_FULL_LIBTORCH").or_else(|| cache.map(|c| c.join("libtorch-2.11.0-full")));
     let Some(lib) = full.map(|f| f.join("lib")).filter(|l| l.join("libtorch_cuda.so").exists()) else {
-        eprintln!(
-            "skipped cuda_backend_registers_with_a_cuda_libtorch: no CUDA libtorch (TI_FULL_LIBTORCH, or TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh)"
+        common::skip(
+            "cuda_backend_registers_with_a_cuda_libtorch",
+            "no CUDA libtorch (TI_FULL_LIBTORCH, or TI_LIBTORCH_FLAVOR=full scripts/setup-libtorch.sh)",
         );
         return;
     };

@@ -67,6 +67,11 @@ pub fn assert_value(tf: &TorchFile, what: &str, v: &Value, want: &J) {
     }
 }
 
+#[path = "support/skip.rs"]
+mod skip;
+#[allow(unused_imports)]
+pub use skip::skip;
+
 #[path = "support/realworld.rs"]
 mod realworld;
 

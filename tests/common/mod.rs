@@ -36,6 +36,11 @@ pub fn tiny_sd_predicting(prediction: &str, tmp: &Path) -> PathBuf {
     dst
 }
 
+#[path = "../../formats/tests/support/skip.rs"]
+mod skip;
+#[allow(unused_imports)]
+pub use skip::skip;
+
 #[path = "../../formats/tests/support/realworld.rs"]
 mod realworld;
 

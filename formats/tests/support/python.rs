@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 /// `$TI_PYTHON`, else the environment `scripts/dev/python-env.sh` creates
 /// (`${TI_LIBTORCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/textual-inversion}/pyenv-fixtures`), if
-/// it can import every module in `modules`; otherwise None after one line saying what `test`
-/// skips and why.
+/// it can import every module in `modules`; otherwise None after recording that `test` skips
+/// and why (`skip.rs`).
 pub fn reference_python(modules: &[&str], test: &str) -> Option<PathBuf> {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     let cache = env("TI_LIBTORCH_CACHE")
@@ -20,9 +20,12 @@ pub fn reference_python(modules: &[&str], test: &str) -> Option<PathBuf> {
         }
     }
     let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-    eprintln!(
-        "skipped {test}: no Python that can `{import}` (tried {}; run scripts/dev/python-env.sh or set TI_PYTHON)",
-        if tried.is_empty() { "nothing".to_string() } else { tried.join(", ") }
+    super::skip::skip(
+        test,
+        &format!(
+            "no Python that can `{import}` (tried {}; run scripts/dev/python-env.sh or set TI_PYTHON)",
+            if tried.is_empty() { "nothing".to_string() } else { tried.join(", ") }
+        ),
     );
     None
 }
