@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 use textual_inversion::device::Precision;
+use textual_inversion::models::config::Named;
 use textual_inversion::models::files::HubOptions;
 use textual_inversion::models::repo::{ModelRepo, ModelSource};
 use textual_inversion::models::single_file::{defaults, Arch};
@@ -52,7 +53,11 @@ fn close(what: &str, a: &Tensor, b: &Tensor) -> f64 {
 /// Runs `case` on `repo` and compares with its diffusers reference.
 fn check_case(name: &str, case: &serde_json::Value, repo: &ModelRepo) {
     let m = Models::load(repo, &load_options()).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-    assert_eq!(m.scheduler_config.prediction_type.as_deref().unwrap_or("epsilon"), case["prediction_type"].as_str().unwrap(), "{name}: prediction type");
+    assert_eq!(
+        m.scheduler_config.prediction_type.as_ref().map_or("epsilon", Named::name),
+        case["prediction_type"].as_str().unwrap(),
+        "{name}: prediction type"
+    );
     let r: HashMap<String, Tensor> = Tensor::read_safetensors(dir().join(case["ref"].as_str().unwrap())).unwrap().into_iter().collect();
     let o = GenerateOptions {
         prompt: case["prompt"].as_str().unwrap().to_string(),
@@ -182,7 +187,10 @@ fn prediction_type_comes_from_the_flag_the_metadata_or_a_yaml_beside_the_file() 
     let prediction = |file: &Path, flag: Option<&str>| {
         let s = ModelSource { prediction_type: flag.map(|f| <PredictionType as clap::ValueEnum>::from_str(f, false).unwrap()), ..source(file, Some(&cfg)) };
         let repo = s.resolve().unwrap();
-        textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.unwrap_or_else(|| "epsilon".into())
+        textual_inversion::models::stable_diffusion::load_scheduler_config(&repo)
+            .unwrap()
+            .prediction_type
+            .map_or("epsilon".to_string(), |p| p.name().to_string())
     };
     assert_eq!(prediction(&sd1, None), "epsilon");
     assert_eq!(prediction(&sd1, Some("v_prediction")), "v_prediction");
@@ -196,13 +204,19 @@ fn prediction_type_comes_from_the_flag_the_metadata_or_a_yaml_beside_the_file() 
     let sd2 = dir().join("sd2.safetensors");
     let s = ModelSource { prediction_type: Some(PredictionType::Epsilon), ..source(&sd2, Some(&dir().join("sd2"))) };
     let repo = s.resolve().unwrap();
-    assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_deref(), Some("epsilon"));
+    assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_ref().map(Named::name), Some("epsilon"));
     // The flag applies to diffusers folders too.
     let folder = ModelSource { prediction_type: Some(PredictionType::VPrediction), ..ModelSource::new(fixtures().join("tiny-sd").display().to_string()) };
     let repo = folder.resolve().unwrap();
-    assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_deref(), Some("v_prediction"));
+    assert_eq!(
+        textual_inversion::models::stable_diffusion::load_scheduler_config(&repo).unwrap().prediction_type.as_ref().map(Named::name),
+        Some("v_prediction")
+    );
     let plain = ModelSource::new(fixtures().join("tiny-sd").display().to_string()).resolve().unwrap();
-    assert_eq!(textual_inversion::models::stable_diffusion::load_scheduler_config(&plain).unwrap().prediction_type.as_deref().unwrap_or("epsilon"), "epsilon");
+    assert_eq!(
+        textual_inversion::models::stable_diffusion::load_scheduler_config(&plain).unwrap().prediction_type.as_ref().map_or("epsilon", Named::name),
+        "epsilon"
+    );
 }
 
 #[test]

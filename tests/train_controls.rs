@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Kind, Tensor};
+use textual_inversion::models::config::Named;
 use textual_inversion::schedulers::{DdpmScheduler, SchedulerConfig};
 use textual_inversion::train::config::{CaptionConfig, HuberSchedule, LossConfig, LossKind};
 use textual_inversion::train::dataset::{Captions, Dataset, ImageOrder, LearnableProperty};
@@ -39,7 +40,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 
 fn ddpm(prediction: &str) -> DdpmScheduler {
     let mut cfg = SchedulerConfig::read(&repo().join("fixtures/tiny-sd/scheduler/scheduler_config.json")).unwrap();
-    cfg.prediction_type = Some(prediction.to_string());
+    cfg.prediction_type = Some(Named::parse(prediction));
     DdpmScheduler::new(&cfg).unwrap()
 }
 

@@ -5,6 +5,10 @@
 //! checked against a range before anything is built from it (a zero group count divides by
 //! zero, a negative width reaches libtorch, a billion layers is a 200 GB allocation); how many
 //! layers there are is checked again against the weight files by the model loaders.
+//!
+//! A field that names one of a fixed set of values (block types, activations) is a [`Named`]
+//! enum value: a name outside the set is kept as written, so that `validate` refuses it naming
+//! the file, the key and the value.
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -12,6 +16,10 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 
 use crate::formats::regular;
+
+mod named;
+pub(crate) use named::config_enum;
+pub use named::{names, ConfigName, Named};
 
 /// Widths (channels, hidden sizes, embedding dimensions): the largest real ones are 5120
 /// (OpenCLIP bigG's MLP); the bound keeps every product of two of them far from overflowing.
@@ -101,6 +109,119 @@ impl PerBlock<i64> {
     }
 }
 
+config_enum! {
+    /// `down_block_types` of a UNet.
+    pub enum UNetDownBlock {
+        CrossAttnDownBlock2D = "CrossAttnDownBlock2D",
+        DownBlock2D = "DownBlock2D",
+    }
+}
+
+config_enum! {
+    /// `up_block_types` of a UNet.
+    pub enum UNetUpBlock {
+        CrossAttnUpBlock2D = "CrossAttnUpBlock2D",
+        UpBlock2D = "UpBlock2D",
+    }
+}
+
+config_enum! {
+    /// `mid_block_type` of a UNet.
+    pub enum UNetMidBlock {
+        UNetMidBlock2DCrossAttn = "UNetMidBlock2DCrossAttn",
+    }
+}
+
+impl UNetDownBlock {
+    /// Whether the block has attention (transformer) layers after its resnets.
+    pub fn has_attention(self) -> bool {
+        match self {
+            UNetDownBlock::CrossAttnDownBlock2D => true,
+            UNetDownBlock::DownBlock2D => false,
+        }
+    }
+}
+
+impl UNetUpBlock {
+    /// Whether the block has attention (transformer) layers after its resnets.
+    pub fn has_attention(self) -> bool {
+        match self {
+            UNetUpBlock::CrossAttnUpBlock2D => true,
+            UNetUpBlock::UpBlock2D => false,
+        }
+    }
+}
+
+config_enum! {
+    /// `act_fn` of a UNet or VAE: one function under two names (the modules apply SiLU).
+    pub enum ActFn {
+        Silu = "silu",
+        Swish = "swish",
+    }
+}
+
+config_enum! {
+    /// `addition_embed_type` of a UNet.
+    pub enum AdditionEmbedType {
+        /// SDXL: the pooled text embedding and the size/crop "time ids" are added to the
+        /// timestep embedding.
+        TextTime = "text_time",
+    }
+}
+
+config_enum! {
+    /// `resnet_time_scale_shift` of a UNet.
+    pub enum ResnetTimeScaleShift {
+        /// The timestep embedding is added to the features.
+        Default = "default",
+    }
+}
+
+config_enum! {
+    /// `time_embedding_type` of a UNet.
+    pub enum TimeEmbeddingType {
+        /// Sinusoidal features of the timestep.
+        Positional = "positional",
+    }
+}
+
+config_enum! {
+    /// `attention_type` of a UNet's transformer blocks.
+    pub enum AttentionType {
+        Default = "default",
+    }
+}
+
+config_enum! {
+    /// `down_block_types` of a VAE encoder.
+    pub enum VaeDownBlock {
+        DownEncoderBlock2D = "DownEncoderBlock2D",
+    }
+}
+
+config_enum! {
+    /// `up_block_types` of a VAE decoder.
+    pub enum VaeUpBlock {
+        UpDecoderBlock2D = "UpDecoderBlock2D",
+    }
+}
+
+config_enum! {
+    /// `hidden_act` of a CLIP text model.
+    pub enum HiddenAct {
+        QuickGelu = "quick_gelu",
+        Gelu = "gelu",
+    }
+}
+
+config_enum! {
+    /// `architectures` of a CLIP text model's config.
+    pub enum ClipArchitecture {
+        CLIPTextModel = "CLIPTextModel",
+        CLIPTextModelWithProjection = "CLIPTextModelWithProjection",
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -121,11 +242,11 @@ pub struct UNetConfig {
     #[serde(default)]
     pub freq_shift: f64,
     #[serde(default = "UNetConfig::default_down")]
-    pub down_block_types: Vec<String>,
+    pub down_block_types: Vec<Named<UNetDownBlock>>,
     #[serde(default = "UNetConfig::default_mid")]
-    pub mid_block_type: Option<String>,
+    pub mid_block_type: Option<Named<UNetMidBlock>>,
     #[serde(default = "UNetConfig::default_up")]
-    pub up_block_types: Vec<String>,
+    pub up_block_types: Vec<Named<UNetUpBlock>>,
     #[serde(default = "false_per_block")]
     pub only_cross_attention: PerBlock<bool>,
     #[serde(default = "UNetConfig::default_channels")]
@@ -137,7 +258,7 @@ pub struct UNetConfig {
     #[serde(default = "one_f")]
     pub mid_block_scale_factor: f64,
     #[serde(default = "silu")]
-    pub act_fn: String,
+    pub act_fn: Named<ActFn>,
     #[serde(default = "thirty_two")]
     pub norm_num_groups: Option<i64>,
     #[serde(default = "eps5")]
@@ -154,10 +275,11 @@ pub struct UNetConfig {
     pub dual_cross_attention: bool,
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// This and the other string fields below that are not enums: every value is refused.
     pub class_embed_type: Option<String>,
     /// `text_time` (SDXL): the pooled text embedding and the size/crop "time ids" are added to
     /// the timestep embedding.
-    pub addition_embed_type: Option<String>,
+    pub addition_embed_type: Option<Named<AdditionEmbedType>>,
     /// Width of each time id's sinusoidal features (SDXL: 256).
     pub addition_time_embed_dim: Option<i64>,
     /// Input width of `add_embedding`: pooled width + 6 x addition_time_embed_dim (SDXL: 2816).
@@ -169,14 +291,14 @@ pub struct UNetConfig {
     /// SDXL's config has `null`.
     #[serde(default)]
     pub upcast_attention: Option<bool>,
-    #[serde(default = "default_str")]
-    pub resnet_time_scale_shift: String,
+    #[serde(default = "default_time_scale_shift")]
+    pub resnet_time_scale_shift: Named<ResnetTimeScaleShift>,
     #[serde(default)]
     pub resnet_skip_time_act: bool,
     #[serde(default = "one_f")]
     pub resnet_out_scale_factor: f64,
     #[serde(default = "positional")]
-    pub time_embedding_type: String,
+    pub time_embedding_type: Named<TimeEmbeddingType>,
     pub time_embedding_dim: Option<i64>,
     pub time_embedding_act_fn: Option<String>,
     pub timestep_post_act: Option<String>,
@@ -185,8 +307,8 @@ pub struct UNetConfig {
     pub conv_in_kernel: i64,
     #[serde(default = "three")]
     pub conv_out_kernel: i64,
-    #[serde(default = "default_str")]
-    pub attention_type: String,
+    #[serde(default = "default_attention")]
+    pub attention_type: Named<AttentionType>,
     #[serde(default)]
     pub class_embeddings_concat: bool,
     pub mid_block_only_cross_attention: Option<bool>,
@@ -212,14 +334,17 @@ fn eps5() -> f64 {
 fn thirty_two() -> Option<i64> {
     Some(32)
 }
-fn silu() -> String {
-    "silu".into()
+fn silu() -> Named<ActFn> {
+    ActFn::Silu.into()
 }
-fn default_str() -> String {
-    "default".into()
+fn default_time_scale_shift() -> Named<ResnetTimeScaleShift> {
+    ResnetTimeScaleShift::Default.into()
 }
-fn positional() -> String {
-    "positional".into()
+fn positional() -> Named<TimeEmbeddingType> {
+    TimeEmbeddingType::Positional.into()
+}
+fn default_attention() -> Named<AttentionType> {
+    AttentionType::Default.into()
 }
 fn false_per_block() -> PerBlock<bool> {
     PerBlock::One(false)
@@ -235,14 +360,16 @@ fn eight_per_block() -> PerBlock<i64> {
 }
 
 impl UNetConfig {
-    fn default_down() -> Vec<String> {
-        ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec()
+    fn default_down() -> Vec<Named<UNetDownBlock>> {
+        use UNetDownBlock::*;
+        [CrossAttnDownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D, DownBlock2D].map(Named::from).to_vec()
     }
-    fn default_up() -> Vec<String> {
-        ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec()
+    fn default_up() -> Vec<Named<UNetUpBlock>> {
+        use UNetUpBlock::*;
+        [UpBlock2D, CrossAttnUpBlock2D, CrossAttnUpBlock2D, CrossAttnUpBlock2D].map(Named::from).to_vec()
     }
-    fn default_mid() -> Option<String> {
-        Some("UNetMidBlock2DCrossAttn".into())
+    fn default_mid() -> Option<Named<UNetMidBlock>> {
+        Some(UNetMidBlock::UNetMidBlock2DCrossAttn.into())
     }
     fn default_channels() -> Vec<i64> {
         vec![320, 640, 1280, 1280]
@@ -253,10 +380,21 @@ impl UNetConfig {
 
     /// SDXL's added conditioning: (time id feature width, add_embedding input width).
     pub fn text_time(&self) -> Option<(i64, i64)> {
-        match self.addition_embed_type.as_deref() {
-            Some("text_time") => Some((self.addition_time_embed_dim?, self.projection_class_embeddings_input_dim?)),
-            _ => None,
+        match self.addition_embed_type.as_ref()?.known()? {
+            AdditionEmbedType::TextTime => Some((self.addition_time_embed_dim?, self.projection_class_embeddings_input_dim?)),
         }
+    }
+
+    /// Down block `i`'s type; an error for one [`Self::validate`] refuses (or no block `i`).
+    pub fn down_block(&self, i: usize) -> Result<UNetDownBlock> {
+        let t = self.down_block_types.get(i).with_context(|| format!("unet config: down_block_types has no entry for block {i}"))?;
+        t.known().with_context(|| format!("unet config: down block type {:?} is not supported", t.name()))
+    }
+
+    /// Up block `i`'s type; an error for one [`Self::validate`] refuses (or no block `i`).
+    pub fn up_block(&self, i: usize) -> Result<UNetUpBlock> {
+        let t = self.up_block_types.get(i).with_context(|| format!("unet config: up_block_types has no entry for block {i}"))?;
+        t.known().with_context(|| format!("unet config: up block type {:?} is not supported", t.name()))
     }
 
     /// Heads of each down block's attention. diffusers names this `attention_head_dim` in SD
@@ -275,18 +413,15 @@ impl UNetConfig {
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
             bail!("{}: down_block_types, up_block_types and block_out_channels must have the same length", file.display());
         }
-        for t in &self.down_block_types {
-            if t != "CrossAttnDownBlock2D" && t != "DownBlock2D" {
-                fail(format!("down block type {t:?}"))?;
-            }
+        if let Some(t) = self.down_block_types.iter().find(|t| t.known().is_none()) {
+            fail(format!("down block type {:?}", t.name()))?;
         }
-        for t in &self.up_block_types {
-            if t != "CrossAttnUpBlock2D" && t != "UpBlock2D" {
-                fail(format!("up block type {t:?}"))?;
-            }
+        if let Some(t) = self.up_block_types.iter().find(|t| t.known().is_none()) {
+            fail(format!("up block type {:?}", t.name()))?;
         }
-        if self.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn") {
-            fail(format!("mid_block_type {:?}", self.mid_block_type))?;
+        match &self.mid_block_type {
+            Some(Named::Known(UNetMidBlock::UNetMidBlock2DCrossAttn)) => {}
+            other => fail(format!("mid_block_type {:?}", other.as_ref().map(Named::name)))?,
         }
         let per_block_ok = self.only_cross_attention.len_ok(n)
             && self.layers_per_block.len_ok(n)
@@ -306,19 +441,21 @@ impl UNetConfig {
         if self.dual_cross_attention {
             fail("dual_cross_attention".into())?;
         }
-        if self.act_fn != "silu" && self.act_fn != "swish" {
-            fail(format!("act_fn {:?}", self.act_fn))?;
+        if let Named::Other(a) = &self.act_fn {
+            fail(format!("act_fn {a:?}"))?;
         }
         if self.norm_num_groups.is_none() {
             fail("norm_num_groups null".into())?;
         }
-        match self.addition_embed_type.as_deref() {
+        match &self.addition_embed_type {
             None => {}
-            Some("text_time") if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() => {
+            Some(Named::Known(AdditionEmbedType::TextTime))
+                if self.addition_time_embed_dim.is_none() || self.projection_class_embeddings_input_dim.is_none() =>
+            {
                 bail!("{}: addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim", file.display());
             }
-            Some("text_time") => {}
-            Some(other) => fail(format!("addition_embed_type {other:?} (only SDXL's \"text_time\")"))?,
+            Some(Named::Known(AdditionEmbedType::TextTime)) => {}
+            Some(Named::Other(other)) => fail(format!("addition_embed_type {other:?} (only SDXL's \"text_time\")"))?,
         }
         for (name, v) in [
             ("class_embed_type", &self.class_embed_type),
@@ -343,17 +480,17 @@ impl UNetConfig {
         if self.reverse_transformer_layers_per_block.as_ref().is_some_and(|v| !v.is_null()) {
             fail("reverse_transformer_layers_per_block".into())?;
         }
-        if self.resnet_time_scale_shift != "default" {
-            fail(format!("resnet_time_scale_shift {:?}", self.resnet_time_scale_shift))?;
+        if let Named::Other(v) = &self.resnet_time_scale_shift {
+            fail(format!("resnet_time_scale_shift {v:?}"))?;
         }
         if self.resnet_skip_time_act || self.resnet_out_scale_factor != 1.0 {
             fail("resnet_skip_time_act / resnet_out_scale_factor".into())?;
         }
-        if self.time_embedding_type != "positional" {
-            fail(format!("time_embedding_type {:?}", self.time_embedding_type))?;
+        if let Named::Other(v) = &self.time_embedding_type {
+            fail(format!("time_embedding_type {v:?}"))?;
         }
-        if self.attention_type != "default" || self.class_embeddings_concat {
-            fail(format!("attention_type {:?}", self.attention_type))?;
+        if self.attention_type.known().is_none() || self.class_embeddings_concat {
+            fail(format!("attention_type {:?}", self.attention_type.name()))?;
         }
         if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
             fail("even conv_in/conv_out kernels".into())?;
@@ -403,15 +540,15 @@ pub struct VaeConfig {
     #[serde(default = "three")]
     pub out_channels: i64,
     #[serde(default = "VaeConfig::default_down")]
-    pub down_block_types: Vec<String>,
+    pub down_block_types: Vec<Named<VaeDownBlock>>,
     #[serde(default = "VaeConfig::default_up")]
-    pub up_block_types: Vec<String>,
+    pub up_block_types: Vec<Named<VaeUpBlock>>,
     #[serde(default = "VaeConfig::default_channels")]
     pub block_out_channels: Vec<i64>,
     #[serde(default = "one")]
     pub layers_per_block: i64,
     #[serde(default = "silu")]
-    pub act_fn: String,
+    pub act_fn: Named<ActFn>,
     #[serde(default = "four")]
     pub latent_channels: i64,
     #[serde(default = "thirty_two_i")]
@@ -437,11 +574,11 @@ fn thirty_two_i() -> i64 {
 }
 
 impl VaeConfig {
-    fn default_down() -> Vec<String> {
-        vec!["DownEncoderBlock2D".into()]
+    fn default_down() -> Vec<Named<VaeDownBlock>> {
+        vec![VaeDownBlock::DownEncoderBlock2D.into()]
     }
-    fn default_up() -> Vec<String> {
-        vec!["UpDecoderBlock2D".into()]
+    fn default_up() -> Vec<Named<VaeUpBlock>> {
+        vec![VaeUpBlock::UpDecoderBlock2D.into()]
     }
     fn default_channels() -> Vec<i64> {
         vec![64]
@@ -463,14 +600,14 @@ impl VaeConfig {
         if self.down_block_types.len() != n || self.up_block_types.len() != n {
             bail!("{}: down_block_types, up_block_types and block_out_channels must have the same length", file.display());
         }
-        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
-            bail!("{}: down block type {t:?} is not supported", file.display());
+        if let Some(t) = self.down_block_types.iter().find(|t| t.known().is_none()) {
+            bail!("{}: down block type {:?} is not supported", file.display(), t.name());
         }
-        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
-            bail!("{}: up block type {t:?} is not supported", file.display());
+        if let Some(t) = self.up_block_types.iter().find(|t| t.known().is_none()) {
+            bail!("{}: up block type {:?} is not supported", file.display(), t.name());
         }
-        if self.act_fn != "silu" && self.act_fn != "swish" {
-            bail!("{}: act_fn {:?} is not supported", file.display(), self.act_fn);
+        if let Named::Other(a) = &self.act_fn {
+            bail!("{}: act_fn {a:?} is not supported", file.display());
         }
         if self.shift_factor.is_some_and(|s| s != 0.0) || self.latents_mean.as_ref().is_some_and(|v| !v.is_null()) {
             bail!("{}: shift_factor / latents_mean are not supported (SD 3 and Flux VAEs)", file.display());
@@ -512,7 +649,7 @@ pub struct ClipTextConfig {
     #[serde(default = "ClipTextConfig::default_positions")]
     pub max_position_embeddings: i64,
     #[serde(default = "ClipTextConfig::default_act")]
-    pub hidden_act: String,
+    pub hidden_act: Named<HiddenAct>,
     #[serde(default = "eps5")]
     pub layer_norm_eps: f64,
     #[serde(default = "one")]
@@ -522,7 +659,7 @@ pub struct ClipTextConfig {
     #[serde(default = "ClipTextConfig::default_eos")]
     pub eos_token_id: i64,
     #[serde(default)]
-    pub architectures: Option<Vec<String>>,
+    pub architectures: Option<Vec<Named<ClipArchitecture>>>,
 }
 
 impl ClipTextConfig {
@@ -544,8 +681,8 @@ impl ClipTextConfig {
     fn default_positions() -> i64 {
         77
     }
-    fn default_act() -> String {
-        "quick_gelu".into()
+    fn default_act() -> Named<HiddenAct> {
+        HiddenAct::QuickGelu.into()
     }
     fn default_bos() -> i64 {
         49406
@@ -555,10 +692,10 @@ impl ClipTextConfig {
     }
     pub fn activation(&self) -> Result<crate::models::nn::Activation> {
         use crate::models::nn::Activation;
-        Ok(match self.hidden_act.as_str() {
-            "quick_gelu" => Activation::QuickGelu,
-            "gelu" => Activation::Gelu,
-            other => bail!("hidden_act {other:?} is not supported (quick_gelu, gelu)"),
+        Ok(match &self.hidden_act {
+            Named::Known(HiddenAct::QuickGelu) => Activation::QuickGelu,
+            Named::Known(HiddenAct::Gelu) => Activation::Gelu,
+            Named::Other(other) => bail!("hidden_act {other:?} is not supported ({})", names::<HiddenAct>()),
         })
     }
 
@@ -580,8 +717,8 @@ impl ClipTextConfig {
             bail!("{}: hidden_size {} is not divisible into {} heads (num_attention_heads)", file.display(), self.hidden_size, self.num_attention_heads);
         }
         if let Some(a) = &self.architectures {
-            if a.iter().any(|a| a != "CLIPTextModel" && a != "CLIPTextModelWithProjection") {
-                bail!("{}: architecture {a:?} is not a CLIP text model", file.display());
+            if a.iter().any(|a| a.known().is_none()) {
+                bail!("{}: architecture {:?} is not a CLIP text model", file.display(), a.iter().map(Named::name).collect::<Vec<_>>());
             }
         }
         Ok(())
@@ -598,3 +735,78 @@ macro_rules! validate_impl {
     )*};
 }
 validate_impl!(UNetConfig, VaeConfig, ClipTextConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `json` read as `T` and validated as the file `x/config.json`: the error's text, or None.
+    fn refused<T: DeserializeOwned + Validate>(json: serde_json::Value) -> Option<String> {
+        let config: T = serde_json::from_value(json).expect("the test's JSON reads");
+        config.validate(Path::new("x/config.json")).err().map(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn every_supported_name_reads_and_validates() {
+        assert_eq!(refused::<UNetConfig>(serde_json::json!({})), None, "diffusers' defaults");
+        let unet = serde_json::json!({
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+            "mid_block_type": "UNetMidBlock2DCrossAttn", "block_out_channels": [32, 64], "act_fn": "swish",
+            "resnet_time_scale_shift": "default", "time_embedding_type": "positional", "attention_type": "default",
+            "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 80,
+        });
+        assert_eq!(refused::<UNetConfig>(unet.clone()), None);
+        let c: UNetConfig = serde_json::from_value(unet).unwrap();
+        assert_eq!((c.down_block(0).unwrap(), c.down_block(1).unwrap()), (UNetDownBlock::DownBlock2D, UNetDownBlock::CrossAttnDownBlock2D));
+        assert_eq!((c.up_block(0).unwrap(), c.up_block(1).unwrap()), (UNetUpBlock::CrossAttnUpBlock2D, UNetUpBlock::UpBlock2D));
+        assert!(c.down_block(2).is_err());
+        assert_eq!((c.act_fn.clone(), c.text_time()), (Named::Known(ActFn::Swish), Some((8, 80))));
+        let vae = serde_json::json!({"down_block_types": ["DownEncoderBlock2D"], "up_block_types": ["UpDecoderBlock2D"], "act_fn": "silu"});
+        assert_eq!(refused::<VaeConfig>(vae), None);
+        for (act, want) in [("quick_gelu", crate::models::nn::Activation::QuickGelu), ("gelu", crate::models::nn::Activation::Gelu)] {
+            let clip = serde_json::json!({"hidden_act": act, "architectures": ["CLIPTextModelWithProjection"]});
+            assert_eq!(refused::<ClipTextConfig>(clip.clone()), None);
+            assert_eq!(serde_json::from_value::<ClipTextConfig>(clip).unwrap().activation().unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn unsupported_names_are_refused_naming_the_file_the_key_and_the_value() {
+        let unet = |key: &str, value: serde_json::Value| {
+            let mut json = serde_json::json!({});
+            json[key] = value;
+            refused::<UNetConfig>(json).unwrap_or_else(|| panic!("{key} accepted"))
+        };
+        let cases = [
+            (
+                unet("down_block_types", serde_json::json!(["SimpleCrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"])),
+                "down block type \"SimpleCrossAttnDownBlock2D\" is not supported",
+            ),
+            (
+                unet("up_block_types", serde_json::json!(["UpBlock2D", "UpBlock2D", "UpBlock2D", "AttnUpBlock2D"])),
+                "up block type \"AttnUpBlock2D\" is not supported",
+            ),
+            (
+                unet("mid_block_type", serde_json::json!("UNetMidBlock2DSimpleCrossAttn")),
+                "mid_block_type Some(\"UNetMidBlock2DSimpleCrossAttn\") is not supported",
+            ),
+            (unet("mid_block_type", serde_json::Value::Null), "mid_block_type None is not supported"),
+            (unet("act_fn", serde_json::json!("mish")), "act_fn \"mish\" is not supported"),
+            (unet("addition_embed_type", serde_json::json!("image")), "addition_embed_type \"image\" (only SDXL's \"text_time\") is not supported"),
+            (unet("resnet_time_scale_shift", serde_json::json!("scale_shift")), "resnet_time_scale_shift \"scale_shift\" is not supported"),
+            (unet("time_embedding_type", serde_json::json!("fourier")), "time_embedding_type \"fourier\" is not supported"),
+            (unet("attention_type", serde_json::json!("gated")), "attention_type \"gated\" is not supported"),
+            (refused::<VaeConfig>(serde_json::json!({"down_block_types": ["DownBlock2D"]})).unwrap(), "down block type \"DownBlock2D\" is not supported"),
+            (refused::<VaeConfig>(serde_json::json!({"up_block_types": ["UpBlock2D"]})).unwrap(), "up block type \"UpBlock2D\" is not supported"),
+            (refused::<VaeConfig>(serde_json::json!({"act_fn": "gelu"})).unwrap(), "act_fn \"gelu\" is not supported"),
+            (refused::<ClipTextConfig>(serde_json::json!({"hidden_act": "relu"})).unwrap(), "hidden_act \"relu\" is not supported (quick_gelu, gelu)"),
+            (refused::<ClipTextConfig>(serde_json::json!({"architectures": ["BertModel"]})).unwrap(), "architecture [\"BertModel\"] is not a CLIP text model"),
+        ];
+        for (e, want) in cases {
+            assert!(e.starts_with("x/config.json: ") && e.contains(want), "{e}\nexpected: {want}");
+        }
+        // Not a string: serde's type error, as for any other field.
+        let e = serde_json::from_value::<UNetConfig>(serde_json::json!({"act_fn": 1})).unwrap_err().to_string();
+        assert!(e.contains("expected a string"), "{e}");
+    }
+}

@@ -215,7 +215,7 @@ pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
     let path = repo.require("scheduler/scheduler_config.json")?;
     let mut config = SchedulerConfig::read(&path)?;
     if let Some(p) = &repo.prediction_type {
-        config.prediction_type = Some(p.value.name().to_string());
+        config.prediction_type = Some(p.value.into());
     }
     Ok(config)
 }

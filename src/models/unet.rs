@@ -79,7 +79,7 @@ impl UNet2DConditionModel {
             let t = per(&c.transformer_layers_per_block, i, "transformer_layers_per_block")?;
             let down = format!("down_blocks.{i}");
             w.expect_count(&format!("{down}.resnets"), layers, "layers_per_block")?;
-            if c.down_block_types[i] == "CrossAttnDownBlock2D" {
+            if c.down_block(i)?.has_attention() {
                 w.expect_count(&format!("{down}.attentions"), layers, "layers_per_block")?;
                 transformers(format!("{down}.attentions"), layers, t)?;
             }
@@ -87,7 +87,7 @@ impl UNet2DConditionModel {
             let (layers, t) = (per(&c.layers_per_block, r, "layers_per_block")? + 1, per(&c.transformer_layers_per_block, r, "transformer_layers_per_block")?);
             let up = format!("up_blocks.{i}");
             w.expect_count(&format!("{up}.resnets"), layers, "layers_per_block (+1 in up blocks)")?;
-            if c.up_block_types[i] == "CrossAttnUpBlock2D" {
+            if c.up_block(i)?.has_attention() {
                 w.expect_count(&format!("{up}.attentions"), layers, "layers_per_block (+1 in up blocks)")?;
                 transformers(format!("{up}.attentions"), layers, t)?;
             }
@@ -124,7 +124,7 @@ impl UNet2DConditionModel {
         let mut down_blocks = Vec::with_capacity(n);
         for i in 0..n {
             let input = if i == 0 { ch[0] } else { ch[i - 1] };
-            let attn = (c.down_block_types[i] == "CrossAttnDownBlock2D").then_some(attn_cfg[i]);
+            let attn = c.down_block(i)?.has_attention().then_some(attn_cfg[i]);
             down_blocks.push(DownBlock::load(&p.pp("down_blocks").pp(i), input, ch[i], layers[i], resnet, attn, i + 1 < n, c.downsample_padding));
         }
         let mid_resnet = ResnetConfig { output_scale_factor: c.mid_block_scale_factor, ..resnet };
@@ -136,7 +136,7 @@ impl UNet2DConditionModel {
             let prev_out = out;
             out = ch[r];
             let down_in = ch[r.saturating_sub(1)];
-            let attn = (c.up_block_types[i] == "CrossAttnUpBlock2D").then_some(attn_cfg[r]);
+            let attn = c.up_block(i)?.has_attention().then_some(attn_cfg[r]);
             let channels = UpChannels { prev_out, out, down_in };
             up_blocks.push(UpBlock::load(&p.pp("up_blocks").pp(i), channels, layers[r] + 1, resnet, attn, i + 1 < n));
         }

@@ -22,9 +22,14 @@
 //! default, so `"clip_sample": null` turns DDIM's clipping off: [`SchedulerConfig::from_json`]
 //! reads it as `Some(false)`. A `null` elsewhere is read as a missing field (diffusers would
 //! mostly fail on it when used).
+//!
+//! A string-valued field is a [`Named`] enum value: a name diffusers writes that is not one of
+//! the enum's values is kept as written, and refused (naming it) only where it is read, as above.
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer};
 use std::path::Path;
+
+use crate::models::config::{config_enum, ConfigName, Named};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SchedulerConfig {
@@ -33,10 +38,10 @@ pub struct SchedulerConfig {
     pub num_train_timesteps: Option<i64>,
     pub beta_start: Option<f64>,
     pub beta_end: Option<f64>,
-    pub beta_schedule: Option<String>,
+    pub beta_schedule: Option<Named<BetaSchedule>>,
     pub trained_betas: Option<Vec<f64>>,
-    pub prediction_type: Option<String>,
-    pub timestep_spacing: Option<String>,
+    pub prediction_type: Option<Named<PredictionName>>,
+    pub timestep_spacing: Option<Named<TimestepSpacing>>,
     pub steps_offset: Option<i64>,
     /// PNDM, DDIM.
     #[serde(default, deserialize_with = "null_is_false")]
@@ -58,8 +63,8 @@ pub struct SchedulerConfig {
     pub sample_max_value: Option<f64>,
     /// DPM-Solver.
     pub solver_order: Option<i64>,
-    pub algorithm_type: Option<String>,
-    pub solver_type: Option<String>,
+    pub algorithm_type: Option<Named<AlgorithmType>>,
+    pub solver_type: Option<Named<SolverTypeName>>,
     #[serde(default, deserialize_with = "null_is_false")]
     pub lower_order_final: Option<bool>,
     #[serde(default, deserialize_with = "null_is_false")]
@@ -78,16 +83,16 @@ pub struct SchedulerConfig {
     pub flow_shift: Option<f64>,
     #[serde(default, deserialize_with = "null_is_false")]
     pub use_dynamic_shifting: Option<bool>,
-    pub final_sigmas_type: Option<String>,
+    pub final_sigmas_type: Option<Named<FinalSigmasType>>,
     /// DPM-Solver. Python writes `-Infinity` (its default) as a bare token: see [`Self::from_json`].
     #[serde(default, deserialize_with = "float_or_infinity")]
     pub lambda_min_clipped: Option<f64>,
     /// DPM-Solver (only "learned"/"learned_range" change anything there), DDPM (sampling only:
     /// training does not use it).
-    pub variance_type: Option<String>,
+    pub variance_type: Option<Named<VarianceType>>,
     /// Euler.
-    pub interpolation_type: Option<String>,
-    pub timestep_type: Option<String>,
+    pub interpolation_type: Option<Named<Interpolation>>,
+    pub timestep_type: Option<Named<TimestepType>>,
     /// Euler's, and DPM-Solver's, Karras sigmas (DPM-Solver has no such parameter but reads the
     /// field when the config has it, as diffusers does).
     pub sigma_min: Option<f64>,
@@ -191,51 +196,136 @@ pub enum PredictionType {
 
 impl PredictionType {
     pub fn name(self) -> &'static str {
-        match self {
-            PredictionType::Epsilon => "epsilon",
-            PredictionType::VPrediction => "v_prediction",
-            PredictionType::Sample => "sample",
+        PredictionName::from(self).name()
+    }
+}
+
+config_enum! {
+    /// `prediction_type` as scheduler configs write it; each class maps the names it accepts to
+    /// a [`PredictionType`].
+    pub enum PredictionName {
+        Epsilon = "epsilon",
+        VPrediction = "v_prediction",
+        Sample = "sample",
+        /// Euler's other name for `sample`.
+        OriginalSample = "original_sample",
+    }
+}
+
+impl From<PredictionType> for PredictionName {
+    fn from(p: PredictionType) -> Self {
+        match p {
+            PredictionType::Epsilon => PredictionName::Epsilon,
+            PredictionType::VPrediction => PredictionName::VPrediction,
+            PredictionType::Sample => PredictionName::Sample,
         }
     }
 }
 
-/// How inference timesteps are spread over the training ones (`timestep_spacing`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimestepSpacing {
-    Leading,
-    Trailing,
-    Linspace,
+impl From<PredictionType> for Named<PredictionName> {
+    fn from(p: PredictionType) -> Self {
+        Named::Known(p.into())
+    }
 }
 
-/// `beta_schedule`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BetaSchedule {
-    Linear,
-    ScaledLinear,
-    SquaredcosCapV2,
-    /// DDPM only: `betas_for_alpha_bar` with the Laplace noise schedule.
-    Laplace,
-    /// DDPM only: a sigmoid over linspace(-6, 6) between beta_start and beta_end.
-    Sigmoid,
+config_enum! {
+    /// How inference timesteps are spread over the training ones (`timestep_spacing`).
+    pub enum TimestepSpacing {
+        Leading = "leading",
+        Trailing = "trailing",
+        Linspace = "linspace",
+    }
 }
 
-const BETA_SCHEDULES: &[(&str, BetaSchedule)] =
-    &[("linear", BetaSchedule::Linear), ("scaled_linear", BetaSchedule::ScaledLinear), ("squaredcos_cap_v2", BetaSchedule::SquaredcosCapV2)];
-const DDPM_BETA_SCHEDULES: &[(&str, BetaSchedule)] = &[
-    ("linear", BetaSchedule::Linear),
-    ("scaled_linear", BetaSchedule::ScaledLinear),
-    ("squaredcos_cap_v2", BetaSchedule::SquaredcosCapV2),
-    ("laplace", BetaSchedule::Laplace),
-    ("sigmoid", BetaSchedule::Sigmoid),
-];
+config_enum! {
+    /// `beta_schedule`.
+    pub enum BetaSchedule {
+        Linear = "linear",
+        ScaledLinear = "scaled_linear",
+        SquaredcosCapV2 = "squaredcos_cap_v2",
+        /// DDPM only: `betas_for_alpha_bar` with the Laplace noise schedule.
+        Laplace = "laplace",
+        /// DDPM only: a sigmoid over linspace(-6, 6) between beta_start and beta_end.
+        Sigmoid = "sigmoid",
+    }
+}
 
-/// One of `choices` by name, or an error naming `field`, the value, the class and the choices.
-pub(crate) fn choose<T: Copy>(class: &str, field: &str, value: &str, choices: &[(&str, T)]) -> Result<T> {
-    if let Some((_, v)) = choices.iter().find(|(name, _)| *name == value) {
+config_enum! {
+    /// DPM-Solver's `algorithm_type` (the deprecated `dpmsolver` and `sde-dpmsolver` are not
+    /// implemented).
+    pub enum AlgorithmType {
+        DpmSolverPlusPlus = "dpmsolver++",
+        /// diffusers runs DEIS's name as DPM-Solver++.
+        Deis = "deis",
+        SdeDpmSolverPlusPlus = "sde-dpmsolver++",
+    }
+}
+
+config_enum! {
+    /// DPM-Solver's `solver_type`: UniPC's `logrho`, `bh1` and `bh2` run as midpoint in diffusers.
+    pub enum SolverTypeName {
+        Midpoint = "midpoint",
+        Heun = "heun",
+        Logrho = "logrho",
+        Bh1 = "bh1",
+        Bh2 = "bh2",
+    }
+}
+
+config_enum! {
+    /// `final_sigmas_type` (Euler, DPM-Solver): the last sigma of a run.
+    pub enum FinalSigmasType {
+        Zero = "zero",
+        /// The smallest training sigma.
+        SigmaMin = "sigma_min",
+    }
+}
+
+config_enum! {
+    /// `variance_type`: DDPM's sampling variance; DPM-Solver reads only the learned ones.
+    pub enum VarianceType {
+        FixedSmall = "fixed_small",
+        FixedSmallLog = "fixed_small_log",
+        FixedLarge = "fixed_large",
+        FixedLargeLog = "fixed_large_log",
+        Learned = "learned",
+        LearnedRange = "learned_range",
+    }
+}
+
+config_enum! {
+    /// Euler's `interpolation_type`: how sigmas between training timesteps are found.
+    pub enum Interpolation {
+        Linear = "linear",
+        LogLinear = "log_linear",
+    }
+}
+
+config_enum! {
+    /// Euler's `timestep_type`.
+    pub enum TimestepType {
+        Discrete = "discrete",
+        /// With v-prediction: timesteps are 0.25 * ln(sigma).
+        Continuous = "continuous",
+    }
+}
+
+const BETA_SCHEDULES: &[BetaSchedule] = &[BetaSchedule::Linear, BetaSchedule::ScaledLinear, BetaSchedule::SquaredcosCapV2];
+
+/// What `choices` maps `value` (or `default` where the file has none) to, or an error naming
+/// `field`, the value, the class and the supported names.
+pub(crate) fn choose<T: ConfigName + PartialEq, U: Copy>(class: &str, field: &str, value: Option<&Named<T>>, default: T, choices: &[(T, U)]) -> Result<U> {
+    let value = value.cloned().unwrap_or(Named::Known(default));
+    if let Some((_, v)) = choices.iter().find(|(name, _)| Some(*name) == value.known()) {
         return Ok(*v);
     }
-    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-    bail!("{field} {value:?} is not supported by {class} (supported: {})", names.join(", "))
+    let names: Vec<&str> = choices.iter().map(|(n, _)| n.name()).collect();
+    bail!("{field} {:?} is not supported by {class} (supported: {})", value.name(), names.join(", "))
+}
+
+/// [`choose`] where each supported value stands for itself.
+pub(crate) fn choose_among<T: ConfigName + PartialEq>(class: &str, field: &str, value: Option<&Named<T>>, default: T, choices: &[T]) -> Result<T> {
+    choose(class, field, value, default, &choices.iter().map(|&v| (v, v)).collect::<Vec<_>>())
 }
 
 /// The values every scheduler shares, with one class's defaults applied.
@@ -259,21 +349,25 @@ pub(crate) struct Common {
 /// and whether it samples (DDPM is built for training only, where spacing is never used).
 pub(crate) struct ClassInfo {
     pub name: &'static str,
-    pub predictions: &'static [(&'static str, PredictionType)],
-    pub beta_schedules: &'static [(&'static str, BetaSchedule)],
+    pub predictions: &'static [(PredictionName, PredictionType)],
+    pub beta_schedules: &'static [BetaSchedule],
     pub default_spacing: TimestepSpacing,
     pub has_rescale: bool,
     pub samples: bool,
 }
 
-const EPS_V: &[(&str, PredictionType)] = &[("epsilon", PredictionType::Epsilon), ("v_prediction", PredictionType::VPrediction)];
-const EPS_V_SAMPLE: &[(&str, PredictionType)] =
-    &[("epsilon", PredictionType::Epsilon), ("v_prediction", PredictionType::VPrediction), ("sample", PredictionType::Sample)];
-const EULER_PREDICTIONS: &[(&str, PredictionType)] = &[
-    ("epsilon", PredictionType::Epsilon),
-    ("v_prediction", PredictionType::VPrediction),
-    ("sample", PredictionType::Sample),
-    ("original_sample", PredictionType::Sample),
+const EPS_V: &[(PredictionName, PredictionType)] =
+    &[(PredictionName::Epsilon, PredictionType::Epsilon), (PredictionName::VPrediction, PredictionType::VPrediction)];
+const EPS_V_SAMPLE: &[(PredictionName, PredictionType)] = &[
+    (PredictionName::Epsilon, PredictionType::Epsilon),
+    (PredictionName::VPrediction, PredictionType::VPrediction),
+    (PredictionName::Sample, PredictionType::Sample),
+];
+const EULER_PREDICTIONS: &[(PredictionName, PredictionType)] = &[
+    (PredictionName::Epsilon, PredictionType::Epsilon),
+    (PredictionName::VPrediction, PredictionType::VPrediction),
+    (PredictionName::Sample, PredictionType::Sample),
+    (PredictionName::OriginalSample, PredictionType::Sample),
 ];
 
 pub(crate) const PNDM: ClassInfo = ClassInfo {
@@ -321,7 +415,7 @@ pub(crate) const DPM: ClassInfo = ClassInfo {
 pub(crate) const DDPM: ClassInfo = ClassInfo {
     name: "DDPMScheduler",
     predictions: EPS_V_SAMPLE,
-    beta_schedules: DDPM_BETA_SCHEDULES,
+    beta_schedules: BetaSchedule::ALL,
     default_spacing: TimestepSpacing::Leading,
     has_rescale: true,
     samples: false,
@@ -339,17 +433,15 @@ impl SchedulerConfig {
         if !(1..=1_000_000).contains(&num_train_timesteps) {
             bail!("num_train_timesteps {num_train_timesteps} is not supported by {name} (1 to 1000000)");
         }
-        let schedule_name = self.beta_schedule.as_deref().unwrap_or("linear");
         let beta_schedule = match &self.trained_betas {
-            None => choose(name, "beta_schedule", schedule_name, class.beta_schedules)?,
+            None => choose_among(name, "beta_schedule", self.beta_schedule.as_ref(), BetaSchedule::Linear, class.beta_schedules)?,
             Some(b) => {
                 if b.len() as i64 != num_train_timesteps {
                     bail!("trained_betas has {} values but num_train_timesteps is {num_train_timesteps} ({name})", b.len());
                 }
-                if schedule_name == "squaredcos_cap_v2" {
-                    BetaSchedule::SquaredcosCapV2
-                } else {
-                    BetaSchedule::Linear
+                match self.beta_schedule.as_ref().and_then(Named::known) {
+                    Some(BetaSchedule::SquaredcosCapV2) => BetaSchedule::SquaredcosCapV2,
+                    _ => BetaSchedule::Linear,
                 }
             }
         };
@@ -372,14 +464,9 @@ impl SchedulerConfig {
             }
             None => {}
         }
-        let prediction_type = choose(name, "prediction_type", self.prediction_type.as_deref().unwrap_or("epsilon"), class.predictions)?;
+        let prediction_type = choose(name, "prediction_type", self.prediction_type.as_ref(), PredictionName::Epsilon, class.predictions)?;
         let timestep_spacing = match &self.timestep_spacing {
-            Some(s) if class.samples => choose(
-                name,
-                "timestep_spacing",
-                s,
-                &[("leading", TimestepSpacing::Leading), ("trailing", TimestepSpacing::Trailing), ("linspace", TimestepSpacing::Linspace)],
-            )?,
+            Some(s) if class.samples => choose_among(name, "timestep_spacing", Some(s), class.default_spacing, TimestepSpacing::ALL)?,
             _ => class.default_spacing,
         };
         let steps_offset = self.steps_offset.unwrap_or(0);
@@ -427,5 +514,73 @@ impl SchedulerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedulers::ddpm::DdpmScheduler;
+    use crate::schedulers::{build, SchedulerKind};
+
+    /// Which classes (the five samplers in [`SchedulerKind::ALL`]'s order, then DDPM) build from
+    /// `{field: value}`.
+    fn accepted_by(field: &str, value: &str) -> [bool; 6] {
+        let config = SchedulerConfig::from_json(&serde_json::json!({ field: value }).to_string()).unwrap();
+        let mut out = [false; 6];
+        for (i, kind) in SchedulerKind::ALL.into_iter().enumerate() {
+            out[i] = build(kind, &config).is_ok();
+        }
+        out[5] = DdpmScheduler::new(&config).is_ok();
+        out
+    }
+
+    #[test]
+    fn each_class_accepts_the_names_it_implements() {
+        const ALL: [bool; 6] = [true; 6];
+        // PNDM, DDIM, Euler, Euler ancestral, DPM-Solver++, DDPM.
+        let cases: &[(&str, &str, [bool; 6])] = &[
+            ("prediction_type", "epsilon", ALL),
+            ("prediction_type", "v_prediction", ALL),
+            ("prediction_type", "sample", [false, true, true, false, true, true]),
+            ("prediction_type", "original_sample", [false, false, true, false, false, false]),
+            ("prediction_type", "Epsilon", [false; 6]),
+            ("beta_schedule", "squaredcos_cap_v2", ALL),
+            ("beta_schedule", "laplace", [false, false, false, false, false, true]),
+            ("beta_schedule", "sigmoid", [false, false, false, false, false, true]),
+            ("beta_schedule", "exponential", [false; 6]),
+            ("timestep_spacing", "trailing", ALL),
+            ("timestep_spacing", "uniform", [false, false, false, false, false, true]),
+            ("algorithm_type", "deis", ALL),
+            ("algorithm_type", "sde-dpmsolver++", ALL),
+            ("algorithm_type", "dpmsolver", [true, true, true, true, false, true]),
+            ("solver_type", "bh2", ALL),
+            ("solver_type", "bogus", [true, true, true, true, false, true]),
+            ("final_sigmas_type", "sigma_min", ALL),
+            ("final_sigmas_type", "max", [true, true, false, true, false, true]),
+            ("interpolation_type", "log_linear", ALL),
+            ("interpolation_type", "cubic", [true, true, false, true, true, true]),
+            ("timestep_type", "continuous", ALL),
+            ("timestep_type", "anything", ALL),
+            ("variance_type", "learned", [true, true, true, true, false, true]),
+            ("variance_type", "anything", ALL),
+        ];
+        for (field, value, want) in cases {
+            assert_eq!(accepted_by(field, value), *want, "{field} {value:?}");
+        }
+        let e = build(SchedulerKind::Pndm, &SchedulerConfig::from_json(r#"{"prediction_type": "original_sample"}"#).unwrap()).err().unwrap().to_string();
+        assert_eq!(e, r#"prediction_type "original_sample" is not supported by PNDMScheduler (supported: epsilon, v_prediction)"#);
+    }
+
+    #[test]
+    fn an_override_is_written_under_the_name_it_has_in_files() {
+        for p in [PredictionType::Epsilon, PredictionType::VPrediction, PredictionType::Sample] {
+            let named: Named<PredictionName> = p.into();
+            assert_eq!(named, Named::parse(p.name()));
+            assert_eq!(
+                serde_json::to_value(&named).unwrap(),
+                serde_json::json!(<PredictionType as clap::ValueEnum>::to_possible_value(&p).unwrap().get_name())
+            );
+        }
     }
 }

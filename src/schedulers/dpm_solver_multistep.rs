@@ -3,10 +3,12 @@
 //!
 //! The coefficients are 0-d f32 tensor arithmetic in diffusers; here they are f32 scalars with
 //! the same operations in the same order, with libtorch's own `sqrt`/`log`/`exp` (see `TorchF32`).
-use super::config::BetaSchedule;
-use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, DPM};
+use super::config::{
+    choose, AlgorithmType, BetaSchedule, FinalSigmasType, PredictionType, SchedulerConfig, SolverTypeName, TimestepSpacing, VarianceType, DPM,
+};
 use super::schedule::{karras_sigmas, log_f32, np_arange, np_interp, np_linspace, np_round, sigma_to_t, TorchF32, TrainSchedule};
 use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, randn, Scheduler, SchedulerKind};
+use crate::models::config::Named;
 use anyhow::{anyhow, bail, Result};
 use tch::{Kind, Tensor};
 
@@ -78,31 +80,33 @@ impl DpmSolverMultistepScheduler {
         // variance_type: only a learned variance changes anything (diffusers then keeps the first
         // 3 channels of an epsilon prediction, which fails on 4-channel latents); the
         // "fixed_small" every DDPMScheduler config carries, and any other value, is not read.
-        match config.variance_type.as_deref() {
-            Some(v @ ("learned" | "learned_range")) if c.prediction_type == PredictionType::Epsilon => {
-                bail!("variance_type {v:?} is not supported by {NAME} (a learned variance is for models that predict it in extra channels)")
+        match &config.variance_type {
+            Some(v @ Named::Known(VarianceType::Learned | VarianceType::LearnedRange)) if c.prediction_type == PredictionType::Epsilon => {
+                bail!("variance_type {:?} is not supported by {NAME} (a learned variance is for models that predict it in extra channels)", v.name())
             }
-            Some(v) => tracing::debug!("{NAME}: variance_type {v:?} does not change its steps (ignored, as in diffusers)"),
+            Some(v) => tracing::debug!("{NAME}: variance_type {:?} does not change its steps (ignored, as in diffusers)", v.name()),
             None => {}
         }
         // diffusers maps DEIS's algorithm and UniPC's solver types onto DPM-Solver++ midpoint.
         let sde = choose(
             NAME,
             "algorithm_type",
-            config.algorithm_type.as_deref().unwrap_or("dpmsolver++"),
-            &[("dpmsolver++", false), ("deis", false), ("sde-dpmsolver++", true)],
+            config.algorithm_type.as_ref(),
+            AlgorithmType::DpmSolverPlusPlus,
+            &[(AlgorithmType::DpmSolverPlusPlus, false), (AlgorithmType::Deis, false), (AlgorithmType::SdeDpmSolverPlusPlus, true)],
         )
         .map_err(|e| anyhow!("{e}; the deprecated dpmsolver and sde-dpmsolver are not"))?;
         let solver_type = choose(
             NAME,
             "solver_type",
-            config.solver_type.as_deref().unwrap_or("midpoint"),
+            config.solver_type.as_ref(),
+            SolverTypeName::Midpoint,
             &[
-                ("midpoint", SolverType::Midpoint),
-                ("heun", SolverType::Heun),
-                ("logrho", SolverType::Midpoint),
-                ("bh1", SolverType::Midpoint),
-                ("bh2", SolverType::Midpoint),
+                (SolverTypeName::Midpoint, SolverType::Midpoint),
+                (SolverTypeName::Heun, SolverType::Heun),
+                (SolverTypeName::Logrho, SolverType::Midpoint),
+                (SolverTypeName::Bh1, SolverType::Midpoint),
+                (SolverTypeName::Bh2, SolverType::Midpoint),
             ],
         )?;
         // diffusers runs every solver_order above 3 exactly as 3 (it keeps that many outputs,
@@ -112,8 +116,13 @@ impl DpmSolverMultistepScheduler {
             bail!("solver_order {solver_order} is not supported by {NAME} (1 or more; above 3 it steps as 3)");
         }
         let solver_order = solver_order.min(3);
-        let final_sigma_min =
-            choose(NAME, "final_sigmas_type", config.final_sigmas_type.as_deref().unwrap_or("zero"), &[("zero", false), ("sigma_min", true)])?;
+        let final_sigma_min = choose(
+            NAME,
+            "final_sigmas_type",
+            config.final_sigmas_type.as_ref(),
+            FinalSigmasType::Zero,
+            &[(FinalSigmasType::Zero, false), (FinalSigmasType::SigmaMin, true)],
+        )?;
         let schedule = TrainSchedule::new(&c, true)?;
         // lambda_t over the training timesteps, with diffusers' tensor ops, then where
         // lambda_min_clipped (default -inf: nowhere) cuts it.

@@ -1,17 +1,12 @@
 //! EulerDiscreteScheduler: Euler steps in sigma space (Karras et al. 2022, algorithm 2 without
 //! churn, as diffusers' pipelines call it), with float timesteps interpolated between training
 //! sigmas or placed by Karras' schedule.
-use super::config::{choose, PredictionType, SchedulerConfig, TimestepSpacing, EULER};
+use super::config::{choose, choose_among, FinalSigmasType, Interpolation, PredictionType, SchedulerConfig, TimestepSpacing, TimestepType, EULER};
 use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
 use super::{cached_step_index, check_step_inputs, check_steps, not_ready, sigma_scaled_input, Scheduler, SchedulerKind};
+use crate::models::config::{ConfigName, Named};
 use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
-
-#[derive(Clone, Copy, PartialEq)]
-enum Interpolation {
-    Linear,
-    LogLinear,
-}
 
 pub struct EulerDiscreteScheduler {
     train: i64,
@@ -37,21 +32,25 @@ impl EulerDiscreteScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&EULER)?;
         config.reject_other_sigmas(EULER.name, &[])?;
-        let interpolation = choose(
-            EULER.name,
-            "interpolation_type",
-            config.interpolation_type.as_deref().unwrap_or("linear"),
-            &[("linear", Interpolation::Linear), ("log_linear", Interpolation::LogLinear)],
-        )?;
+        let interpolation = choose_among(EULER.name, "interpolation_type", config.interpolation_type.as_ref(), Interpolation::Linear, Interpolation::ALL)?;
         // diffusers tests `timestep_type == "continuous" and prediction_type == "v_prediction"`
         // and nothing else: any other value, or "continuous" with another prediction type, is
         // the discrete one.
-        let continuous = config.timestep_type.as_deref() == Some("continuous");
-        if let Some(t) = config.timestep_type.as_deref().filter(|t| !matches!(*t, "discrete" | "continuous")) {
-            tracing::debug!("{}: timestep_type {t:?} is treated as \"discrete\", as diffusers does", EULER.name);
-        }
-        let final_sigma_min =
-            choose(EULER.name, "final_sigmas_type", config.final_sigmas_type.as_deref().unwrap_or("zero"), &[("zero", false), ("sigma_min", true)])?;
+        let continuous = match &config.timestep_type {
+            Some(Named::Known(TimestepType::Continuous)) => true,
+            Some(Named::Known(TimestepType::Discrete)) | None => false,
+            Some(Named::Other(t)) => {
+                tracing::debug!("{}: timestep_type {t:?} is treated as \"discrete\", as diffusers does", EULER.name);
+                false
+            }
+        };
+        let final_sigma_min = choose(
+            EULER.name,
+            "final_sigmas_type",
+            config.final_sigmas_type.as_ref(),
+            FinalSigmasType::Zero,
+            &[(FinalSigmasType::Zero, false), (FinalSigmasType::SigmaMin, true)],
+        )?;
         let karras = config.use_karras_sigmas.unwrap_or(false);
         if karras {
             config.check_karras_range(EULER.name)?;
