@@ -3,6 +3,7 @@
 //! tokenizers, one safetensors file per component), which any diffusers tool then loads.
 use super::convert::DtypeArg;
 use crate::formats::safetensors_io;
+use crate::models::component::{Component, WeightFormat, MODEL_INDEX, TOKENIZER_FILES};
 use crate::models::config;
 use crate::models::repo::ModelRepo;
 use crate::models::single_file::SingleFile;
@@ -25,9 +26,6 @@ pub struct ConvertModelArgs {
     #[arg(long, value_enum, default_value = "keep")]
     pub dtype: DtypeArg,
 }
-
-/// Tokenizer files copied from the config folder when present.
-const TOKENIZER_FILES: &[&str] = &["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "added_tokens.json"];
 
 pub fn run(args: ConvertModelArgs) -> Result<()> {
     let input = args.input.to_string_lossy().to_string();
@@ -71,22 +69,23 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
     // model_index.json names only what the folder holds: a safety checker or feature extractor
     // the config lists is written as absent ([null, null]), as save_pretrained does for a
     // pipeline loaded without them.
-    let mut index: serde_json::Value = config::read(&repo.require("model_index.json")?)?;
+    let mut index: serde_json::Value = config::read(&repo.require(MODEL_INDEX)?)?;
     if let Some(obj) = index.as_object_mut() {
         for (key, value) in obj.iter_mut() {
-            let written = components.contains(&key.as_str()) || matches!(key.as_str(), "tokenizer" | "tokenizer_2" | "scheduler");
+            let written = Component::from_folder(key)
+                .is_some_and(|c| components.contains(&c) || matches!(c, Component::Tokenizer | Component::Tokenizer2 | Component::Scheduler));
             if value.is_array() && !key.starts_with('_') && !written {
                 *value = serde_json::json!([null, null]);
             }
         }
     }
-    std::fs::write(out.join("model_index.json"), serde_json::to_string_pretty(&index)? + "\n").context("writing model_index.json")?;
+    std::fs::write(out.join(MODEL_INDEX), serde_json::to_string_pretty(&index)? + "\n").with_context(|| format!("writing {MODEL_INDEX}"))?;
     let mut copies: Vec<String> = Vec::new();
     for c in components {
-        copies.push(format!("{c}/config.json"));
+        copies.push(c.config_path());
     }
-    for tokenizer in if family.is_xl() { &["tokenizer", "tokenizer_2"][..] } else { &["tokenizer"][..] } {
-        copies.extend(TOKENIZER_FILES.iter().map(|f| format!("{tokenizer}/{f}")));
+    for tokenizer in components.iter().filter_map(|c| c.tokenizer()) {
+        copies.extend(TOKENIZER_FILES.iter().map(|f| tokenizer.file(f)));
     }
     for rel in copies {
         if let Some(src) = repo.get(&rel)? {
@@ -99,14 +98,14 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
         }
     }
     // The scheduler config carries the prediction type the checkpoint is read with.
-    let mut scheduler: serde_json::Value = config::read(&repo.require("scheduler/scheduler_config.json")?)?;
+    let mut scheduler: serde_json::Value = config::read(&repo.require(&Component::Scheduler.config_path())?)?;
     if let (Some(p), Some(obj)) = (&repo.prediction_type, scheduler.as_object_mut()) {
         obj.insert("prediction_type".into(), serde_json::Value::String(p.value.name().into()));
     }
-    let path = out.join("scheduler/scheduler_config.json");
-    std::fs::create_dir_all(out.join("scheduler"))?;
+    let path = out.join(Component::Scheduler.config_path());
+    std::fs::create_dir_all(out.join(Component::Scheduler.folder()))?;
     std::fs::write(&path, serde_json::to_string_pretty(&scheduler)? + "\n").with_context(|| format!("writing {}", path.display()))?;
-    for component in components {
+    for &component in components {
         write_component(repo, file, component, out, kind)?;
     }
     Ok(())
@@ -114,8 +113,8 @@ fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Ki
 
 /// Checks that `component` builds from the checkpoint (every tensor its config needs, none
 /// mis-shaped), then writes its tensors under diffusers' names.
-fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &Path, kind: Option<Kind>) -> Result<()> {
-    let config = repo.require(&format!("{component}/config.json"))?;
+fn write_component(repo: &ModelRepo, file: &SingleFile, component: Component, out: &Path, kind: Option<Kind>) -> Result<()> {
+    let config = repo.require(&component.config_path())?;
     let weights = file.weights(component, &config, Placement::cpu_f32())?;
     // From the header: nothing is read before the model check below has compared every
     // tensor's shape with the config's (a stored view can claim terabytes).
@@ -124,8 +123,8 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
     let placement = Placement { device: Device::Cpu, kind: stored_kind };
     let opts = WeightOptions::default();
     match component {
-        "unet" => drop(sd::load_unet(repo, &opts, placement)?),
-        "vae" => drop(sd::load_vae(repo, &opts, placement)?),
+        Component::Unet => drop(sd::load_unet(repo, &opts, placement)?),
+        Component::Vae => drop(sd::load_vae(repo, &opts, placement)?),
         _ => drop(sd::load_text_encoder_from(repo, component, &opts, Placement { device: Device::Cpu, kind: Kind::Float })?),
     }
     let mut tensors = Vec::new();
@@ -133,7 +132,7 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
         let mut t = weights.stored_tensor(key)?;
         // The VAE's attention projections are 1x1 convolutions in the original layout and
         // linears in diffusers' (its loader refuses the conv shape).
-        if component == "vae" && key.contains(".attentions.") && t.dim() == 4 && t.size()[2..] == [1, 1] {
+        if component == Component::Vae && key.contains(".attentions.") && t.dim() == 4 && t.size()[2..] == [1, 1] {
             let s = t.size();
             t = t.f_reshape([s[0], s[1]])?;
         }
@@ -143,8 +142,8 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
         };
         tensors.push((key.to_string(), from_tch(&t)?));
     }
-    let name = if component.starts_with("text_encoder") { "model.safetensors" } else { "diffusion_pytorch_model.safetensors" };
-    let dir = out.join(component);
+    let name = component.weight_file(WeightFormat::Safetensors).with_context(|| format!("{component} has no weights"))?;
+    let dir = out.join(component.folder());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     safetensors_io::save_pt(&dir.join(name), &tensors)?;
     tracing::info!("{component}: {} tensors", tensors.len());

@@ -8,6 +8,7 @@ use crate::formats::atomic;
 use crate::formats::safetensors_io;
 use crate::formats::torch_file::TorchFile;
 use crate::formats::RawTensor;
+use crate::models::component::{Component, WeightFormat, MODEL_INDEX, TOKENIZER_FILES};
 use crate::models::repo::ModelRepo;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -76,27 +77,29 @@ fn read_tensors(path: &Path) -> Result<Vec<(String, RawTensor)>> {
 }
 
 /// Writes the pipeline into `out`. `tokens` are the placeholder tokens; each entry of
-/// `encoders` is one text encoder's (tokenizer folder, encoder folder, the tokens' ids there,
-/// their `[n, D]` rows).
-pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[String], encoders: &[(&str, &str, &[i64], &Tensor)]) -> Result<()> {
-    if let Some(p) = repo.get("model_index.json")? {
-        link_or_copy(&p, out, "model_index.json")?;
+/// `encoders` is one text encoder's (folder, the tokens' ids in it and in its tokenizer, their
+/// `[n, D]` rows).
+pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[String], encoders: &[(Component, &[i64], &Tensor)]) -> Result<()> {
+    if let Some(p) = repo.get(MODEL_INDEX)? {
+        link_or_copy(&p, out, MODEL_INDEX)?;
     }
-    link_or_copy(&repo.require("scheduler/scheduler_config.json")?, out, "scheduler/scheduler_config.json")?;
-    for component in ["unet", "vae"] {
-        link_or_copy(&repo.require(&format!("{component}/config.json"))?, out, &format!("{component}/config.json"))?;
-        for f in repo.weight_files(component, variant, None)? {
+    let scheduler = Component::Scheduler.config_path();
+    link_or_copy(&repo.require(&scheduler)?, out, &scheduler)?;
+    for component in [Component::Unet, Component::Vae] {
+        link_or_copy(&repo.require(&component.config_path())?, out, &component.config_path())?;
+        for f in repo.weight_files(component.folder(), variant, None)? {
             let name = f.file_name().context("weight file name")?.to_string_lossy().to_string();
-            link_or_copy(&f, out, &format!("{component}/{name}"))?;
+            link_or_copy(&f, out, &component.file(&name))?;
         }
-        for index in ["diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json"] {
-            if let Some(p) = repo.get(&format!("{component}/{index}"))? {
-                link_or_copy(&p, out, &format!("{component}/{index}"))?;
+        for index in [WeightFormat::Safetensors, WeightFormat::Bin].into_iter().filter_map(|f| component.weight_index_file(f)) {
+            if let Some(p) = repo.get(&component.file(&index))? {
+                link_or_copy(&p, out, &component.file(&index))?;
             }
         }
     }
 
-    for (tokenizer, encoder, ids, rows) in encoders {
+    for &(encoder, ids, rows) in encoders {
+        let tokenizer = encoder.tokenizer().with_context(|| format!("{encoder} is not a text encoder"))?;
         save_encoder(repo, out, encoder, ids, rows)?;
         save_tokenizer(repo, out, tokenizer, tokens, ids)?;
     }
@@ -105,16 +108,16 @@ pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[Strin
 }
 
 /// A text encoder whose vocabulary matrix grows by the new rows.
-fn save_encoder(repo: &ModelRepo, out: &Path, folder: &str, ids: &[i64], rows: &Tensor) -> Result<()> {
+fn save_encoder(repo: &ModelRepo, out: &Path, folder: Component, ids: &[i64], rows: &Tensor) -> Result<()> {
     let n = rows.size()[0];
-    let mut config = read_json(&repo.require(&format!("{folder}/config.json"))?)?;
+    let mut config = read_json(&repo.require(&folder.config_path())?)?;
     let vocab = config["vocab_size"].as_i64().unwrap_or(49408);
     if ids.first() != Some(&vocab) {
         bail!("placeholder ids {ids:?} do not follow the text encoder's {vocab} rows");
     }
     config["vocab_size"] = json!(vocab + n);
     let mut tensors = Vec::new();
-    for f in repo.weight_files(folder, None, None)? {
+    for f in repo.weight_files(folder.folder(), None, None)? {
         tensors.extend(read_tensors(&f)?);
     }
     let key = tensors
@@ -127,18 +130,19 @@ fn save_encoder(repo: &ModelRepo, out: &Path, folder: &str, ids: &[i64], rows: &
     data.extend_from_slice(&extra.data);
     let shape = vec![old.shape[0] + n as usize, old.shape[1]];
     tensors[key].1 = RawTensor::new(old.dtype, shape, data)?;
-    atomic::ensure_dir(out, Path::new(folder))?;
-    write_json(&out.join(folder).join("config.json"), &config)?;
-    safetensors_io::save_pt(&out.join(folder).join("model.safetensors"), &tensors)?;
+    atomic::ensure_dir(out, Path::new(folder.folder()))?;
+    write_json(&out.join(folder.config_path()), &config)?;
+    let name = folder.weight_file(WeightFormat::Safetensors).with_context(|| format!("{folder} has no weights"))?;
+    safetensors_io::save_pt(&out.join(folder.file(&name)), &tensors)?;
     Ok(())
 }
 
 /// A tokenizer folder: the base files plus the added tokens where transformers looks for them.
-fn save_tokenizer(repo: &ModelRepo, out: &Path, folder: &str, tokens: &[String], ids: &[i64]) -> Result<()> {
-    let tok_dir = atomic::ensure_dir(out, Path::new(folder))?;
-    for f in ["vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "tokenizer.json", "added_tokens.json"] {
-        if let Some(p) = repo.get(&format!("{folder}/{f}"))? {
-            link_or_copy(&p, out, &format!("{folder}/{f}"))?;
+fn save_tokenizer(repo: &ModelRepo, out: &Path, folder: Component, tokens: &[String], ids: &[i64]) -> Result<()> {
+    let tok_dir = atomic::ensure_dir(out, Path::new(folder.folder()))?;
+    for f in TOKENIZER_FILES {
+        if let Some(p) = repo.get(&folder.file(f))? {
+            link_or_copy(&p, out, &folder.file(f))?;
         }
     }
     let added =
