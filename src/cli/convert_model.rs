@@ -2,16 +2,15 @@
 //! diffusers folder `from_single_file(...).save_pretrained(OUT_DIR)` would give (configs,
 //! tokenizers, one safetensors file per component), which any diffusers tool then loads.
 use super::convert::DtypeArg;
-use crate::formats::safetensors_io;
-use crate::models::component::{Component, WeightFormat, MODEL_INDEX, TOKENIZER_FILES};
-use crate::models::config;
+use crate::models::component::Component;
+use crate::models::diffusers_folder::{FolderWriter, Listing, SchedulerFile, Style, Unchanged};
 use crate::models::repo::ModelRepo;
 use crate::models::single_file::SingleFile;
 use crate::models::stable_diffusion::{self as sd, WeightOptions};
 use crate::models::weights::Placement;
 use crate::tensors::from_tch;
-use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
 use tch::{Device, Kind};
 
 #[derive(Debug, clap::Args)]
@@ -43,77 +42,40 @@ pub fn run(args: ConvertModelArgs) -> Result<()> {
         DtypeArg::Fp16 => Some(Kind::Half),
         DtypeArg::Bf16 => Some(Kind::BFloat16),
     };
-    let parent = match args.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".tmp-convert-").tempdir_in(&parent).with_context(|| format!("creating a folder in {}", parent.display()))?;
-    // Removed on SIGINT/SIGTERM too, not only when dropped.
-    let _tracked = crate::formats::atomic::track(tmp.path());
-    write_folder(&repo, file, tmp.path(), kind)?;
-    let tmp = tmp.keep();
-    if let Err(e) = std::fs::rename(&tmp, &args.output) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e).with_context(|| format!("moving the converted model to {}", args.output.display()));
-    }
+    // Configs copied, never linked: the folder stands on its own, apart from the config folder.
+    let style = Style { unchanged: Unchanged::Copied, json_newline: true };
+    let folder = FolderWriter::create(&repo, &args.output, style)?;
+    write_folder(&repo, file, &folder, kind)?;
+    folder.finish()?;
     tracing::info!("wrote {} ({}, from {})", args.output.display(), file.arch.name(), repo.describe());
     Ok(())
 }
 
-/// Writes the configs, tokenizers and weights of `file` (read as `repo`) into `out`.
-fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Kind>) -> Result<()> {
+/// Writes the configs, tokenizers and weights of `file` (read as `repo`) into `folder`.
+fn write_folder(repo: &ModelRepo, file: &SingleFile, folder: &FolderWriter<'_>, kind: Option<Kind>) -> Result<()> {
     let family = sd::family(repo)?;
     repo.check_pipeline(family.is_xl())?;
     let components = family.components();
-    // model_index.json names only what the folder holds: a safety checker or feature extractor
-    // the config lists is written as absent ([null, null]), as save_pretrained does for a
-    // pipeline loaded without them.
-    let mut index: serde_json::Value = config::read(&repo.require(MODEL_INDEX)?)?;
-    if let Some(obj) = index.as_object_mut() {
-        for (key, value) in obj.iter_mut() {
-            let written = Component::from_folder(key)
-                .is_some_and(|c| components.contains(&c) || matches!(c, Component::Tokenizer | Component::Tokenizer2 | Component::Scheduler));
-            if value.is_array() && !key.starts_with('_') && !written {
-                *value = serde_json::json!([null, null]);
-            }
-        }
+    let tokenizers: Vec<Component> = components.iter().filter_map(|c| c.tokenizer()).collect();
+    let written: Vec<Component> = components.iter().chain(&tokenizers).copied().chain([Component::Scheduler]).collect();
+    folder.model_index(Listing::Written(&written))?;
+    for &c in components {
+        folder.config(c, None)?;
     }
-    std::fs::write(out.join(MODEL_INDEX), serde_json::to_string_pretty(&index)? + "\n").with_context(|| format!("writing {MODEL_INDEX}"))?;
-    let mut copies: Vec<String> = Vec::new();
-    for c in components {
-        copies.push(c.config_path());
-    }
-    for tokenizer in components.iter().filter_map(|c| c.tokenizer()) {
-        copies.extend(TOKENIZER_FILES.iter().map(|f| tokenizer.file(f)));
-    }
-    for rel in copies {
-        if let Some(src) = repo.get(&rel)? {
-            let dst = out.join(&rel);
-            std::fs::create_dir_all(dst.parent().unwrap_or(out))?;
-            // Read like any config (a regular file, bounded), never copied blindly: a FIFO or a
-            // link to /dev/zero in the config folder would make the copy endless.
-            let bytes = crate::formats::regular::read(&src, crate::formats::regular::CONFIG_MAX_BYTES)?;
-            std::fs::write(&dst, bytes).with_context(|| format!("writing {}", dst.display()))?;
-        }
+    for &t in &tokenizers {
+        folder.tokenizer(t, None)?;
     }
     // The scheduler config carries the prediction type the checkpoint is read with.
-    let mut scheduler: serde_json::Value = config::read(&repo.require(&Component::Scheduler.config_path())?)?;
-    if let (Some(p), Some(obj)) = (&repo.prediction_type, scheduler.as_object_mut()) {
-        obj.insert("prediction_type".into(), serde_json::Value::String(p.value.name().into()));
-    }
-    let path = out.join(Component::Scheduler.config_path());
-    std::fs::create_dir_all(out.join(Component::Scheduler.folder()))?;
-    std::fs::write(&path, serde_json::to_string_pretty(&scheduler)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+    folder.scheduler(SchedulerFile::Rewritten { prediction_type: repo.prediction_type.as_ref().map(|p| p.value) })?;
     for &component in components {
-        write_component(repo, file, component, out, kind)?;
+        write_component(repo, file, component, folder, kind)?;
     }
     Ok(())
 }
 
 /// Checks that `component` builds from the checkpoint (every tensor its config needs, none
 /// mis-shaped), then writes its tensors under diffusers' names.
-fn write_component(repo: &ModelRepo, file: &SingleFile, component: Component, out: &Path, kind: Option<Kind>) -> Result<()> {
+fn write_component(repo: &ModelRepo, file: &SingleFile, component: Component, folder: &FolderWriter<'_>, kind: Option<Kind>) -> Result<()> {
     let config = repo.require(&component.config_path())?;
     let weights = file.weights(component, &config, Placement::cpu_f32())?;
     // From the header: nothing is read before the model check below has compared every
@@ -142,10 +104,7 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: Component, ou
         };
         tensors.push((key.to_string(), from_tch(&t)?));
     }
-    let name = component.weight_file(WeightFormat::Safetensors).with_context(|| format!("{component} has no weights"))?;
-    let dir = out.join(component.folder());
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    safetensors_io::save_pt(&dir.join(name), &tensors)?;
+    folder.weights(component, &tensors)?;
     tracing::info!("{component}: {} tensors", tensors.len());
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod clip;
 pub mod component;
 pub mod config;
+pub mod diffusers_folder;
 pub mod files;
 pub mod nn;
 pub mod prediction;
