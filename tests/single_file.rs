@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 use textual_inversion::device::Precision;
+use textual_inversion::models::component::Component;
 use textual_inversion::models::config::Named;
 use textual_inversion::models::files::HubOptions;
 use textual_inversion::models::repo::{ModelRepo, ModelSource};
@@ -105,7 +106,7 @@ fn a_lightning_ckpt_holds_the_same_tensors_and_generates_the_same_image() {
     let cfg = dir().join("sd1");
     let a = source(&dir().join("sd1.safetensors"), Some(&cfg)).resolve().unwrap();
     let b = source(&dir().join("sd1.ckpt"), Some(&cfg)).resolve().unwrap();
-    for component in ["unet", "vae", "text_encoder"] {
+    for component in [Component::Unet, Component::Vae, Component::TextEncoder] {
         let (wa, wb) = (a.single_file_weights(component, placement()).unwrap().unwrap(), b.single_file_weights(component, placement()).unwrap().unwrap());
         assert_eq!(wa.keys(), wb.keys(), "{component}");
         for k in wa.keys() {

@@ -2,15 +2,15 @@
 //! diffusers folder `from_single_file(...).save_pretrained(OUT_DIR)` would give (configs,
 //! tokenizers, one safetensors file per component), which any diffusers tool then loads.
 use super::convert::DtypeArg;
-use crate::formats::safetensors_io;
-use crate::models::config;
+use crate::models::component::Component;
+use crate::models::diffusers_folder::{FolderWriter, Listing, SchedulerFile, Style, Unchanged};
 use crate::models::repo::ModelRepo;
 use crate::models::single_file::SingleFile;
 use crate::models::stable_diffusion::{self as sd, WeightOptions};
 use crate::models::weights::Placement;
 use crate::tensors::from_tch;
-use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
 use tch::{Device, Kind};
 
 #[derive(Debug, clap::Args)]
@@ -25,9 +25,6 @@ pub struct ConvertModelArgs {
     #[arg(long, value_enum, default_value = "keep")]
     pub dtype: DtypeArg,
 }
-
-/// Tokenizer files copied from the config folder when present.
-const TOKENIZER_FILES: &[&str] = &["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "added_tokens.json"];
 
 pub fn run(args: ConvertModelArgs) -> Result<()> {
     let input = args.input.to_string_lossy().to_string();
@@ -45,77 +42,41 @@ pub fn run(args: ConvertModelArgs) -> Result<()> {
         DtypeArg::Fp16 => Some(Kind::Half),
         DtypeArg::Bf16 => Some(Kind::BFloat16),
     };
-    let parent = match args.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new().prefix(".tmp-convert-").tempdir_in(&parent).with_context(|| format!("creating a folder in {}", parent.display()))?;
-    // Removed on SIGINT/SIGTERM too, not only when dropped.
-    let _tracked = crate::formats::atomic::track(tmp.path());
-    write_folder(&repo, file, tmp.path(), kind)?;
-    let tmp = tmp.keep();
-    if let Err(e) = std::fs::rename(&tmp, &args.output) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e).with_context(|| format!("moving the converted model to {}", args.output.display()));
-    }
+    // Configs copied, never linked: the folder stands on its own, apart from the config folder.
+    let style = Style { unchanged: Unchanged::Copied, json_newline: true };
+    let folder = FolderWriter::create(&repo, &args.output, style)?;
+    write_folder(&repo, file, &folder, kind)?;
+    folder.finish()?;
     tracing::info!("wrote {} ({}, from {})", args.output.display(), file.arch.name(), repo.describe());
     Ok(())
 }
 
-/// Writes the configs, tokenizers and weights of `file` (read as `repo`) into `out`.
-fn write_folder(repo: &ModelRepo, file: &SingleFile, out: &Path, kind: Option<Kind>) -> Result<()> {
+/// Writes the configs, tokenizers and weights of `file` (read as `repo`) into `folder`.
+fn write_folder(repo: &ModelRepo, file: &SingleFile, folder: &FolderWriter<'_>, kind: Option<Kind>) -> Result<()> {
     let family = sd::family(repo)?;
     repo.check_pipeline(family.is_xl())?;
     let components = family.components();
-    // model_index.json names only what the folder holds: a safety checker or feature extractor
-    // the config lists is written as absent ([null, null]), as save_pretrained does for a
-    // pipeline loaded without them.
-    let mut index: serde_json::Value = config::read(&repo.require("model_index.json")?)?;
-    if let Some(obj) = index.as_object_mut() {
-        for (key, value) in obj.iter_mut() {
-            let written = components.contains(&key.as_str()) || matches!(key.as_str(), "tokenizer" | "tokenizer_2" | "scheduler");
-            if value.is_array() && !key.starts_with('_') && !written {
-                *value = serde_json::json!([null, null]);
-            }
-        }
+    let tokenizers: Vec<Component> = components.iter().filter_map(|c| c.tokenizer()).collect();
+    let written: Vec<Component> = components.iter().chain(&tokenizers).copied().chain([Component::Scheduler]).collect();
+    folder.model_index(Listing::Written(&written))?;
+    for &c in components {
+        folder.config(c, None)?;
     }
-    std::fs::write(out.join("model_index.json"), serde_json::to_string_pretty(&index)? + "\n").context("writing model_index.json")?;
-    let mut copies: Vec<String> = Vec::new();
-    for c in components {
-        copies.push(format!("{c}/config.json"));
-    }
-    for tokenizer in if family.is_xl() { &["tokenizer", "tokenizer_2"][..] } else { &["tokenizer"][..] } {
-        copies.extend(TOKENIZER_FILES.iter().map(|f| format!("{tokenizer}/{f}")));
-    }
-    for rel in copies {
-        if let Some(src) = repo.get(&rel)? {
-            let dst = out.join(&rel);
-            std::fs::create_dir_all(dst.parent().unwrap_or(out))?;
-            // Read like any config (a regular file, bounded), never copied blindly: a FIFO or a
-            // link to /dev/zero in the config folder would make the copy endless.
-            let bytes = crate::formats::regular::read(&src, crate::formats::regular::CONFIG_MAX_BYTES)?;
-            std::fs::write(&dst, bytes).with_context(|| format!("writing {}", dst.display()))?;
-        }
+    for &t in &tokenizers {
+        folder.tokenizer(t, None)?;
     }
     // The scheduler config carries the prediction type the checkpoint is read with.
-    let mut scheduler: serde_json::Value = config::read(&repo.require("scheduler/scheduler_config.json")?)?;
-    if let (Some(p), Some(obj)) = (&repo.prediction_type, scheduler.as_object_mut()) {
-        obj.insert("prediction_type".into(), serde_json::Value::String(p.value.name().into()));
-    }
-    let path = out.join("scheduler/scheduler_config.json");
-    std::fs::create_dir_all(out.join("scheduler"))?;
-    std::fs::write(&path, serde_json::to_string_pretty(&scheduler)? + "\n").with_context(|| format!("writing {}", path.display()))?;
-    for component in components {
-        write_component(repo, file, component, out, kind)?;
+    folder.scheduler(SchedulerFile::Rewritten { prediction_type: repo.prediction_type.as_ref().map(|p| p.value) })?;
+    for &component in components {
+        write_component(repo, file, component, folder, kind)?;
     }
     Ok(())
 }
 
 /// Checks that `component` builds from the checkpoint (every tensor its config needs, none
 /// mis-shaped), then writes its tensors under diffusers' names.
-fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &Path, kind: Option<Kind>) -> Result<()> {
-    let config = repo.require(&format!("{component}/config.json"))?;
+fn write_component(repo: &ModelRepo, file: &SingleFile, component: Component, folder: &FolderWriter<'_>, kind: Option<Kind>) -> Result<()> {
+    let config = repo.require(&component.config_path())?;
     let weights = file.weights(component, &config, Placement::cpu_f32())?;
     // From the header: nothing is read before the model check below has compared every
     // tensor's shape with the config's (a stored view can claim terabytes).
@@ -124,8 +85,8 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
     let placement = Placement { device: Device::Cpu, kind: stored_kind };
     let opts = WeightOptions::default();
     match component {
-        "unet" => drop(sd::load_unet(repo, &opts, placement)?),
-        "vae" => drop(sd::load_vae(repo, &opts, placement)?),
+        Component::Unet => drop(sd::load_unet(repo, &opts, placement)?),
+        Component::Vae => drop(sd::load_vae(repo, &opts, placement)?),
         _ => drop(sd::load_text_encoder_from(repo, component, &opts, Placement { device: Device::Cpu, kind: Kind::Float })?),
     }
     let mut tensors = Vec::new();
@@ -133,7 +94,7 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
         let mut t = weights.stored_tensor(key)?;
         // The VAE's attention projections are 1x1 convolutions in the original layout and
         // linears in diffusers' (its loader refuses the conv shape).
-        if component == "vae" && key.contains(".attentions.") && t.dim() == 4 && t.size()[2..] == [1, 1] {
+        if component == Component::Vae && key.contains(".attentions.") && t.dim() == 4 && t.size()[2..] == [1, 1] {
             let s = t.size();
             t = t.f_reshape([s[0], s[1]])?;
         }
@@ -143,10 +104,7 @@ fn write_component(repo: &ModelRepo, file: &SingleFile, component: &str, out: &P
         };
         tensors.push((key.to_string(), from_tch(&t)?));
     }
-    let name = if component.starts_with("text_encoder") { "model.safetensors" } else { "diffusion_pytorch_model.safetensors" };
-    let dir = out.join(component);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    safetensors_io::save_pt(&dir.join(name), &tensors)?;
+    folder.weights(component, &tensors)?;
     tracing::info!("{component}: {} tensors", tensors.len());
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! through `hf-hub` — the user's existing cache first (`HF_HUB_CACHE`, `HF_HOME`), then a
 //! download unless offline (`HF_HUB_OFFLINE=1`) — and which weight files to load (variants,
 //! safetensors before pickles, sharded checkpoints), as diffusers chooses them.
+use super::component::WeightFormat;
 use anyhow::{bail, Context, Result};
 use hf_hub::{Repo, RepoType};
 use std::path::{Path, PathBuf};
@@ -139,22 +140,16 @@ impl ModelFiles {
     /// `Ok(Err(files looked for))` rather than an error (network and parse failures are errors).
     pub fn find_weight_files(&self, component: &str, variant: Option<&str>, use_safetensors: Option<bool>) -> Result<Result<Vec<PathBuf>, Vec<String>>> {
         let v = variant.map(|v| format!(".{v}")).unwrap_or_default();
-        let stems: &[&str] = if component.starts_with("text_encoder") { &["model", "pytorch_model"] } else { &["diffusion_pytorch_model"] };
         let mut candidates = Vec::new();
-        for ext in match use_safetensors {
-            Some(true) => vec!["safetensors"],
-            Some(false) => vec!["bin"],
-            None => vec!["safetensors", "bin"],
+        for format in match use_safetensors {
+            Some(true) => vec![WeightFormat::Safetensors],
+            Some(false) => vec![WeightFormat::Bin],
+            None => vec![WeightFormat::Safetensors, WeightFormat::Bin],
         } {
-            for stem in stems {
-                // transformers names its bins pytorch_model.bin and safetensors model.safetensors.
-                if (ext == "bin" && *stem == "model") || (ext == "safetensors" && *stem == "pytorch_model") {
-                    continue;
-                }
-                candidates.push((format!("{component}/{stem}{v}.{ext}"), false));
-                candidates.push((format!("{component}/{stem}.{ext}.index{v}.json"), true));
-                candidates.push((format!("{component}/{stem}.{ext}.index.json"), true));
-            }
+            let (stem, ext) = (super::component::weight_stem(component, format), format.extension());
+            candidates.push((format!("{component}/{stem}{v}.{ext}"), false));
+            candidates.push((format!("{component}/{stem}.{ext}.index{v}.json"), true));
+            candidates.push((format!("{component}/{stem}.{ext}.index.json"), true));
         }
         for (file, is_index) in &candidates {
             let Some(path) = self.get(file)? else { continue };

@@ -9,7 +9,9 @@
 //! `timestep_embedding.rs`, read by `unet.rs` when `addition_embed_type` is `text_time`.
 pub mod attention;
 pub mod clip;
+pub mod component;
 pub mod config;
+pub mod diffusers_folder;
 pub mod files;
 pub mod nn;
 pub mod prediction;

@@ -3,6 +3,7 @@
 //! checkpoint read with a config folder's configs and tokenizers) and the prediction type that
 //! replaces the scheduler config's, if any. [`ModelSource`] holds the flags that name a model;
 //! [`ModelSource::resolve`] makes the one value every loader takes.
+use super::component::Component;
 use super::files::{HubOptions, ModelFiles};
 use super::prediction::PredictionOverride;
 use super::single_file::{defaults, Arch, SingleFile};
@@ -161,9 +162,9 @@ impl ModelRepo {
 
     /// A single file's `component` under diffusers' names, laid out by the config folder's
     /// `component/config.json`; `None` for a diffusers folder.
-    pub fn single_file_weights(&self, component: &str, placement: Placement) -> Result<Option<Weights>> {
+    pub fn single_file_weights(&self, component: Component, placement: Placement) -> Result<Option<Weights>> {
         let Some(file) = self.single_file() else { return Ok(None) };
-        let config = self.require(&format!("{component}/config.json"))?;
+        let config = self.require(&component.config_path())?;
         file.weights(component, &config, placement).map(Some)
     }
 

@@ -5,6 +5,7 @@
 //! The family (SD 1.x/2.x, or SDXL with `tokenizer_2` and `text_encoder_2`, the second encoder
 //! with its projection) comes from `model_index.json` ([`family`]).
 use super::clip::ClipTextModel;
+use super::component::{Component, MODEL_INDEX, TOKENIZER_FILES};
 use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
 use super::repo::ModelRepo;
 use super::unet::UNet2DConditionModel;
@@ -57,11 +58,11 @@ impl Family {
     }
 
     /// The pipeline's model folders, in load (and save) order.
-    pub fn components(self) -> &'static [&'static str] {
+    pub fn components(self) -> &'static [Component] {
         if self.is_xl() {
-            &["text_encoder", "text_encoder_2", "unet", "vae"]
+            &[Component::TextEncoder, Component::TextEncoder2, Component::Unet, Component::Vae]
         } else {
-            &["text_encoder", "unet", "vae"]
+            &[Component::TextEncoder, Component::Unet, Component::Vae]
         }
     }
 }
@@ -117,13 +118,13 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     };
     let text_weights = if options.text_encoder_variant { weights.clone() } else { WeightOptions { variant: None, ..weights.clone() } };
     let text_placement = Placement { device: options.device, kind: Kind::Float };
-    let text_encoder = load_text_encoder_from(repo, "text_encoder", &text_weights, text_placement)?;
-    check_pair(&tokenizer, &text_encoder, "text_encoder")?;
+    let text_encoder = load_text_encoder_from(repo, Component::TextEncoder, &text_weights, text_placement)?;
+    check_pair(&tokenizer, &text_encoder, Component::TextEncoder)?;
     let second = match family {
         Family::Xl { .. } => {
-            let tokenizer_2 = load_tokenizer_from(repo, "tokenizer_2")?;
-            let encoder_2 = load_text_encoder_from(repo, "text_encoder_2", &text_weights, text_placement)?;
-            check_pair(&tokenizer_2, &encoder_2, "text_encoder_2")?;
+            let tokenizer_2 = load_tokenizer_from(repo, Component::Tokenizer2)?;
+            let encoder_2 = load_text_encoder_from(repo, Component::TextEncoder2, &text_weights, text_placement)?;
+            check_pair(&tokenizer_2, &encoder_2, Component::TextEncoder2)?;
             if !encoder_2.has_projection() {
                 bail!("{}: text_encoder_2 has no text_projection (SDXL's second encoder is a CLIPTextModelWithProjection)", repo.describe());
             }
@@ -133,7 +134,7 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
     };
     let placement = Placement { device: options.device, kind: options.precision.kind() };
     let unet = load_unet(repo, weights, placement)?;
-    let vae_cfg: VaeConfig = config::load(&repo.require("vae/config.json")?)?;
+    let vae_cfg: VaeConfig = config::load(&repo.require(&Component::Vae.config_path())?)?;
     // SDXL's pipeline decodes in fp32 when the VAE says force_upcast and runs in fp16 (SDXL's
     // VAE overflows fp16); ours keeps that VAE in fp32 from the start.
     let vae_placement = if family.is_xl() && options.precision == Precision::Fp16 && vae_cfg.force_upcast.unwrap_or(false) {
@@ -158,12 +159,12 @@ fn load_parts(repo: &ModelRepo, options: &LoadOptions, family: Family) -> Result
 /// A tokenizer and the text encoder it feeds must agree: every id it gives is a row of the
 /// encoder's embedding and every sequence it pads to fits the encoder's positions; otherwise the
 /// first prompt would index past a tensor inside libtorch.
-fn check_pair(tokenizer: &super::tokenizer::ClipTokenizer, encoder: &ClipTextModel, folder: &str) -> Result<()> {
+fn check_pair(tokenizer: &super::tokenizer::ClipTokenizer, encoder: &ClipTextModel, folder: Component) -> Result<()> {
     let c = &encoder.config;
     if tokenizer.model_max_length() as i64 > c.max_position_embeddings {
         bail!(
             "{}: model_max_length {} is more than the {} positions of {folder} (its config's max_position_embeddings)",
-            tokenizer.folder().join("tokenizer_config.json").display(),
+            tokenizer.folder().join(Component::Tokenizer.config_file()).display(),
             tokenizer.model_max_length(),
             c.max_position_embeddings
         );
@@ -184,7 +185,7 @@ fn check_pair(tokenizer: &super::tokenizer::ClipTokenizer, encoder: &ClipTextMod
 /// added embedding's input, and the VAE's latents its input and output.
 fn check_widths(repo: &ModelRepo, text: &ClipTextModel, text_2: Option<&ClipTextModel>, unet: &UNet2DConditionModel, vae: &AutoencoderKL) -> Result<()> {
     let u = &unet.config;
-    let unet_config = || repo.get("unet/config.json").ok().flatten().map_or_else(|| "unet/config.json".into(), |p| p.display().to_string());
+    let unet_config = || repo.get(&Component::Unet.config_path()).ok().flatten().map_or_else(|| Component::Unet.config_path(), |p| p.display().to_string());
     let context = text.hidden_size() + text_2.map_or(0, |t| t.hidden_size());
     let encoders = if text_2.is_some() { "text_encoder's and text_encoder_2's hidden_size together" } else { "text_encoder's hidden_size" };
     for i in 0..u.block_out_channels.len() {
@@ -212,7 +213,7 @@ fn check_widths(repo: &ModelRepo, text: &ClipTextModel, text_2: Option<&ClipText
 /// `scheduler/scheduler_config.json`, with the prediction type `--prediction_type` or a
 /// single-file checkpoint sets.
 pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
-    let path = repo.require("scheduler/scheduler_config.json")?;
+    let path = repo.require(&Component::Scheduler.config_path())?;
     let mut config = SchedulerConfig::read(&path)?;
     if let Some(p) = &repo.prediction_type {
         config.prediction_type = Some(p.value.into());
@@ -223,11 +224,11 @@ pub fn load_scheduler_config(repo: &ModelRepo) -> Result<SchedulerConfig> {
 /// The pipeline `model_index.json` describes (a folder without one is SD 1.x/2.x); refuses
 /// those this tool does not implement, naming them.
 pub fn family(repo: &ModelRepo) -> Result<Family> {
-    let Some(index) = repo.get("model_index.json")? else { return Ok(Family::StableDiffusion) };
+    let Some(index) = repo.get(MODEL_INDEX)? else { return Ok(Family::StableDiffusion) };
     let v: serde_json::Value = config::read(&index)?;
     let class = v.get("_class_name").and_then(|c| c.as_str()).unwrap_or("");
     let has = |k: &str| v.get(k).and_then(|c| c.as_array()).is_some_and(|a| a.iter().any(|x| !x.is_null()));
-    match (has("text_encoder"), has("text_encoder_2")) {
+    match (has(Component::TextEncoder.folder()), has(Component::TextEncoder2.folder())) {
         (true, true) => Ok(Family::Xl { force_zeros_for_empty_prompt: v.get("force_zeros_for_empty_prompt").and_then(|f| f.as_bool()).unwrap_or(true) }),
         (false, true) => {
             bail!("{}: {class} has only text_encoder_2 (an SDXL refiner): not supported; SD 1.x, 2.x and SDXL base pipelines are", repo.describe())
@@ -240,26 +241,27 @@ pub fn family(repo: &ModelRepo) -> Result<Family> {
 /// diffusers' rule for `variant=` on a pipeline: a component without variant files loads its
 /// plain files (with a warning); it is an error only when none of `components` has the variant.
 /// Call once before loading the components.
-pub fn check_variant(repo: &ModelRepo, opts: &WeightOptions, components: &[&str]) -> Result<()> {
+pub fn check_variant(repo: &ModelRepo, opts: &WeightOptions, components: &[Component]) -> Result<()> {
     let Some(v) = opts.variant.as_deref() else { return Ok(()) };
     let mut any = false;
     for c in components {
-        any |= repo.find_weight_files(c, Some(v), opts.use_safetensors)?.is_ok();
+        any |= repo.find_weight_files(c.folder(), Some(v), opts.use_safetensors)?.is_ok();
     }
     if !any {
         bail!(
             "You are trying to load the model files of the `variant={v}`, but no such modeling files are available: {} has no {v} weights for {}",
             repo.describe(),
-            components.join(", ")
+            components.iter().map(|c| c.folder()).collect::<Vec<_>>().join(", ")
         );
     }
     Ok(())
 }
 
-fn load_weights(repo: &ModelRepo, component: &str, opts: &WeightOptions, placement: Placement) -> Result<Weights> {
+fn load_weights(repo: &ModelRepo, component: Component, opts: &WeightOptions, placement: Placement) -> Result<Weights> {
     if let Some(weights) = repo.single_file_weights(component, placement)? {
         return Ok(weights);
     }
+    let component = component.folder();
     let mut variant = opts.variant.as_deref();
     if let Some(v) = variant {
         if let Err(tried) = repo.find_weight_files(component, Some(v), opts.use_safetensors)? {
@@ -273,38 +275,39 @@ fn load_weights(repo: &ModelRepo, component: &str, opts: &WeightOptions, placeme
 }
 
 pub fn load_unet(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<UNet2DConditionModel> {
-    let cfg_path = repo.require("unet/config.json")?;
+    let cfg_path = repo.require(&Component::Unet.config_path())?;
     let cfg: UNetConfig = config::load(&cfg_path)?;
-    UNet2DConditionModel::load(&load_weights(repo, "unet", opts, placement)?, &cfg).with_context(|| format!("loading the UNet ({})", cfg_path.display()))
+    UNet2DConditionModel::load(&load_weights(repo, Component::Unet, opts, placement)?, &cfg)
+        .with_context(|| format!("loading the UNet ({})", cfg_path.display()))
 }
 
 pub fn load_vae(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<AutoencoderKL> {
-    let cfg_path = repo.require("vae/config.json")?;
+    let cfg_path = repo.require(&Component::Vae.config_path())?;
     let cfg: VaeConfig = config::load(&cfg_path)?;
-    AutoencoderKL::load(&load_weights(repo, "vae", opts, placement)?, &cfg).with_context(|| format!("loading the VAE ({})", cfg_path.display()))
+    AutoencoderKL::load(&load_weights(repo, Component::Vae, opts, placement)?, &cfg).with_context(|| format!("loading the VAE ({})", cfg_path.display()))
 }
 
 pub fn load_text_encoder(repo: &ModelRepo, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
-    load_text_encoder_from(repo, "text_encoder", opts, placement)
+    load_text_encoder_from(repo, Component::TextEncoder, opts, placement)
 }
 
 /// A CLIP text encoder from `folder` (`text_encoder`, or SDXL's `text_encoder_2`).
-pub fn load_text_encoder_from(repo: &ModelRepo, folder: &str, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
-    let cfg_path = repo.require(&format!("{folder}/config.json"))?;
+pub fn load_text_encoder_from(repo: &ModelRepo, folder: Component, opts: &WeightOptions, placement: Placement) -> Result<ClipTextModel> {
+    let cfg_path = repo.require(&folder.config_path())?;
     let cfg: ClipTextConfig = config::load(&cfg_path)?;
     ClipTextModel::load(&load_weights(repo, folder, opts, placement)?, &cfg).with_context(|| format!("loading {folder} ({})", cfg_path.display()))
 }
 
 pub fn load_tokenizer(repo: &ModelRepo) -> Result<super::tokenizer::ClipTokenizer> {
-    load_tokenizer_from(repo, "tokenizer")
+    load_tokenizer_from(repo, Component::Tokenizer)
 }
 
 /// A CLIP tokenizer from `folder` (`tokenizer`, or SDXL's `tokenizer_2`).
-pub fn load_tokenizer_from(repo: &ModelRepo, folder: &str) -> Result<super::tokenizer::ClipTokenizer> {
+pub fn load_tokenizer_from(repo: &ModelRepo, folder: Component) -> Result<super::tokenizer::ClipTokenizer> {
     // The folder must be local: fetch every tokenizer file the model has, then read the folder.
     let mut dir = None;
-    for f in ["tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.json", "added_tokens.json"] {
-        if let Some(p) = repo.get(&format!("{folder}/{f}"))? {
+    for f in TOKENIZER_FILES {
+        if let Some(p) = repo.get(&folder.file(f))? {
             dir = p.parent().map(Path::to_path_buf);
         }
     }

@@ -6,6 +6,7 @@ use super::config::{SaveFormat, TrainConfig};
 use super::metrics::{LOSS_PNG, METRICS_FILE};
 use super::on_update::trigger_name;
 use crate::formats::atomic;
+use crate::models::component::{Component, MODEL_INDEX};
 use crate::models::repo::ModelRepo;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -81,8 +82,7 @@ impl Plan<'_> {
                 }
             }
         }
-        out.save_as_full_pipeline
-            && matches!(name, "model_index.json" | "scheduler" | "unet" | "vae" | "text_encoder" | "tokenizer" | "text_encoder_2" | "tokenizer_2")
+        out.save_as_full_pipeline && (name == MODEL_INDEX || Component::from_folder(name).is_some())
     }
 }
 

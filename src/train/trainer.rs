@@ -14,6 +14,7 @@ use super::reporting::Reporting;
 use super::run_state::{Batch, RunState};
 use super::setup::{Data, Model};
 use super::step::{self, StepInputs};
+use crate::models::component::Component;
 use anyhow::Result;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
@@ -160,10 +161,10 @@ impl Trainer<'_> {
             self.validate_final()?;
         }
         if out.save_as_full_pipeline {
-            let folders = [("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")];
+            let folders = [Component::TextEncoder, Component::TextEncoder2];
             let model = &self.model;
-            let encoders: Vec<(&str, &str, &[i64], &Tensor)> =
-                folders.iter().zip(model.token_ids.iter().zip(&self.run.rows.trainable)).map(|(&(t, e), (ids, rows))| (t, e, ids.as_slice(), rows)).collect();
+            let encoders: Vec<(Component, &[i64], &Tensor)> =
+                folders.iter().zip(model.token_ids.iter().zip(&self.run.rows.trainable)).map(|(&e, (ids, rows))| (e, ids.as_slice(), rows)).collect();
             super::full_pipeline::save(&model.repo, &out.dir, self.cfg.variant.as_deref(), &model.tokens, &encoders)?;
         }
         let final_path = self.save_embeddings(None)?;

@@ -3,6 +3,7 @@
 //! (assets/single-file/README.md says which), bundled in the binary so that no network is
 //! needed, and written out once as a diffusers folder the usual loaders read.
 use super::Arch;
+use crate::models::component::{Component, MODEL_INDEX};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -51,17 +52,17 @@ pub fn folder_in(cache: &std::path::Path, arch: Arch) -> Result<PathBuf> {
     let root = cache.join("single-file-configs");
     // The version in the name: a new release with other configs never reads an old folder.
     let dir = root.join(format!("{name}-{}", env!("CARGO_PKG_VERSION")));
-    if dir.join("model_index.json").is_file() {
+    if dir.join(MODEL_INDEX).is_file() {
         return Ok(dir);
     }
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&root).with_context(|| format!("creating a folder in {}", root.display()))?;
     let _tracked = crate::formats::atomic::track(tmp.path());
     let mut all: Vec<(String, &str)> = files.iter().map(|(f, text)| (f.to_string(), *text)).collect();
-    for tokenizer in ["tokenizer", "tokenizer_2"] {
-        if files.iter().any(|(f, _)| f.starts_with(&format!("{tokenizer}/"))) {
-            all.push((format!("{tokenizer}/vocab.json"), VOCAB));
-            all.push((format!("{tokenizer}/merges.txt"), MERGES));
+    for tokenizer in [Component::Tokenizer, Component::Tokenizer2] {
+        if files.iter().any(|(f, _)| f.starts_with(&tokenizer.file(""))) {
+            all.push((tokenizer.file("vocab.json"), VOCAB));
+            all.push((tokenizer.file("merges.txt"), MERGES));
         }
     }
     for (file, text) in all {
@@ -75,7 +76,7 @@ pub fn folder_in(cache: &std::path::Path, arch: Arch) -> Result<PathBuf> {
     if let Err(e) = std::fs::rename(&tmp, &dir) {
         let _ = std::fs::remove_dir_all(&tmp);
         // Another run may have written it meanwhile.
-        if !dir.join("model_index.json").is_file() {
+        if !dir.join(MODEL_INDEX).is_file() {
             return Err(e).with_context(|| format!("writing the bundled {} configs to {}", source(arch), dir.display()));
         }
     }

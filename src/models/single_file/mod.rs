@@ -12,6 +12,7 @@
 pub mod defaults;
 pub mod ldm_keys;
 
+use super::component::Component;
 use super::config::{self, ClipTextConfig, UNetConfig, VaeConfig};
 use super::prediction::{PredictionOverride, PredictionSource};
 use super::weights::{ModelFile, Placement, View, Weights};
@@ -73,14 +74,14 @@ impl SingleFile {
 
     /// One component's weights (`unet`, `vae`, `text_encoder`, `text_encoder_2`) under
     /// diffusers' names, laid out by that component's config (`config_json`).
-    pub fn weights(&self, component: &str, config_json: &Path, placement: Placement) -> Result<Weights> {
+    pub fn weights(&self, component: Component, config_json: &Path, placement: Placement) -> Result<Weights> {
         let ck = &self.model_file;
         let only = |prefix: &'static str, map: KeyMap<'_>| {
-            ck.component(component, placement, |k, shape| k.strip_prefix(prefix).map(|r| map(r, shape)).unwrap_or_default())
+            ck.component(component.folder(), placement, |k, shape| k.strip_prefix(prefix).map(|r| map(r, shape)).unwrap_or_default())
         };
         let whole = |name: Option<String>| name.map(|n| vec![(n, View::Whole)]).unwrap_or_default();
         let weights = match component {
-            "unet" => {
+            Component::Unet => {
                 // Validated before its layer counts size the key layout.
                 let cfg: UNetConfig = config::load(config_json)?;
                 let blocks = cfg.block_out_channels.len();
@@ -88,22 +89,22 @@ impl SingleFile {
                 let layout = ldm_keys::UNetLayout::new(&layers);
                 only(UNET, &|k, _| whole(layout.key(k)))?
             }
-            "vae" => {
+            Component::Vae => {
                 let cfg: VaeConfig = config::load(config_json)?;
                 let blocks = cfg.block_out_channels.len();
                 only(VAE, &|k, _| whole(ldm_keys::vae_key(k, blocks)))?
             }
-            "text_encoder" | "text_encoder_2" => {
+            Component::TextEncoder | Component::TextEncoder2 => {
                 let cfg: ClipTextConfig = config::load(config_json)?;
                 let layers = cfg.num_hidden_layers.max(0) as usize;
                 let (prefix, open_clip) = match (component, self.arch) {
-                    ("text_encoder", Arch::Sd1) => (SD1_TEXT, false),
-                    ("text_encoder", Arch::Sd2) => (SD2_TEXT, true),
-                    ("text_encoder", Arch::Xl) => (XL_TEXT, false),
-                    ("text_encoder_2", Arch::Xl) => (XL_TEXT_2, true),
+                    (Component::TextEncoder, Arch::Sd1) => (SD1_TEXT, false),
+                    (Component::TextEncoder, Arch::Sd2) => (SD2_TEXT, true),
+                    (Component::TextEncoder, Arch::Xl) => (XL_TEXT, false),
+                    (Component::TextEncoder2, Arch::Xl) => (XL_TEXT_2, true),
                     _ => bail!("{}: a {} checkpoint has no {component}", self.path.display(), self.arch.name()),
                 };
-                let projection = component == "text_encoder_2";
+                let projection = component == Component::TextEncoder2;
                 if open_clip {
                     only(prefix, &|k, shape| ldm_keys::open_clip_keys(k, shape, layers, projection))?
                 } else {
