@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs exactly this through .ci/run).
-# Sets up libtorch if needed (scripts/setup-libtorch.sh), checks formatting and lints, then runs
-# every test of the workspace.
+# Sets up libtorch if needed (scripts/setup-libtorch.sh) and gloo's headers for the distributed
+# engine (scripts/setup-gloo.sh), checks formatting and lints, then runs every test of the
+# workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup-libtorch.sh)"
+eval "$(scripts/setup-gloo.sh)"
 realworld=${TI_REALWORLD_DIR:-../shared/realworld}
 if [[ ! -f "$realworld/bad-artist.pt" ]]; then
   echo "[test] $realworld has no published embedding files: the tests that read them skip (set TI_REALWORLD_DIR to run them)" >&2
