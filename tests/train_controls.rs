@@ -114,7 +114,7 @@ fn noise_offset_is_drawn_right_after_the_noise() {
         seed: 7,
         resized: vec![],
         num_vectors: 1,
-        shape: StreamShape { len: 1, batch_size: 1, templates: 1, tags: None },
+        shape: StreamShape { len: 1, batch_size: 1, templates: 1, tags: None, shard: None },
         noise_offset: true,
     };
     tch::manual_seed(7);

@@ -129,7 +129,7 @@ pub struct TrainArgs {
     /// Deprecated: validation_steps = validation_epochs x dataset length, as the script does.
     #[arg(long = "validation_epochs")]
     pub validation_epochs: Option<u64>,
-    /// Accepted for compatibility (single process).
+    /// Accepted for compatibility: the rank comes from the launcher's environment (LOCAL_RANK).
     #[arg(long = "local_rank", default_value_t = -1)]
     pub local_rank: i64,
     /// Save the full training state as checkpoint-N every N updates.
@@ -152,9 +152,14 @@ pub struct TrainArgs {
     pub no_safe_serialization: bool,
 
     // Beyond the script.
-    /// cpu, cuda, cuda:N, mps.
+    /// cpu, cuda, cuda:N, mps. Data-parallel, `cuda` is each rank's cuda:LOCAL_RANK.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: tch::Device,
+    /// Start N data-parallel ranks on this machine (as `accelerate launch --num_processes N`;
+    /// no Python needed). Under torchrun, SLURM or hand-set RANK/WORLD_SIZE, leave it out:
+    /// the ranks come from the environment (docs/distributed.md).
+    #[arg(long = "num_processes")]
+    pub num_processes: Option<usize>,
     /// Encode every image with the VAE at each step, as the script does, instead of once.
     #[arg(long = "no_cache_latents")]
     pub no_cache_latents: bool,
@@ -372,5 +377,20 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    crate::train::trainer::train(&args.config()?).map(|_| ())
+    use crate::distributed::{spawn_local_ranks, without_flag, ProcessGroup, World};
+    let world = World::from_env()?;
+    if let Some(n) = args.num_processes.filter(|&n| n > 1 || world.is_distributed()) {
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return spawn_local_ranks(n, &without_flag(&argv, &["--num_processes", "--num-processes"]));
+    }
+    let mut cfg = args.config()?;
+    if world.is_distributed() {
+        // One GPU per rank on each machine, as accelerate places them.
+        if let tch::Device::Cuda(_) = cfg.device {
+            cfg.device = tch::Device::Cuda(world.local_rank);
+        }
+        tracing::info!("{world}");
+    }
+    let group = ProcessGroup::init(&world)?;
+    crate::train::trainer::train_on(&cfg, &group).map(|_| ())
 }

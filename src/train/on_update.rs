@@ -113,7 +113,12 @@ impl Trainer<'_> {
         Ok(())
     }
 
+    /// Rank 0's: the other data-parallel ranks write nothing (the script's `--save_steps`
+    /// files come from every rank, the same bytes to the same names; one writer is enough).
     pub(super) fn on_update(&mut self) -> Result<()> {
+        if self.ranks.rank() != 0 {
+            return Ok(());
+        }
         let gs = self.run.position.global_step;
         let out = &self.cfg.output;
         if gs % out.save_steps == 0 {

@@ -1,5 +1,6 @@
-//! The run's plan, fixed before the first step: the script's step and epoch arithmetic (one
-//! process), and how often validation runs.
+//! The run's plan, fixed before the first step: the script's step and epoch arithmetic (each
+//! of `world` data-parallel processes runs its share of every epoch's batches, as accelerate
+//! shards them), and how often validation runs.
 use super::config::TrainConfig;
 
 pub(super) struct Plan {
@@ -11,10 +12,10 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// The plan of a run over a dataset of `len` items.
-    pub(super) fn new(cfg: &TrainConfig, len: usize) -> Self {
+    /// The plan of a run over a dataset of `len` items on `world` processes.
+    pub(super) fn new(cfg: &TrainConfig, len: usize, world: usize) -> Self {
         let optim = &cfg.optim;
-        let batches_per_epoch = len.div_ceil(optim.batch_size) as u64;
+        let batches_per_epoch = super::script_rng::batches_per_epoch(len, optim.batch_size, world);
         let updates_per_epoch = batches_per_epoch.div_ceil(optim.gradient_accumulation_steps);
         let num_epochs = optim.max_train_steps.div_ceil(updates_per_epoch);
         let validation_steps = cfg.validation.as_ref().map_or(0, |v| v.every.steps(len));
@@ -32,13 +33,16 @@ impl Plan {
     }
 
     /// The script's "Running training" lines, for a dataset of `len` items.
-    pub(super) fn log(&self, cfg: &TrainConfig, len: usize) {
+    pub(super) fn log(&self, cfg: &TrainConfig, len: usize, world: usize) {
         let optim = &cfg.optim;
         tracing::info!("***** Running training *****");
         tracing::info!("  Num examples = {len}");
         tracing::info!("  Num Epochs = {}", self.num_epochs);
         tracing::info!("  Instantaneous batch size per device = {}", optim.batch_size);
-        tracing::info!("  Total train batch size (w. parallel, distributed & accumulation) = {}", optim.batch_size as u64 * optim.gradient_accumulation_steps);
+        tracing::info!(
+            "  Total train batch size (w. parallel, distributed & accumulation) = {}",
+            optim.batch_size as u64 * optim.gradient_accumulation_steps * world as u64
+        );
         tracing::info!("  Gradient Accumulation steps = {}", optim.gradient_accumulation_steps);
         tracing::info!("  Total optimization steps = {}", optim.max_train_steps);
     }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use tch::Tensor;
 
 pub(super) struct Reporting {
-    metrics: Metrics,
+    /// None on a data-parallel rank other than 0: rank 0 writes the files.
+    metrics: Option<Metrics>,
     bar: indicatif::ProgressBar,
     /// Per micro-step loss, in order.
     losses: Vec<f64>,
@@ -23,11 +24,15 @@ pub(super) struct Reporting {
 impl Reporting {
     /// The metrics files and the progress bar of a run that started at `started` and is at
     /// update `global_step`, training `trainable` (copied: the rows it starts from).
-    pub(super) fn start(cfg: &TrainConfig, started: Instant, global_step: u64, trainable: &[Tensor]) -> Result<Self> {
+    pub(super) fn start(cfg: &TrainConfig, started: Instant, global_step: u64, trainable: &[Tensor], main: bool) -> Result<Self> {
         let initial_rows: Vec<Tensor> = trainable.iter().map(|t| t.detach().copy()).collect();
         let max_train_steps = cfg.optim.max_train_steps;
-        let metrics = Metrics::new(&cfg.output.dir, &cfg.output.logging_dir, cfg.output.report_to)?;
-        let bar = crate::progress::bar(max_train_steps, "Steps {pos}/{len} [{bar:30}] {per_sec} ETA {eta} {msg}");
+        let metrics = if main { Some(Metrics::new(&cfg.output.dir, &cfg.output.logging_dir, cfg.output.report_to)?) } else { None };
+        let bar = if main {
+            crate::progress::bar(max_train_steps, "Steps {pos}/{len} [{bar:30}] {per_sec} ETA {eta} {msg}")
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         bar.set_position(global_step);
         if global_step >= max_train_steps {
             // The script would still run one more update here (its stop check follows the step).
@@ -49,20 +54,22 @@ impl Reporting {
 
     /// A finished micro-step's metrics record and progress message.
     pub(super) fn log(&mut self, p: &Position, epoch: u64, loss: f64, lr: f64) -> Result<()> {
-        self.metrics.log(p.global_step, p.micro_step, epoch, loss, lr)?;
+        if let Some(m) = &mut self.metrics {
+            m.log(p.global_step, p.micro_step, epoch, loss, lr)?;
+        }
         self.bar.set_message(format!("loss={loss:.4} lr={lr:.3e}"));
         Ok(())
     }
 
     /// Validation images of update `step`, `[n, H, W, 3]` u8.
     pub(super) fn log_images(&mut self, step: u64, images: &Tensor) -> Result<()> {
-        self.metrics.log_image_tensor(step, images)
+        self.metrics.as_mut().map_or(Ok(()), |m| m.log_image_tensor(step, images))
     }
 
     /// The bar finished and the metrics files flushed (`loss.png`).
     pub(super) fn finish(&mut self) -> Result<()> {
         self.bar.finish();
-        self.metrics.finish()
+        self.metrics.as_mut().map_or(Ok(()), Metrics::finish)
     }
 
     /// The losses, taken out for the run's outcome.

@@ -9,7 +9,8 @@ use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
 use super::optim::{AdamW, AdamWConfig};
 use super::script_rng::{Item, ScriptStream};
 use super::state::{Checkpoint, Position};
-use anyhow::Result;
+use crate::distributed::ProcessGroup;
+use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
 /// The run's state: changed by each micro-step and update ([`super::trainer`]), saved by
@@ -28,6 +29,9 @@ pub(super) struct Rows {
     lr_sched: LrScheduler,
     /// fp16 loss scaling (None in fp32 and bf16, as accelerate).
     scaler: Option<GradScaler>,
+    /// LR scheduler steps per update: the world size, as accelerate's scheduler steps once per
+    /// process (its schedule is built for that many steps).
+    sched_steps: usize,
 }
 
 /// The script's random stream: each micro-step's items and draws, in its order.
@@ -70,10 +74,20 @@ impl RunState {
         sync
     }
 
-    /// The optimizer and LR steps (skipped on an fp16 overflow, with a warning), the gradients
+    /// The gradients averaged over the ranks (as DDP: each divided by the world size, then
+    /// summed; only the placeholder rows, where DDP reduces the whole embedding matrix), the
+    /// optimizer and LR steps (skipped on an fp16 overflow, with a warning), the gradients
     /// zeroed, and one more update counted.
-    pub(super) fn update(&mut self, max_grad_norm: Option<f64>) -> Result<()> {
+    pub(super) fn update(&mut self, max_grad_norm: Option<f64>, ranks: &ProcessGroup) -> Result<()> {
         let r = &mut self.rows;
+        if ranks.world_size() > 1 {
+            for t in &r.trainable {
+                let mut grad = t.grad();
+                if grad.defined() {
+                    ranks.all_reduce_mean(&mut grad).context("averaging the gradients over the ranks")?;
+                }
+            }
+        }
         let finite = match r.scaler.as_mut() {
             Some(s) => s.unscale(&r.trainable)?,
             None => true,
@@ -83,7 +97,11 @@ impl RunState {
                 super::optim::clip_grad_norm(&r.trainable, max);
             }
             r.opt.step()?;
-            r.opt.set_lr(r.lr_sched.step());
+            let mut lr = r.lr_sched.lr();
+            for _ in 0..r.sched_steps {
+                lr = r.lr_sched.step();
+            }
+            r.opt.set_lr(lr);
         } else {
             tracing::warn!("fp16 gradient overflow: skipping this update, loss scale now {}", r.scaler.as_ref().map_or(0.0, |s| s.scale));
         }
@@ -108,16 +126,23 @@ impl RunState {
 impl Rows {
     /// One AdamW over every encoder's `trainable` rows (as the SDXL script's one optimizer over
     /// both), the LR schedule, the loss scaler when `kind` is fp16; their states from
-    /// `resumed` when there is one.
-    pub(super) fn new(trainable: Vec<Tensor>, optim: &OptimConfig, kind: Kind, resumed: Option<&Checkpoint>) -> Result<Self> {
-        let lr = optim.base_lr();
+    /// `resumed` when there is one. On `world` processes, as accelerate: `--scale_lr` also
+    /// multiplies by `world`, and the schedule runs `world` steps per update (warmup and length
+    /// multiplied alike), so update k uses the LR one process would.
+    pub(super) fn new(trainable: Vec<Tensor>, optim: &OptimConfig, kind: Kind, resumed: Option<&Checkpoint>, world: usize) -> Result<Self> {
+        let lr = if optim.scale_lr {
+            optim.learning_rate * (optim.gradient_accumulation_steps * optim.batch_size as u64 * world as u64) as f64
+        } else {
+            optim.base_lr()
+        };
+        let per_update = world.max(1) as i64;
         let adam_cfg = AdamWConfig { lr, beta1: optim.adam_beta1, beta2: optim.adam_beta2, eps: optim.adam_epsilon, weight_decay: optim.adam_weight_decay };
         let mut opt = AdamW::new(trainable.iter().map(Tensor::shallow_clone).collect(), adam_cfg)?;
         let schedule = LrSchedule::new(
             optim.lr_schedule,
             &ScheduleArgs {
-                num_warmup_steps: optim.lr_warmup_steps,
-                num_training_steps: optim.max_train_steps as i64,
+                num_warmup_steps: optim.lr_warmup_steps * per_update,
+                num_training_steps: optim.max_train_steps as i64 * per_update,
                 num_cycles: optim.lr_num_cycles,
                 learning_rate: lr,
             },
@@ -132,7 +157,7 @@ impl Rows {
             }
         }
         opt.set_lr(lr_sched.lr());
-        Ok(Rows { trainable, opt, lr_sched, scaler })
+        Ok(Rows { trainable, opt, lr_sched, scaler, sched_steps: world.max(1) })
     }
 
     /// The learning rate of the next update.

@@ -16,6 +16,12 @@
 //! libtorch's global CPU generator gives the torch draws (same library, same order); Python's
 //! Mersenne Twister (seeded as `random.seed(int)`) and the private `torch.Generator` of the
 //! sampler are re-implemented here.
+//!
+//! Data-parallel under accelerate (N processes, every one seeded alike), three things differ:
+//! `prepare` seeds the sampler's generator once with an extra global int64 draw and it carries
+//! over between epochs (so an epoch makes the base-seed draw only, then `randperm` on that
+//! generator and a second, discarded `randperm`: the sampler's empty tail); and each process
+//! loads only its share of the epoch's batches ([`shard_batches`]).
 use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
 
@@ -121,6 +127,66 @@ pub fn torch_randperm(n: usize, seed: u64) -> Vec<usize> {
     r
 }
 
+/// `torch.randperm(n, generator=g)` on CPU, continuing `g`'s stream.
+fn randperm_with(g: &mut Mt19937, n: usize) -> Vec<usize> {
+    let mut r: Vec<usize> = (0..n).collect();
+    for i in 0..n.saturating_sub(1) {
+        let z = g.next_u32() as usize % (n - i);
+        r.swap(i, z + i);
+    }
+    r
+}
+
+/// This process's place among the data-parallel processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+/// The batches of one epoch's `order` that process `rank` of `world` loads, as accelerate's
+/// `BatchSamplerShard` (`even_batches=True`, `drop_last=False`): batch k of the epoch goes to
+/// process k mod `world`; the last group is completed from the epoch's first indices (repeated
+/// as often as needed), so every process gets the same number of full batches.
+pub fn shard_batches(order: &[usize], batch: usize, shard: Shard) -> Vec<Vec<usize>> {
+    let (rank, world) = (shard.rank, shard.world);
+    let batches: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
+    let mut mine: Vec<Vec<usize>> = batches.iter().enumerate().filter(|(k, _)| k % world == rank).map(|(_, b)| b.to_vec()).collect();
+    let Some(last) = batches.last() else { return mine };
+    // The first `world` batches' indices, doubled until there are enough to complete a group.
+    let mut initial: Vec<usize> = batches.iter().take(world).flat_map(|b| b.iter().copied()).collect();
+    while initial.len() < world * batch {
+        initial.extend_from_within(..);
+    }
+    let mut idx = batches.len();
+    let mut partial: Vec<usize> = Vec::new();
+    if last.len() < batch {
+        // The short last batch is completed in place, for the process it fell to.
+        idx -= 1;
+        partial = last.to_vec();
+        if idx % world == rank {
+            mine.pop();
+        }
+    }
+    let mut cycle = 0;
+    while idx % world != 0 || !partial.is_empty() {
+        let end = cycle + batch - partial.len();
+        partial.extend_from_slice(&initial[cycle..end]);
+        let full = std::mem::take(&mut partial);
+        if idx % world == rank {
+            mine.push(full);
+        }
+        cycle = end;
+        idx += 1;
+    }
+    mine
+}
+
+/// Batches each process runs per epoch: `ceil(ceil(len / batch) / world)`.
+pub fn batches_per_epoch(len: usize, batch: usize, world: usize) -> u64 {
+    len.div_ceil(batch.max(1)).div_ceil(world.max(1)) as u64
+}
+
 /// One draw of the global generator as `torch.empty((), dtype=int64).random_()`.
 fn torch_random_i64() -> u64 {
     let mut t = Tensor::empty([], (Kind::Int64, Device::Cpu));
@@ -181,39 +247,43 @@ pub struct StreamShape {
     pub batch_size: usize,
     pub templates: usize,
     pub tags: Option<TagDraws>,
+    /// Data-parallel: this process's share (None: one process).
+    pub shard: Option<Shard>,
 }
 
 /// The DataLoader (shuffled, `drop_last=False`) behind accelerate's one-batch lookahead.
 pub struct ScriptStream {
     shape: StreamShape,
     python: Mt19937,
-    order: Vec<usize>,
-    next_item: usize,
+    /// Data-parallel: the sampler's own generator, seeded once at `prepare`.
+    sampler: Option<Mt19937>,
+    /// This epoch's batches (this process's share), and the next one to load.
+    batches: Vec<Vec<usize>>,
+    next_batch: usize,
     loaded: VecDeque<Vec<Item>>,
     in_epoch: bool,
 }
 
 impl ScriptStream {
+    /// The stream after `set_seed(seed)`; data-parallel, `prepare`'s draw seeds the sampler, so
+    /// call this where the script calls `accelerator.prepare`.
     pub fn new(seed: u64, shape: StreamShape) -> Self {
-        ScriptStream { shape, python: Mt19937::python(seed), order: Vec::new(), next_item: 0, loaded: VecDeque::new(), in_epoch: false }
+        let sampler = shape.shard.filter(|s| s.world > 1).map(|_| Mt19937::torch(torch_random_i64()));
+        ScriptStream { shape, python: Mt19937::python(seed), sampler, batches: Vec::new(), next_batch: 0, loaded: VecDeque::new(), in_epoch: false }
     }
 
     fn load_batch(&mut self) -> Option<Vec<Item>> {
         let s = &self.shape;
-        if self.next_item >= s.len {
-            return None;
-        }
-        let end = (self.next_item + s.batch_size).min(s.len);
-        let mut batch = Vec::with_capacity(end - self.next_item);
-        for k in self.next_item..end {
-            let index = self.order[k];
+        let indices = self.batches.get(self.next_batch)?.clone();
+        self.next_batch += 1;
+        let mut batch = Vec::with_capacity(indices.len());
+        for index in indices {
             let template = self.python.below(s.templates);
             let images = s.tags.as_ref().map_or(1, |t| t.counts.len().max(1));
             let tags = s.tags.as_ref().and_then(|t| t.draw(&mut self.python, index % images));
             let flip = f64::try_from(Tensor::rand([1], (Kind::Float, Device::Cpu))).unwrap_or(1.0) < 0.5;
             batch.push(Item { index, template, flip, tags });
         }
-        self.next_item = end;
         Some(batch)
     }
 
@@ -221,9 +291,16 @@ impl ScriptStream {
     /// batch loaded.
     pub fn start_epoch(&mut self) {
         let _base_seed = torch_random_i64();
-        let sampler_seed = torch_random_i64();
-        self.order = torch_randperm(self.shape.len, sampler_seed);
-        self.next_item = 0;
+        let (len, batch) = (self.shape.len, self.shape.batch_size);
+        self.batches = match (&mut self.sampler, self.shape.shard) {
+            (Some(g), Some(shard)) => {
+                let order = randperm_with(g, len);
+                let _tail = randperm_with(g, len);
+                shard_batches(&order, batch, shard)
+            }
+            _ => torch_randperm(len, torch_random_i64()).chunks(batch.max(1)).map(<[usize]>::to_vec).collect(),
+        };
+        self.next_batch = 0;
         self.loaded.clear();
         if let Some(b) = self.load_batch() {
             self.loaded.push_back(b);
@@ -295,5 +372,26 @@ mod tests {
         let mut py = Mt19937::python(0);
         let got: Vec<usize> = (0..5).map(|_| py.below(27)).collect();
         assert_eq!(got, [12, 24, 13, 1, 8]);
+    }
+
+    /// Every case of fixtures/train/dist/shards.json (accelerate's BatchSamplerShard over
+    /// indices 0..L-1, scripts/fixtures/make_fixtures_dist.py): the same batches on every rank.
+    #[test]
+    fn shards_are_accelerates() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/train/dist/shards.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = v["cases"].as_array().unwrap();
+        assert!(cases.len() > 100);
+        for c in cases {
+            let n = |k: &str| c[k].as_u64().unwrap() as usize;
+            let (items, batch, world) = (n("items"), n("batch"), n("world"));
+            let order: Vec<usize> = (0..items).collect();
+            for (rank, want) in c["ranks"].as_array().unwrap().iter().enumerate() {
+                let want: Vec<Vec<usize>> = serde_json::from_value(want.clone()).unwrap();
+                let got = shard_batches(&order, batch, Shard { rank, world });
+                assert_eq!(got, want, "items {items}, batch {batch}, world {world}, rank {rank}");
+                assert_eq!(got.len() as u64, batches_per_epoch(items, batch, world), "items {items}, batch {batch}, world {world}");
+            }
+        }
     }
 }

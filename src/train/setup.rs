@@ -11,9 +11,10 @@ use super::latent_cache::LatentCache;
 use super::plan::Plan;
 use super::reporting::Reporting;
 use super::run_state::{Rows, RunState, Stream};
-use super::script_rng::StreamShape;
+use super::script_rng::{Shard, StreamShape};
 use super::state::{self, Checkpoint, Position};
 use super::trainer::Trainer;
+use crate::distributed::ProcessGroup;
 use crate::models::repo::ModelRepo;
 use crate::models::stable_diffusion::{self as sd, LoadOptions, WeightOptions};
 use crate::pipeline::Models;
@@ -219,7 +220,7 @@ struct Inputs {
 
 /// The configuration, the model's files, the images and captions; then the output folder made
 /// ready, the device, TF32 and the seed.
-fn check_inputs(cfg: &TrainConfig) -> Result<Inputs> {
+fn check_inputs(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<Inputs> {
     cfg.check()?;
     let data = &cfg.data;
     let repo = cfg.model.resolve()?;
@@ -238,17 +239,25 @@ fn check_inputs(cfg: &TrainConfig) -> Result<Inputs> {
     let caption_ext = captions::caption_extension(&cfg.captions);
     let dataset = Dataset::load_with(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
     let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
-    super::output::prepare(cfg, &repo, xl)?;
+    if ranks.rank() == 0 {
+        super::output::prepare(cfg, &repo, xl)?;
+    }
     crate::device::ensure_available(cfg.device)?;
     // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
     if cfg.allow_tf32 {
         crate::libtorch_extras::set_allow_tf32(true)?;
     }
-    let seed = cfg.seed.unwrap_or_else(|| {
-        let s = crate::seed::clock_seed();
-        tracing::info!("no --seed given: using {s}");
-        s
-    });
+    let seed = match cfg.seed {
+        Some(s) => s,
+        None => {
+            // Every rank draws alike (accelerate's set_seed on each): rank 0's clock decides.
+            let mut s = Tensor::from(crate::seed::clock_seed() as i64);
+            ranks.broadcast(&mut s, 0).context("sharing rank 0's seed")?;
+            let s = s.int64_value(&[]) as u64;
+            tracing::info!("no --seed given: using {s}");
+            s
+        }
+    };
     Ok(Inputs { repo, dataset, captions, seed })
 }
 
@@ -274,7 +283,7 @@ impl Model {
 /// The run's position and rows: a resumed checkpoint's, else step 0 (from `seed`) and
 /// `init_rows`. The rows go into the text encoders, which train them, and AdamW with the LR
 /// schedule over them (their states from the checkpoint).
-fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows: &[Tensor], seed: u64) -> Result<(Position, Rows)> {
+fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows: &[Tensor], seed: u64, world: usize) -> Result<(Position, Rows)> {
     let resumed = find_checkpoint(cfg, n)?;
     let (rows, position) = match &resumed {
         Some(checkpoint) => {
@@ -293,7 +302,7 @@ fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows:
         text.encoder.set_new_rows(rows.to_device(cfg.device).set_requires_grad(true))?;
         trainable.push(text.encoder.new_rows().context("placeholder rows")?.shallow_clone());
     }
-    let rows = Rows::new(trainable, &cfg.optim, cfg.precision.kind(), resumed.as_ref())?;
+    let rows = Rows::new(trainable, &cfg.optim, cfg.precision.kind(), resumed.as_ref(), world)?;
     Ok((position, rows))
 }
 
@@ -320,7 +329,7 @@ impl Data {
 
 /// What the script's random stream depends on: the seed, the resized embedding matrices, the
 /// data order's and captions' draws, each step's shapes.
-fn step_draws(cfg: &TrainConfig, model: &Model, data: &Data, seed: u64, n: usize) -> StepDraws {
+fn step_draws(cfg: &TrainConfig, model: &Model, data: &Data, seed: u64, n: usize, ranks: &ProcessGroup) -> StepDraws {
     let models = &model.models;
     StepDraws {
         kind: cfg.precision.kind(),
@@ -334,6 +343,7 @@ fn step_draws(cfg: &TrainConfig, model: &Model, data: &Data, seed: u64, n: usize
             batch_size: cfg.optim.batch_size,
             templates: data.captions.num_templates(),
             tags: data.captions.tag_draws(),
+            shard: (ranks.world_size() > 1).then(|| Shard { rank: ranks.rank(), world: ranks.world_size() }),
         },
         noise_offset: cfg.loss.noise_offset > 0.0,
     }
@@ -341,18 +351,35 @@ fn step_draws(cfg: &TrainConfig, model: &Model, data: &Data, seed: u64, n: usize
 
 impl<'c> Trainer<'c> {
     /// Loads and prepares everything; nothing is trained yet.
-    pub(super) fn start(cfg: &'c TrainConfig) -> Result<Self> {
+    /// Loads and prepares everything on one of `ranks` (one process: a group of one); nothing
+    /// is trained yet. Every rank must be started with the same configuration (checked).
+    pub(super) fn start(cfg: &'c TrainConfig, ranks: &'c ProcessGroup) -> Result<Self> {
         let started = std::time::Instant::now();
-        let Inputs { repo, dataset, captions, seed } = check_inputs(cfg)?;
+        let world = ranks.world_size();
+        if world > 1 {
+            ranks.check_same_config(&config_hash(cfg)).context("the ranks were started with different arguments")?;
+        }
+        let Inputs { repo, dataset, captions, seed } = check_inputs(cfg, ranks)?;
         let (mut model, n, init_rows) = Model::load(cfg, repo)?;
-        let plan = Plan::new(cfg, dataset.len());
-        let (position, rows) = restore_or_start(cfg, &mut model.models, n, &init_rows, seed)?;
+        let plan = Plan::new(cfg, dataset.len(), world);
+        let (position, rows) = restore_or_start(cfg, &mut model.models, n, &init_rows, seed, world)?;
         let data = Data::prepare(cfg, dataset, captions, &mut model)?;
-        plan.log(cfg, data.dataset.len());
-        let report = Reporting::start(cfg, started, position.global_step, &rows.trainable)?;
+        plan.log(cfg, data.dataset.len(), world);
+        let report = Reporting::start(cfg, started, position.global_step, &rows.trainable, ranks.rank() == 0)?;
         // The script's random stream, from set_seed on: replayed without computing up to the
         // checkpoint when resuming, so a resumed run continues the very same draws.
-        let stream = Stream::replay(step_draws(cfg, &model, &data, position.seed, n), position.micro_step);
-        Ok(Trainer { cfg, model, data, run: RunState { position, rows, stream }, plan, report })
+        let stream = Stream::replay(step_draws(cfg, &model, &data, position.seed, n, ranks), position.micro_step);
+        Ok(Trainer { cfg, ranks, model, data, run: RunState { position, rows, stream }, plan, report })
     }
+}
+
+/// What every rank must agree on: the whole configuration but the device (each rank has its
+/// own), hashed (std's SipHash with its fixed keys: the same on every rank of one build).
+fn config_hash(cfg: &TrainConfig) -> String {
+    use std::hash::{Hash, Hasher};
+    let text = format!("{cfg:?}");
+    let device = format!("device: {:?}", cfg.device);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.replacen(&device, "device: <per rank>", 1).hash(&mut h);
+    format!("{:016x}", h.finish())
 }

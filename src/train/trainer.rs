@@ -14,8 +14,9 @@ use super::reporting::Reporting;
 use super::run_state::{Batch, RunState};
 use super::setup::{Data, Model};
 use super::step::{self, StepInputs};
+use crate::distributed::{ProcessGroup, World};
 use crate::models::component::Component;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
@@ -27,9 +28,16 @@ pub struct TrainOutcome {
     pub losses: Vec<f64>,
 }
 
-/// Trains as `cfg` says and writes the final `learned_embeds` file.
+/// Trains as `cfg` says in this one process and writes the final `learned_embeds` file.
 pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
-    let mut trainer = Trainer::start(cfg)?;
+    let single = ProcessGroup::init(&World::single())?;
+    train_on(cfg, &single)
+}
+
+/// Trains as one of `ranks`, data-parallel as accelerate runs the script: each rank its share
+/// of every epoch's batches, the gradients averaged at each update, rank 0 writing the files.
+pub fn train_on(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<TrainOutcome> {
+    let mut trainer = Trainer::start(cfg, ranks)?;
     trainer.run()?;
     trainer.finish()
 }
@@ -39,6 +47,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
 /// [`super::on_update`] saves the run state and validates.
 pub(super) struct Trainer<'c> {
     pub(super) cfg: &'c TrainConfig,
+    /// The data-parallel ranks (one process: a group of one).
+    pub(super) ranks: &'c ProcessGroup,
     /// The model with the placeholder tokens, its noise schedule.
     pub(super) model: Model,
     /// The images, their captions and cached latents.
@@ -147,15 +157,21 @@ impl Trainer<'_> {
 
     /// The optimizer and LR steps (skipped on an fp16 overflow), then what the update triggers.
     fn update(&mut self) -> Result<()> {
-        self.run.update(self.cfg.loss.max_grad_norm)?;
+        self.run.update(self.cfg.loss.max_grad_norm, self.ranks)?;
         self.report.updated(self.run.position.global_step);
         self.on_update()
     }
 
-    /// The end of the run: loss.png, the full pipeline if asked, the final `learned_embeds`.
+    /// The end of the run: loss.png, the full pipeline if asked, the final `learned_embeds`,
+    /// written by rank 0 once every rank has finished (the script's `wait_for_everyone`).
     fn finish(mut self) -> Result<TrainOutcome> {
         self.report.finish()?;
+        self.ranks.barrier().context("waiting for every rank to finish")?;
         let out = &self.cfg.output;
+        if self.ranks.rank() != 0 {
+            let embeddings_file = out.dir.join(format!("learned_embeds.{}", out.embedding_format.extension()));
+            return Ok(TrainOutcome { embeddings_file, global_step: self.run.position.global_step, losses: self.report.take_losses() });
+        }
         if self.model.models.family.is_xl() && self.plan.validates() {
             // textual_inversion_sdxl.py validates once more at the end.
             self.validate_final()?;

@@ -145,3 +145,12 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// Whether this build has c10d (data-parallel ranks); records a skip for `test` when not.
+pub fn c10d_available(test: String) -> bool {
+    if textual_inversion::distributed::AVAILABLE {
+        return true;
+    }
+    skip(&test, "this build has no c10d: gloo's headers were not found when it was built (docs/distributed.md)");
+    false
+}

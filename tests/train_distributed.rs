@@ -1,0 +1,182 @@
+//! `train --num_processes N --seed S` on CPU (Gloo) against diffusers' unpatched
+//! textual_inversion.py run data-parallel by accelerate (`ACCELERATE_USE_CPU=true torchrun
+//! --standalone --nproc_per_node N`) with the same seed, over the matrix of fixtures/train/dist
+//! (scripts/fixtures/make_fixtures_dist.py): the same shards of the same batches on each rank,
+//! the same draws, the gradients averaged as DDP averages them, the LR schedule stepped N times
+//! per update; hence rank 0's logged loss at every micro-step and the saved embeddings.
+//!
+//! The folders are built as in tests/train_seed_parity.rs (the script's directory order).
+//!
+//! Tolerances: at 2 ranks every micro-step's loss within 1e-5 relative of the script's rank-0
+//! loss, its global step and LR equal, every saved embedding within 1e-4 max-abs. At 3 ranks
+//! the same bounds are asserted; the averaging divides by 3, which is not exact in floats, and
+//! DDP sums the whole embedding matrix's bucket (ring order), so the last bit may move there
+//! (measured: `-- --nocapture`).
+mod common;
+use common::{embedding_rows, folder_listing, repo};
+use std::process::Command;
+
+#[derive(serde::Deserialize)]
+struct Logged {
+    step: u64,
+    loss: f64,
+    lr: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct Run {
+    world_size: usize,
+    cli_args: Vec<String>,
+    vpred: bool,
+    listing: Vec<String>,
+    ranks: Vec<Vec<Logged>>,
+    saved: Vec<String>,
+}
+
+fn parity(name: &str) {
+    if !common::c10d_available("train_distributed::".to_string() + name) {
+        return;
+    }
+    let fixture = repo().join("fixtures/train/dist").join(name);
+    let run: Run = serde_json::from_str(&std::fs::read_to_string(fixture.join("run.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = folder_listing(tmp.path(), &run.listing);
+    let model = common::tiny_sd_predicting(if run.vpred { "v_prediction" } else { "epsilon" }, tmp.path());
+    let out = tmp.path().join("out");
+    let args: Vec<String> = run
+        .cli_args
+        .iter()
+        .map(|a| {
+            a.replace("<tmp>/tiny-sd-vpred", model.to_str().unwrap()).replace("<tmp>", tmp.path().to_str().unwrap()).replace("<data>", data.to_str().unwrap())
+        })
+        .collect();
+    let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+        .current_dir(repo())
+        .arg("train")
+        .args(&args)
+        .args(["--report_to", "none", "--num_processes", &run.world_size.to_string()])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+
+    let ours: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let theirs = &run.ranks[0];
+    assert_eq!(ours.len(), theirs.len(), "{name}: rank 0's micro-steps");
+    let mut worst = 0f64;
+    for (k, (o, t)) in ours.iter().zip(theirs).enumerate() {
+        let loss = o["loss"].as_f64().unwrap();
+        let rel = (loss - t.loss).abs() / t.loss.abs().max(1e-12);
+        worst = worst.max(rel);
+        assert!(rel <= 1e-5, "{name}: micro-step {k}: loss {loss} vs the script's {} (relative {rel:e})", t.loss);
+        assert_eq!(o["step"].as_u64().unwrap(), t.step, "{name}: micro-step {k}: global step");
+        let lr = o["lr"].as_f64().unwrap();
+        assert!((lr - t.lr).abs() <= 1e-12 * t.lr.abs().max(1e-30), "{name}: micro-step {k}: lr {lr} vs {}", t.lr);
+    }
+    let mut files = Vec::new();
+    for file in &run.saved {
+        let (a, b) = (embedding_rows(&out.join(file)), embedding_rows(&fixture.join(file)));
+        assert_eq!(a.len(), b.len(), "{name}: {file}");
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(err <= 1e-4, "{name}: {file}: max abs difference {err:e}");
+        files.push(format!("{file} {err:.1e}"));
+    }
+    assert!(run.saved.iter().any(|f| f == "learned_embeds.safetensors"), "{name}: no final file in the fixture");
+    eprintln!("{name}: {} ranks, {} micro-steps, worst loss difference {worst:.1e} relative; {}", run.world_size, ours.len(), files.join(", "));
+}
+
+#[test]
+fn dist_parity_obj_1v_b1_constant_w2() {
+    parity("obj-1v-b1-constant-w2");
+}
+
+#[test]
+fn dist_parity_style_3v_b2_g2_linear_w2() {
+    parity("style-3v-b2-g2-linear-w2");
+}
+
+#[test]
+fn dist_parity_obj_2v_b3_short_cosine_w2() {
+    parity("obj-2v-b3-short-cosine-w2");
+}
+
+#[test]
+fn dist_parity_vpred_style_4v_b3_g2_restarts_w2() {
+    parity("vpred-style-4v-b3-g2-restarts-w2");
+}
+
+#[test]
+fn dist_parity_style_1v_b1_g2_polynomial_w2() {
+    parity("style-1v-b1-g2-polynomial-w2");
+}
+
+#[test]
+fn dist_parity_obj_2v_b2_repeats_cwarmup_w2() {
+    parity("obj-2v-b2-repeats-cwarmup-w2");
+}
+
+#[test]
+fn dist_parity_vpred_obj_1v_b1_linear_w2() {
+    parity("vpred-obj-1v-b1-linear-w2");
+}
+
+#[test]
+fn dist_parity_obj_3v_b2_g2_epochs_w2() {
+    parity("obj-3v-b2-g2-epochs-w2");
+}
+
+#[test]
+fn dist_parity_obj_1v_b1_constant_w3() {
+    parity("obj-1v-b1-constant-w3");
+}
+
+#[test]
+fn dist_parity_obj_2v_b3_short_cosine_w3() {
+    parity("obj-2v-b3-short-cosine-w3");
+}
+
+/// Every fixture folder has its test above (a regenerated matrix cannot silently grow a
+/// configuration nobody runs).
+#[test]
+fn dist_matrix_is_tested() {
+    let source = std::fs::read_to_string(repo().join("tests/train_distributed.rs")).unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("fixtures/train/dist")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.join("run.json").is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            assert!(source.contains(&format!("parity(\"{name}\")")), "{name} has no test");
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "{n} configurations");
+}
+
+/// Ranks started with different arguments are refused at start, naming the rank.
+#[test]
+fn ranks_with_different_arguments_are_refused() {
+    if !common::c10d_available("train_distributed::ranks_with_different_arguments_are_refused".into()) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("fixtures/train/seed/images");
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port().to_string();
+    let spawn = |rank: &str, lr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+            .current_dir(repo())
+            .args(["train", "--pretrained_model_name_or_path", "fixtures/tiny-sd", "--train_data_dir", data.to_str().unwrap()])
+            .args(["--placeholder_token", "<t>", "--initializer_token", "toy", "--resolution", "64", "--max_train_steps", "1", "--report_to", "none"])
+            .args(["--output_dir", tmp.path().join("out").to_str().unwrap(), "--learning_rate", lr])
+            .envs([("RANK", rank), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str()), ("TI_DIST_TIMEOUT_S", "60")])
+            .env("OMP_NUM_THREADS", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("0", "1e-3"), spawn("1", "2e-3"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(!a.status.success() && !b.status.success());
+    let err = String::from_utf8_lossy(&a.stderr).to_string() + &String::from_utf8_lossy(&b.stderr);
+    assert!(err.contains("different arguments") && err.contains("rank"), "{err}");
+    assert!(!tmp.path().join("out/learned_embeds.safetensors").exists());
+}
