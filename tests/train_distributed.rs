@@ -180,3 +180,39 @@ fn ranks_with_different_arguments_are_refused() {
     assert!(err.contains("different arguments") && err.contains("rank"), "{err}");
     assert!(!tmp.path().join("out/learned_embeds.safetensors").exists());
 }
+
+/// A 2-rank run stopped at a checkpoint and started again with `--resume_from_checkpoint latest`
+/// (what torchrun's restarts do) ends with the very rows of the run that was not stopped; the
+/// same checkpoint is refused by one process, naming both counts.
+#[test]
+fn a_checkpoint_of_two_ranks_resumes_exactly_with_two_and_is_refused_with_one() {
+    if !common::c10d_available("train_distributed::a_checkpoint_of_two_ranks_resumes_exactly_with_two_and_is_refused_with_one".into()) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("fixtures/train/seed/images");
+    let train = |out: &str, steps: &str, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+            .current_dir(repo())
+            .args(["train", "--pretrained_model_name_or_path", "fixtures/tiny-sd", "--train_data_dir", data.to_str().unwrap()])
+            .args(["--placeholder_token", "<t>", "--initializer_token", "toy", "--resolution", "64", "--repeats", "1", "--seed", "5"])
+            .args(["--train_batch_size", "1", "--learning_rate", "5e-3", "--lr_scheduler", "constant_with_warmup", "--lr_warmup_steps", "1"])
+            .args(["--checkpointing_steps", "2", "--report_to", "none", "--max_train_steps", steps])
+            .args(["--output_dir", tmp.path().join(out).to_str().unwrap()])
+            .args(extra)
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .unwrap()
+    };
+    let ok = |o: std::process::Output| assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(train("whole", "5", &["--num_processes", "2"]));
+    ok(train("split", "3", &["--num_processes", "2"]));
+    std::fs::remove_file(tmp.path().join("split/learned_embeds.safetensors")).unwrap();
+    let one = train("split", "5", &["--resume_from_checkpoint", "latest"]);
+    assert!(!one.status.success());
+    let e = String::from_utf8_lossy(&one.stderr);
+    assert!(e.contains("2 process(es)") && e.contains("this run has 1"), "{e}");
+    ok(train("split", "5", &["--num_processes", "2", "--resume_from_checkpoint", "latest"]));
+    let (a, b) = (embedding_rows(&tmp.path().join("whole/learned_embeds.safetensors")), embedding_rows(&tmp.path().join("split/learned_embeds.safetensors")));
+    assert_eq!(a, b, "resumed from checkpoint-2 at 2 ranks: the same rows bit for bit");
+}

@@ -145,7 +145,7 @@ fn add_placeholder_tokens(cfg: &TrainConfig, n: usize, models: &mut Models) -> R
 
 /// `--resume_from_checkpoint`: the checkpoint to continue from, if it exists (the script
 /// starts a new run when it does not).
-fn find_checkpoint(cfg: &TrainConfig, n: usize) -> Result<Option<Checkpoint>> {
+fn find_checkpoint(cfg: &TrainConfig, n: usize, world: usize) -> Result<Option<Checkpoint>> {
     let Some(which) = &cfg.output.resume_from_checkpoint else {
         return Ok(None);
     };
@@ -158,6 +158,14 @@ fn find_checkpoint(cfg: &TrainConfig, n: usize) -> Result<Option<Checkpoint>> {
     let p = &checkpoint.position;
     if p.placeholder_token != cfg.placeholder_token || p.num_vectors != n {
         bail!("the checkpoint trains {} with {} vectors, not {} with {n}", p.placeholder_token, p.num_vectors, cfg.placeholder_token);
+    }
+    if p.world_size != world {
+        bail!(
+            "{} was written by a run of {} process(es); this run has {world}: each process's share of the data order and draws depends on their number, so resume with {} (--num_processes or the launcher's)",
+            dir.display(),
+            p.world_size,
+            p.world_size
+        );
     }
     // The random stream is replayed from the run's own seed, whatever this run was given.
     if cfg.seed.is_some_and(|s| s != p.seed) {
@@ -284,7 +292,7 @@ impl Model {
 /// `init_rows`. The rows go into the text encoders, which train them, and AdamW with the LR
 /// schedule over them (their states from the checkpoint).
 fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows: &[Tensor], seed: u64, world: usize) -> Result<(Position, Rows)> {
-    let resumed = find_checkpoint(cfg, n)?;
+    let resumed = find_checkpoint(cfg, n, world)?;
     let (rows, position) = match &resumed {
         Some(checkpoint) => {
             if checkpoint.rows.len() != init_rows.len() {
@@ -294,7 +302,15 @@ fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows:
         }
         None => (
             init_rows.iter().map(|r| r.detach().to_kind(Kind::Float)).collect(),
-            Position { global_step: 0, micro_step: 0, accumulation: 0, seed, placeholder_token: cfg.placeholder_token.clone(), num_vectors: n },
+            Position {
+                global_step: 0,
+                micro_step: 0,
+                accumulation: 0,
+                seed,
+                placeholder_token: cfg.placeholder_token.clone(),
+                num_vectors: n,
+                world_size: world,
+            },
         ),
     };
     let mut trainable = Vec::new();

@@ -24,6 +24,15 @@ pub struct Position {
     pub seed: u64,
     pub placeholder_token: String,
     pub num_vectors: usize,
+    /// Data-parallel processes the run had: the replayed data order and draws are each rank's
+    /// share, so a checkpoint continues exactly only with as many (absent in older
+    /// checkpoints: one).
+    #[serde(default = "one_process")]
+    pub world_size: usize,
+}
+
+fn one_process() -> usize {
+    1
 }
 
 pub struct Checkpoint {
@@ -167,7 +176,7 @@ mod tests {
     use super::*;
 
     fn checkpoint(optimizer: Vec<(String, Tensor)>) -> Checkpoint {
-        let position = Position { global_step: 3, micro_step: 3, accumulation: 0, seed: 1, placeholder_token: "<t>".into(), num_vectors: 1 };
+        let position = Position { global_step: 3, micro_step: 3, accumulation: 0, seed: 1, placeholder_token: "<t>".into(), num_vectors: 1, world_size: 1 };
         Checkpoint { position, rows: vec![Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu))], optimizer, scheduler: Vec::new() }
     }
 
