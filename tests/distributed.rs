@@ -7,6 +7,7 @@
 //! `spawn_local_ranks`. Built without gloo's headers the tests check that the error says so,
 //! and skip (or fail under `TI_REQUIRE_C10D=1`, which scripts/test.sh sets where the headers
 //! are installed).
+mod common;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -179,7 +180,7 @@ fn c10d_here(test: &str) -> bool {
     let e = ProcessGroup::init(&world).err().expect("no c10d, yet a process group").to_string();
     assert!(e.contains("this build has no c10d") && e.contains("libgloo-dev"), "{e}");
     assert!(std::env::var_os("TI_REQUIRE_C10D").is_none(), "{test}: TI_REQUIRE_C10D is set but this build has no c10d ({e})");
-    eprintln!("skipped {test}: this build has no c10d (no gloo headers when it was built)");
+    common::skip(test, "this build has no c10d (no gloo headers when it was built)");
     false
 }
 
