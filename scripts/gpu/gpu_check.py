@@ -206,6 +206,19 @@ def main():
         if stats.is_file() and device_losses:
             cpu = json.loads(stats.read_text())["losses"]
             rep.update(cpu_losses=cpu, device_losses=device_losses[:len(cpu)], max_rel=rel_diff(device_losses[:len(cpu)], cpu))
+    # Data-parallel: 2 ranks on this device (sharing it when it is the only GPU) against 2 ranks
+    # on the CPU with the same seed: the c10d path with device tensors (reduced through host
+    # copies), rank 0's losses.
+    dist = c.result["distributed"] = {}
+    for where in dict.fromkeys([device, "cpu"]):
+        stats = c.work / f"dist-{where.replace(':', '_')}.json"
+        c.run(f"train 2 ranks on {where}", [a.bin, "train", *train_args, "--max_train_steps", 3, "--device", where, "--num_processes", 2,
+                                            "--report_to", "none", "--output_dir", c.work / f"dist-{where.replace(':', '_')}",
+                                            "--stats_json", stats], timeout=300)
+        if stats.is_file():
+            dist[where] = json.loads(stats.read_text()).get("losses")
+    if dist.get(device) and dist.get("cpu"):
+        dist["max_rel"] = rel_diff(dist[device], dist["cpu"])
     return finish(c)
 
 
@@ -221,6 +234,8 @@ def finish(c):
         t = p.get("ours_train") or {}
         checks[f"{prec}: losses finite"] = bool(t.get("losses")) and all(isinstance(x, float) and math.isfinite(x) for x in t["losses"])
         checks[f"{prec}: rows moved from the initializer"] = (t.get("rows_moved_l2") or 0) > 0
+    d = r.get("distributed") or {}
+    checks["2 ranks: losses finite"] = bool(d.get("cpu")) and all(isinstance(x, float) and math.isfinite(x) for x in d["cpu"])
     (c.out / "gpu-check.json").write_text(json.dumps(r, indent=1) + "\n")
     c.log("\n| precision | ours s/image | diffusers s/image | ours s/step | script s/step | ours peak GPU MB (gen/train) | Python peak GPU MB (gen/train) | loss vs CPU |")
     c.log("|---|---|---|---|---|---|---|---|")
@@ -234,6 +249,8 @@ def finish(c):
     for prec, rep in (r.get("cpu_replay") or {}).items():
         if rep.get("max_rel") is not None:
             c.log(f"{prec}: device vs CPU losses, max relative difference {rep['max_rel']:.2e}")
+    if d.get("max_rel") is not None:
+        c.log(f"2 ranks: device vs CPU losses, max relative difference {d['max_rel']:.2e}")
     c.log(f"checks: {json.dumps(checks)}")
     c.log(f"skipped: {len(r['skipped'])}; results in {c.out / 'gpu-check.json'}")
     shutil.rmtree(c.work, ignore_errors=True)

@@ -385,9 +385,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let mut cfg = args.config()?;
     if world.is_distributed() {
-        // One GPU per rank on each machine, as accelerate places them.
+        // One GPU per rank on each machine, as accelerate places them; with fewer GPUs than
+        // ranks, ranks share them in turn (the reduce goes through host copies either way).
         if let tch::Device::Cuda(_) = cfg.device {
-            cfg.device = tch::Device::Cuda(world.local_rank);
+            crate::device::ensure_available(tch::Device::Cuda(0))?;
+            let count = (tch::Cuda::device_count().max(1)) as usize;
+            if world.local_rank >= count {
+                tracing::warn!("{world}: {count} CUDA device(s) on this machine; this rank shares cuda:{}", world.local_rank % count);
+            }
+            cfg.device = tch::Device::Cuda(world.local_rank % count);
         }
         tracing::info!("{world}");
     }
