@@ -331,3 +331,31 @@ fn gradient_checkpointing_trains_the_same_embedding() {
         assert!(diff < 1e-5, "{extra:?}: max difference {diff}");
     }
 }
+
+/// A base whose model_index.json lists a safety checker and feature extractor (SD 1.5's does)
+/// it does not ship here: the full pipeline lists only what it holds, so diffusers finds every
+/// folder it names; and `--prediction_type` is written into its scheduler config.
+#[test]
+fn full_pipeline_lists_only_what_it_holds_and_keeps_the_prediction_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("fixtures/tiny-sd/scheduler/scheduler_config.json")).unwrap()).unwrap();
+    let model = tiny_sd_with_scheduler(dir.path(), sched);
+    let mut index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("model_index.json")).unwrap()).unwrap();
+    index["safety_checker"] = serde_json::json!(["stable_diffusion", "StableDiffusionSafetyChecker"]);
+    index["feature_extractor"] = serde_json::json!(["transformers", "CLIPImageProcessor"]);
+    std::fs::remove_file(model.join("model_index.json")).unwrap();
+    std::fs::write(model.join("model_index.json"), index.to_string()).unwrap();
+    let out = dir.path().join("out");
+    ok(train_on(&model, &out, &["--save_as_full_pipeline", "--prediction_type", "v_prediction"]));
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model_index.json")).unwrap()).unwrap();
+    for key in ["safety_checker", "feature_extractor"] {
+        assert_eq!(written[key], serde_json::json!([null, null]), "{key}");
+    }
+    for key in ["unet", "vae", "text_encoder", "tokenizer", "scheduler"] {
+        assert!(written[key][0].is_string(), "{key}: {}", written[key]);
+        assert!(out.join(key).is_dir(), "{key}/");
+    }
+    let sched: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
+    assert_eq!(sched["prediction_type"], "v_prediction");
+}

@@ -2,7 +2,10 @@
 //! text encoder(s) already hold the new tokens, as the script's `save_pretrained` leaves it
 //! (SDXL: both tokenizers and both encoders). The UNet, VAE and scheduler are the base model's
 //! files (linked when the file system allows, else copied; the script re-saves them in the
-//! training dtype). The folder is written by [`FolderWriter`], which only ever replaces files
+//! training dtype); model_index.json lists only the components written (the script's folder
+//! also holds the base's safety checker and feature extractor, which this one leaves out), and
+//! the scheduler config carries `--prediction_type` when it was given. The folder is written
+//! by [`FolderWriter`], which only ever replaces files
 //! by renames, so the base model's files (which the output may hard-link) are never written
 //! through; training into the model's own folder is refused before the run.
 use crate::formats::safetensors_io;
@@ -35,8 +38,19 @@ pub fn save(repo: &ModelRepo, out: &Path, variant: Option<&str>, tokens: &[Strin
     // Unchanged files linked: the base weights cost no space twice.
     let style = Style { unchanged: Unchanged::Linked, json_newline: false };
     let folder = FolderWriter::update(repo, out, style)?;
-    folder.model_index(Listing::AsInModel)?;
-    folder.scheduler(SchedulerFile::AsInModel)?;
+    // model_index.json lists only what the folder holds: a base that lists a safety checker or
+    // feature extractor (SD 1.5 does) would otherwise name folders diffusers cannot find.
+    let mut written = vec![Component::Unet, Component::Vae, Component::Scheduler];
+    for &(encoder, _, _) in encoders {
+        written.push(encoder);
+        written.extend(encoder.tokenizer());
+    }
+    folder.model_index(Listing::Written(&written))?;
+    match &repo.prediction_type {
+        // --prediction_type trained the rows for that prediction: the pipeline says so.
+        Some(p) => folder.scheduler(SchedulerFile::Rewritten { prediction_type: Some(p.value) })?,
+        None => folder.scheduler(SchedulerFile::AsInModel)?,
+    }
     for component in [Component::Unet, Component::Vae] {
         folder.config(component, None)?;
         folder.base_weights(component, variant)?;
