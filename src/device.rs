@@ -15,6 +15,8 @@ pub struct RuntimeInfo {
     pub cudnn_available: bool,
     pub mps_available: bool,
     pub threads: i32,
+    /// Whether this build has c10d (several data-parallel processes; docs/distributed.md).
+    pub distributed: bool,
 }
 
 /// Where CUDA stands, in the three cases a user has to tell apart.
@@ -56,6 +58,7 @@ pub fn runtime_info() -> RuntimeInfo {
         cudnn_available: available && tch::Cuda::cudnn_is_available(),
         mps_available: tch::utils::has_mps(),
         threads: tch::get_num_threads(),
+        distributed: crate::distributed::AVAILABLE,
     }
 }
 

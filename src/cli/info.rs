@@ -37,5 +37,6 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     println!("cuDNN             {}", if info.cudnn_available { "yes" } else { "no" });
     println!("MPS               {}", if info.mps_available { "yes" } else { "no" });
     println!("threads           {}", info.threads);
+    println!("several processes {}", if info.distributed { "yes (c10d with Gloo)" } else { "no: built without gloo's headers (docs/distributed.md)" });
     Ok(())
 }
