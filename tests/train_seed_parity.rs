@@ -14,15 +14,8 @@
 //! `learned_embeds-steps-N` within 1e-4 max-abs. The images are PNGs (exact decoding on both
 //! sides), so nothing image-dependent widens them. Observed values: `-- --nocapture`.
 mod common;
-use common::{embedding_rows, folder_listing, repo};
+use common::{compare_with_script, folder_listing, repo, script_args, Logged};
 use std::process::Command;
-
-#[derive(serde::Deserialize)]
-struct Logged {
-    step: u64,
-    loss: f64,
-    lr: f64,
-}
 
 #[derive(serde::Deserialize)]
 struct Run {
@@ -43,38 +36,12 @@ fn parity(name: &str) {
     let data = folder_listing(tmp.path(), &run.listing);
     let model = common::tiny_sd_predicting(if run.vpred { "v_prediction" } else { "epsilon" }, tmp.path());
     let out = tmp.path().join("out");
-    let args: Vec<String> = run
-        .cli_args
-        .iter()
-        .map(|a| {
-            a.replace("<tmp>/tiny-sd-vpred", model.to_str().unwrap()).replace("<tmp>", tmp.path().to_str().unwrap()).replace("<data>", data.to_str().unwrap())
-        })
-        .collect();
+    let args = script_args(&run.cli_args, &model, tmp.path(), &data);
     let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion")).current_dir(repo()).arg("train").args(&args).args(["--report_to", "none"]).output().unwrap();
     assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
 
-    let ours: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(ours.len(), run.micro_steps.len(), "{name}: micro-steps");
-    let mut worst = 0f64;
-    for (k, (o, t)) in ours.iter().zip(&run.micro_steps).enumerate() {
-        let loss = o["loss"].as_f64().unwrap();
-        let rel = (loss - t.loss).abs() / t.loss.abs().max(1e-12);
-        worst = worst.max(rel);
-        assert!(rel <= 1e-5, "{name}: micro-step {k}: loss {loss} vs the script's {} (relative {rel:e})", t.loss);
-        assert_eq!(o["step"].as_u64().unwrap(), t.step, "{name}: micro-step {k}: global step");
-        let lr = o["lr"].as_f64().unwrap();
-        assert!((lr - t.lr).abs() <= 1e-12 * t.lr.abs().max(1e-30), "{name}: micro-step {k}: lr {lr} vs {}", t.lr);
-    }
-    let mut files = Vec::new();
-    for file in &run.saved {
-        let (a, b) = (embedding_rows(&out.join(file)), embedding_rows(&fixture.join(file)));
-        assert_eq!(a.len(), b.len(), "{name}: {file}");
-        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(err <= 1e-4, "{name}: {file}: max abs difference {err:e}");
-        files.push(format!("{file} {err:.1e}"));
-    }
-    assert!(run.saved.iter().any(|f| f == "learned_embeds.safetensors"), "{name}: no final file in the fixture");
-    eprintln!("{name}: {} micro-steps, worst loss difference {worst:.1e} relative; {}", ours.len(), files.join(", "));
+    let seen = compare_with_script(name, &out, &run.micro_steps, &fixture, &run.saved);
+    eprintln!("{name}: {seen}");
 }
 
 #[test]

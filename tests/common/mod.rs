@@ -158,3 +158,49 @@ pub fn c10d_available(test: String) -> bool {
     skip(&test, "this build has no c10d: gloo's headers were not found when it was built (docs/distributed.md)");
     false
 }
+
+/// One micro-step the Python script logged (`accelerator.log`): its global step, loss and LR.
+#[derive(serde::Deserialize)]
+pub struct Logged {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+}
+
+/// A fixture's recorded command line with its placeholders filled in: `<tmp>/tiny-sd-vpred`
+/// (the v-prediction copy of the tiny model) by `model`, `<tmp>` by `tmp`, `<data>` by `data`.
+pub fn script_args(cli_args: &[String], model: &Path, tmp: &Path, data: &Path) -> Vec<String> {
+    cli_args
+        .iter()
+        .map(|a| a.replace("<tmp>/tiny-sd-vpred", model.to_str().unwrap()).replace("<tmp>", tmp.to_str().unwrap()).replace("<data>", data.to_str().unwrap()))
+        .collect()
+}
+
+/// Our run in `out` against the script's: every line of `metrics.jsonl` against `logged` (loss
+/// within 1e-5 relative, global step equal, LR within 1e-12 relative), and each file of `saved`
+/// against the fixture's copy (1e-4 max-abs); `saved` must include the final file. Returns a
+/// line of what was observed.
+pub fn compare_with_script(name: &str, out: &Path, logged: &[Logged], fixture: &Path, saved: &[String]) -> String {
+    let ours: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(ours.len(), logged.len(), "{name}: micro-steps");
+    let mut worst = 0f64;
+    for (k, (o, t)) in ours.iter().zip(logged).enumerate() {
+        let loss = o["loss"].as_f64().unwrap();
+        let rel = (loss - t.loss).abs() / t.loss.abs().max(1e-12);
+        worst = worst.max(rel);
+        assert!(rel <= 1e-5, "{name}: micro-step {k}: loss {loss} vs the script's {} (relative {rel:e})", t.loss);
+        assert_eq!(o["step"].as_u64().unwrap(), t.step, "{name}: micro-step {k}: global step");
+        let lr = o["lr"].as_f64().unwrap();
+        assert!((lr - t.lr).abs() <= 1e-12 * t.lr.abs().max(1e-30), "{name}: micro-step {k}: lr {lr} vs {}", t.lr);
+    }
+    let mut files = Vec::new();
+    for file in saved {
+        let (a, b) = (embedding_rows(&out.join(file)), embedding_rows(&fixture.join(file)));
+        assert_eq!(a.len(), b.len(), "{name}: {file}");
+        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(err <= 1e-4, "{name}: {file}: max abs difference {err:e}");
+        files.push(format!("{file} {err:.1e}"));
+    }
+    assert!(saved.iter().any(|f| f == "learned_embeds.safetensors"), "{name}: no final file in the fixture");
+    format!("{} micro-steps, worst loss difference {worst:.1e} relative; {}", ours.len(), files.join(", "))
+}
