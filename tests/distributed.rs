@@ -7,6 +7,8 @@
 //! `spawn_local_ranks`. Built without gloo's headers the tests check that the error says so,
 //! and skip (or fail under `TI_REQUIRE_C10D=1`, which scripts/test.sh sets where the headers
 //! are installed).
+mod common;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -381,6 +383,29 @@ fn spawned_local_ranks_run_and_a_failing_one_stops_the_others() {
     let e = distributed::spawn_local_ranks(3, &rank_args("rank_fail")).unwrap_err().to_string();
     assert_eq!(e, "rank 1 of 3 failed (exit status 3); stopped the other 2 ranks");
     assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+}
+
+#[test]
+fn ranks_under_torchrun_use_its_agent_store() {
+    // torchrun serves the store itself (TORCHELASTIC_USE_AGENT_STORE=True): every rank is a
+    // client under /worker/attempt_0. Runs where the reference Python (with torchrun) is found.
+    if !c10d_here("ranks_under_torchrun_use_its_agent_store") {
+        return;
+    }
+    let Some(python) = common::reference_python(&["torch"], "ranks_under_torchrun_use_its_agent_store") else { return };
+    let torchrun = python.with_file_name("torchrun");
+    let mut cmd = Command::new(&torchrun);
+    cmd.args(["--standalone", "--nproc_per_node", "2", "--no-python"])
+        .arg(std::env::current_exe().unwrap())
+        .args(rank_args("rank_collectives"))
+        .env("TI_DIST_TIMEOUT_S", "60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let f = finish(cmd.spawn().unwrap(), Duration::from_secs(180), "torchrun with 2 ranks");
+    assert!(f.success, "{}\n{}", f.stdout, f.stderr);
+    for r in 0..2 {
+        assert!(f.stdout.contains(&format!("RANK-OK rank {r}")), "{}", f.stdout);
+    }
 }
 
 #[test]
