@@ -167,6 +167,31 @@ fn rank_fail() {
     });
 }
 
+/// Times the all-reduce of placeholder rows against the whole SD 1.5 embedding matrix (what DDP
+/// reduces). By hand: `torchrun --standalone --nproc_per_node 2 --no-python <this test binary>
+/// rank_bench --exact --ignored --nocapture` (docs/distributed.md has the numbers).
+#[test]
+#[ignore = "a rank process: a measurement started by hand"]
+fn rank_bench() {
+    as_rank(|world| {
+        let pg = ProcessGroup::init(world)?;
+        for (rows, reps) in [(1i64, 200), (3, 200), (49408, 10)] {
+            let mut t = Tensor::ones([rows, 768], (Kind::Float, tch::Device::Cpu));
+            pg.all_reduce_mean(&mut t)?;
+            pg.barrier()?;
+            let start = Instant::now();
+            for _ in 0..reps {
+                pg.all_reduce_mean(&mut t)?;
+            }
+            let each = start.elapsed().as_secs_f64() / reps as f64;
+            if world.rank == 0 {
+                println!("BENCH {} ranks: all_reduce_mean of [{rows}, 768] f32 ({} KB): {:.3} ms", world.world_size, rows * 768 * 4 / 1024, each * 1e3);
+            }
+        }
+        Ok(())
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The launching side.
 
