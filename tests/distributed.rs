@@ -166,6 +166,31 @@ fn rank_fail() {
     });
 }
 
+/// Times the all-reduce of placeholder rows against the whole SD 1.5 embedding matrix (what DDP
+/// reduces). By hand: `torchrun --standalone --nproc_per_node 2 --no-python <this test binary>
+/// rank_bench --exact --ignored --nocapture` (docs/distributed.md has the numbers).
+#[test]
+#[ignore = "a rank process: a measurement started by hand"]
+fn rank_bench() {
+    as_rank(|world| {
+        let pg = ProcessGroup::init(world)?;
+        for (rows, reps) in [(1i64, 200), (3, 200), (49408, 10)] {
+            let mut t = Tensor::ones([rows, 768], (Kind::Float, tch::Device::Cpu));
+            pg.all_reduce_mean(&mut t)?;
+            pg.barrier()?;
+            let start = Instant::now();
+            for _ in 0..reps {
+                pg.all_reduce_mean(&mut t)?;
+            }
+            let each = start.elapsed().as_secs_f64() / reps as f64;
+            if world.rank == 0 {
+                println!("BENCH {} ranks: all_reduce_mean of [{rows}, 768] f32 ({} KB): {:.3} ms", world.world_size, rows * 768 * 4 / 1024, each * 1e3);
+            }
+        }
+        Ok(())
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The launching side.
 
@@ -382,6 +407,29 @@ fn spawned_local_ranks_run_and_a_failing_one_stops_the_others() {
     let e = distributed::spawn_local_ranks(3, &rank_args("rank_fail")).unwrap_err().to_string();
     assert_eq!(e, "rank 1 of 3 failed (exit status 3); stopped the other 2 ranks");
     assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+}
+
+#[test]
+fn ranks_under_torchrun_use_its_agent_store() {
+    // torchrun serves the store itself (TORCHELASTIC_USE_AGENT_STORE=True): every rank is a
+    // client under /worker/attempt_0. Runs where the reference Python (with torchrun) is found.
+    if !c10d_here("ranks_under_torchrun_use_its_agent_store") {
+        return;
+    }
+    let Some(python) = common::reference_python(&["torch"], "ranks_under_torchrun_use_its_agent_store") else { return };
+    let torchrun = python.with_file_name("torchrun");
+    let mut cmd = Command::new(&torchrun);
+    cmd.args(["--standalone", "--nproc_per_node", "2", "--no-python"])
+        .arg(std::env::current_exe().unwrap())
+        .args(rank_args("rank_collectives"))
+        .env("TI_DIST_TIMEOUT_S", "60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let f = finish(cmd.spawn().unwrap(), Duration::from_secs(180), "torchrun with 2 ranks");
+    assert!(f.success, "{}\n{}", f.stdout, f.stderr);
+    for r in 0..2 {
+        assert!(f.stdout.contains(&format!("RANK-OK rank {r}")), "{}", f.stdout);
+    }
 }
 
 #[test]

@@ -1,15 +1,9 @@
 //! The C functions of csrc/c10d.cpp as owned handles with `Result<_, String>` methods (the
 //! string is c10d's own message). Built without gloo's headers, the same types exist but
 //! cannot be made: every constructor answers [`NO_C10D`].
-use std::time::Duration;
-
 /// What every call answers in a build made without gloo's headers.
 pub const NO_C10D: &str =
     "this build has no c10d (distributed training): install gloo's headers (scripts/setup-gloo.sh, or apt-get install libgloo-dev) and rebuild";
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
-}
 
 #[cfg(ti_c10d)]
 pub use real::*;
@@ -18,7 +12,6 @@ pub use stub::*;
 
 #[cfg(ti_c10d)]
 mod real {
-    use super::millis;
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
     use std::ptr::{self, NonNull};
     use std::time::Duration;
@@ -31,6 +24,10 @@ mod real {
     #[repr(C)]
     struct TiWork(c_void);
     type Tens = torch_sys::C_tensor;
+
+    fn millis(d: Duration) -> i64 {
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+    }
 
     extern "C" {
         fn ti_c10d_free(p: *mut c_void);
