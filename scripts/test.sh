@@ -14,6 +14,7 @@ fi
 # Style and lints gate the tests (rustfmt.toml holds the style).
 cargo fmt --all --check
 cargo clippy --workspace --release --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --release --no-deps --quiet
 # One libtorch thread per process: the test harness already runs tests in parallel, and each
 # test runs the binary; libtorch's default of a thread per core oversubscribes a small machine
 # (a tiny generate took 15x longer under load). Results do not depend on it.

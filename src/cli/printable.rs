@@ -28,7 +28,7 @@ pub fn line(s: &str) -> Cow<'_, str> {
     escape(s, false)
 }
 
-/// A message of several lines (errors, logs): as [`line`], keeping newlines and tabs.
+/// A message of several lines (errors, logs): as [`line()`], keeping newlines and tabs.
 pub fn lines(s: &str) -> Cow<'_, str> {
     escape(s, true)
 }

@@ -1,6 +1,9 @@
 //! `textual-inversion train`: every flag of diffusers' `examples/textual_inversion/
 //! textual_inversion.py`, same names (kebab-case accepted too), same defaults, same meaning.
 //! The flags become one [`TrainConfig`]; the work is [`crate::train::trainer::train`].
+// The flags' doc comments are their `--help` text, written for the terminal (`[name]`,
+// `<model>` are A1111's and the shell's notation), not rustdoc links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 use crate::device::{parse_device, Precision};
 use crate::train::config::{
     CaptionConfig, DataConfig, EmbeddingFormat, InitFrom, LossConfig, OptimConfig, OutputConfig, TrainConfig, ValidationConfig, ValidationEvery,

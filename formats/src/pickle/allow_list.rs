@@ -109,7 +109,7 @@ impl Global {
 pub const INERT_MODULES: &[&str] =
     &["pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "numpy", "argparse", "ldm", "sgm", "collections", "pathlib", "typing", "enum"];
 
-/// Whether `module.name` may be kept inert in a checkpoint: [`INERT_MODULES`] and their
+/// Whether `module.name` may be kept inert in a checkpoint: `INERT_MODULES` and their
 /// submodules, and builtin value types passed as arguments (`defaultdict(list)`).
 pub fn is_inert(module: &str, name: &str) -> bool {
     let builtin_type = matches!(module, "builtins" | "__builtin__")

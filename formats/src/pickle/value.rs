@@ -41,7 +41,7 @@ pub enum Mode {
     #[default]
     Tensors,
     /// A whole training checkpoint (`.ckpt`): globals of the libraries such files are known to
-    /// pickle ([`super::allow_list::INERT_MODULES`]) become [`Value::Inert`]; the rest is refused.
+    /// pickle (`allow_list::INERT_MODULES`) become [`Value::Inert`]; the rest is refused.
     Checkpoint,
 }
 

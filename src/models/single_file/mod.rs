@@ -66,7 +66,7 @@ impl SingleFile {
         Ok(SingleFile { path: path.to_path_buf(), model_file, arch })
     }
 
-    /// What the file says of its prediction type (see [`file_prediction_type`]); asked only
+    /// What the file says of its prediction type (metadata, a `.yaml` beside it, ...); asked only
     /// when `--prediction_type` does not decide, since it may read a `.yaml` beside the file.
     pub fn own_prediction_type(&self) -> Option<PredictionOverride> {
         file_prediction_type(&self.path, &self.model_file, self.arch)
