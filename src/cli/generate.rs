@@ -22,7 +22,8 @@ pub struct GenerateArgs {
     /// Weight file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
     #[arg(long)]
     pub variant: Option<String>,
-    /// The prompt; with --prompt_file, the prompt of JSON lines that give none.
+    /// The prompt (required without --prompt_file; with it, the prompt of JSON lines that give
+    /// none).
     #[arg(long, required_unless_present = "prompt_file")]
     pub prompt: Option<String>,
     /// Many prompts: one per line (blank and # lines skipped), or JSON lines with any of
@@ -32,7 +33,7 @@ pub struct GenerateArgs {
     #[arg(long = "prompt_file")]
     pub prompt_file: Option<PathBuf>,
     /// With --prompt_file: start N processes on this machine sharing the jobs (job K on
-    /// process K mod N; each on cuda:K mod N with --device cuda), as `accelerate launch
+    /// process K mod N; process R on cuda:R with --device cuda), as `accelerate launch
     /// --num_processes N`. Under torchrun or srun the ranks come from the environment.
     #[arg(long = "num_processes")]
     pub num_processes: Option<usize>,

@@ -79,8 +79,9 @@ pub fn run(cfg: &GenerateConfig) -> Result<Vec<PathBuf>> {
 /// world size, see [`prompt_file`](super::prompt_file)), each as one `generate` of its own
 /// options: images named by job and image index, never by rank, so that any world size writes
 /// the same files. After every rank is done, rank 0 writes `index.jsonl` (one line per image of
-/// every job). `cfg.options` is ignored (each job carries its own). Returns the paths this rank
-/// wrote.
+/// every job) and `--stats_json` (the wall time from loading to the last rank's end, rank 0's
+/// device memory). `cfg.options` is ignored (each job carries its own). Returns the paths this
+/// rank wrote.
 pub fn run_jobs(cfg: &GenerateConfig, jobs: &[Job], group: &ProcessGroup) -> Result<Vec<PathBuf>> {
     crate::device::ensure_available(cfg.load.device)?;
     let (rank, world_size) = (group.rank(), group.world_size());
@@ -88,8 +89,8 @@ pub fn run_jobs(cfg: &GenerateConfig, jobs: &[Job], group: &ProcessGroup) -> Res
     crate::formats::atomic::ensure_dir(&cfg.output_dir, Path::new("."))?;
     let mut written = Vec::new();
     let mut default_size = None;
+    let started = std::time::Instant::now();
     if !mine.is_empty() {
-        let started = std::time::Instant::now();
         let repo = cfg.model.resolve()?;
         let mut models = Models::load(&repo, &cfg.load)?;
         models.load_embeddings(&cfg.embeddings)?;
@@ -135,6 +136,21 @@ pub fn run_jobs(cfg: &GenerateConfig, jobs: &[Job], group: &ProcessGroup) -> Res
             }
         }
         crate::formats::atomic::write(&cfg.output_dir.join(INDEX_FILE), lines.as_bytes())?;
+        if let Some(stats) = &cfg.stats_json {
+            let secs = started.elapsed().as_secs_f64();
+            let json = serde_json::json!({
+                "command": "generate",
+                "device": crate::device::device_name(cfg.load.device),
+                "precision": format!("{:?}", cfg.load.precision).to_lowercase(),
+                "world_size": world_size,
+                "jobs": jobs.len(),
+                "images": jobs.iter().map(|j| j.options.num_images_per_prompt).sum::<usize>(),
+                "rank0_jobs": mine.len(),
+                "wall_s": secs,
+                "cuda_memory": crate::progress::cuda_memory(cfg.load.device),
+            });
+            crate::formats::atomic::write(stats, serde_json::to_string_pretty(&json)?.as_bytes())?;
+        }
     }
     Ok(written)
 }
