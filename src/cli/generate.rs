@@ -6,7 +6,7 @@ use crate::pipeline::generate::GenerateConfig;
 use crate::pipeline::GenerateOptions;
 use crate::schedulers::SchedulerKind;
 use crate::text::learned_tokens::EmbeddingSpec;
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -22,8 +22,21 @@ pub struct GenerateArgs {
     /// Weight file variant, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
     #[arg(long)]
     pub variant: Option<String>,
-    #[arg(long)]
-    pub prompt: String,
+    /// The prompt (required without --prompt_file; with it, the prompt of JSON lines that give
+    /// none).
+    #[arg(long, required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Many prompts: one per line (blank and # lines skipped), or JSON lines with any of
+    /// prompt, negative_prompt, seed, width, height, num_images (the rest from the flags). Job
+    /// K's seed is its own or --seed + K; its images are JJJJ-II-SEED.png, listed in
+    /// index.jsonl (docs/generating.md#prompt-files).
+    #[arg(long = "prompt_file")]
+    pub prompt_file: Option<PathBuf>,
+    /// With --prompt_file: start N processes on this machine sharing the jobs (job K on
+    /// process K mod N; process R on cuda:R with --device cuda), as `accelerate launch
+    /// --num_processes N`. Under torchrun or srun the ranks come from the environment.
+    #[arg(long = "num_processes")]
+    pub num_processes: Option<usize>,
     #[arg(long = "negative_prompt")]
     pub negative_prompt: Option<String>,
     /// SDXL: the second text encoder's prompt (default --prompt).
@@ -41,7 +54,7 @@ pub struct GenerateArgs {
     /// SDXL target-size conditioning HEIGHT,WIDTH (default: the image size).
     #[arg(long = "target_size", value_parser = parse_pair)]
     pub target_size: Option<(i64, i64)>,
-    /// Where images go, as NNNN-SEED.png.
+    /// Where images go, as NNNN-SEED.png (with --prompt_file: JJJJ-II-SEED.png).
     #[arg(long = "output_dir", default_value = ".")]
     pub output_dir: PathBuf,
     /// Embedding file (any format) or a folder with learned_embeds.*, optionally :TOKEN.
@@ -95,7 +108,7 @@ impl GenerateArgs {
             },
             embeddings: self.embeddings.clone(),
             options: GenerateOptions {
-                prompt: self.prompt.clone(),
+                prompt: self.prompt.clone().unwrap_or_default(),
                 prompt_2: self.prompt_2.clone(),
                 negative_prompt: self.negative_prompt.clone(),
                 negative_prompt_2: self.negative_prompt_2.clone(),
@@ -130,8 +143,74 @@ fn parse_pair(s: &str) -> Result<(i64, i64)> {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    for path in crate::pipeline::generate::run(&args.config())? {
+    use crate::distributed::{spawn_local_ranks, without_flag, ProcessGroup, World};
+    let world = World::from_env()?;
+    let Some(prompt_file) = &args.prompt_file else {
+        if args.num_processes.is_some_and(|n| n > 1) || world.is_distributed() {
+            bail!(
+                "generate on several processes ({}) needs --prompt_file: the images of one prompt are one batch, made by one process",
+                world_or_flag(&world, args.num_processes)
+            );
+        }
+        for path in crate::pipeline::generate::run(&args.config())? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    };
+    if let Some(n) = args.num_processes.filter(|&n| n > 1 || world.is_distributed()) {
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return spawn_local_ranks(n, &without_flag(&argv, &["--num_processes", "--num-processes"]));
+    }
+    let mut cfg = args.config();
+    // Every rank reads the file: a bad line fails them all at once, before any model loads.
+    let jobs = crate::pipeline::prompt_file::read(prompt_file, &cfg.options, args.prompt.as_deref())?;
+    if world.is_distributed() {
+        // One GPU per rank on each machine, as train places them; with fewer GPUs than ranks,
+        // ranks share them in turn.
+        if let tch::Device::Cuda(_) = cfg.load.device {
+            crate::device::ensure_available(tch::Device::Cuda(0))?;
+            let count = (tch::Cuda::device_count().max(1)) as usize;
+            if world.local_rank >= count {
+                tracing::warn!("{world}: {count} CUDA device(s) on this machine; this rank shares cuda:{}", world.local_rank % count);
+            }
+            cfg.load.device = tch::Device::Cuda(world.local_rank % count);
+        }
+        tracing::info!("{world}");
+    }
+    let group = ProcessGroup::init(&world)?;
+    let jobs = if args.seed.is_none() && group.world_size() > 1 {
+        // The clock seed is rank 0's, so that job K's seed does not depend on the rank.
+        if group.rank() == 0 {
+            group.store_set("generate/seed", &cfg.options.seed.to_le_bytes())?;
+        } else {
+            let bytes = group.store_get("generate/seed")?;
+            let seed =
+                u64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| anyhow::anyhow!("rank 0 published a seed of {} bytes, expected 8", bytes.len()))?);
+            cfg.options.seed = seed;
+        }
+        crate::pipeline::prompt_file::read(prompt_file, &cfg.options, args.prompt.as_deref())?
+    } else {
+        jobs
+    };
+    group.check_same_config(&format!("{:x}", jobs_hash(&jobs))).context("the ranks read different prompt files or flags")?;
+    for path in crate::pipeline::generate::run_jobs(&cfg, &jobs, &group)? {
         println!("{}", path.display());
     }
     Ok(())
+}
+
+fn world_or_flag(world: &crate::distributed::World, n: Option<usize>) -> String {
+    match n {
+        Some(n) if !world.is_distributed() => format!("--num_processes {n}"),
+        _ => world.to_string(),
+    }
+}
+
+/// A digest of every job's resolved settings, compared across ranks.
+fn jobs_hash(jobs: &[crate::pipeline::prompt_file::Job]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same value in every process of this build.
+    let mut h = std::hash::DefaultHasher::new();
+    format!("{jobs:?}").hash(&mut h);
+    h.finish()
 }

@@ -5,6 +5,7 @@
 //! it (configuration, images to files).
 pub mod conditioning;
 pub mod generate;
+pub mod prompt_file;
 
 use crate::models::repo::ModelRepo;
 use crate::models::stable_diffusion::{self as sd, Family, LoadOptions};
