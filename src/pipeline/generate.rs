@@ -76,7 +76,7 @@ pub fn run(cfg: &GenerateConfig) -> Result<Vec<PathBuf>> {
 }
 
 /// Runs the jobs of a prompt file that fall to this rank of `group` (job k on rank k mod
-/// world size, see [`prompt_file`](super::prompt_file)), each as one `generate` of its own
+/// world size, see [`super::prompt_file`]), each as one `generate` of its own
 /// options: images named by job and image index, never by rank, so that any world size writes
 /// the same files. After every rank is done, rank 0 writes `index.jsonl` (one line per image of
 /// every job) and `--stats_json` (the wall time from loading to the last rank's end, rank 0's
