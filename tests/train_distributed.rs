@@ -106,17 +106,7 @@ fn dist_parity_obj_2v_b3_short_cosine_w3() {
 /// configuration nobody runs).
 #[test]
 fn dist_matrix_is_tested() {
-    let source = std::fs::read_to_string(repo().join("tests/train_distributed.rs")).unwrap();
-    let mut n = 0;
-    for entry in std::fs::read_dir(repo().join("fixtures/train/dist")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.join("run.json").is_file() {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            assert!(source.contains(&format!("parity(\"{name}\")")), "{name} has no test");
-            n += 1;
-        }
-    }
-    assert!(n >= 6, "{n} configurations");
+    common::assert_every_run_tested("tests/train_distributed.rs", "fixtures/train/dist", 6);
 }
 
 /// Ranks started with different arguments are refused at start, naming the rank.

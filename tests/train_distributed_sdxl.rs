@@ -95,17 +95,7 @@ fn dist_sdxl_parity_vpred_obj_2v_b2_cosine_w2() {
 /// Every fixture folder has its test above.
 #[test]
 fn dist_sdxl_matrix_is_tested() {
-    let source = std::fs::read_to_string(repo().join("tests/train_distributed_sdxl.rs")).unwrap();
-    let mut n = 0;
-    for entry in std::fs::read_dir(repo().join("fixtures/train/dist-sdxl")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.join("run.json").is_file() {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            assert!(source.contains(&format!("parity(\"{name}\")")), "{name} has no test");
-            n += 1;
-        }
-    }
-    assert!(n >= 2, "{n} configurations");
+    common::assert_every_run_tested("tests/train_distributed_sdxl.rs", "fixtures/train/dist-sdxl", 2);
 }
 
 /// Launched as users launch it: torchrun starts both ranks of the binary itself (`--no-python`,

@@ -204,3 +204,20 @@ pub fn compare_with_script(name: &str, out: &Path, logged: &[Logged], fixture: &
     assert!(saved.iter().any(|f| f == "learned_embeds.safetensors"), "{name}: no final file in the fixture");
     format!("{} micro-steps, worst loss difference {worst:.1e} relative; {}", ours.len(), files.join(", "))
 }
+
+/// Every fixture folder (one holding a `run.json`) under `fixtures` has its `parity("NAME")`
+/// call in the test file `test_file` (so a regenerated matrix cannot grow a configuration
+/// nobody runs), and there are at least `min` of them.
+pub fn assert_every_run_tested(test_file: &str, fixtures: &str, min: usize) {
+    let source = std::fs::read_to_string(repo().join(test_file)).unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join(fixtures)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.join("run.json").is_file() {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            assert!(source.contains(&format!("parity(\"{name}\")")), "{name} has no test in {test_file}");
+            n += 1;
+        }
+    }
+    assert!(n >= min, "{fixtures}: {n} configurations");
+}
