@@ -13,7 +13,7 @@
 //! DDP sums the whole embedding matrix's bucket (ring order), so the last bit may move there
 //! (measured: `-- --nocapture`).
 mod common;
-use common::{compare_with_script, embedding_rows, folder_listing, repo, script_args, Logged};
+use common::{embedding_rows, folder_listing, repo, script_args, Logged};
 use std::process::Command;
 
 #[derive(serde::Deserialize)]
@@ -37,19 +37,8 @@ fn parity(name: &str) {
     let model = common::tiny_sd_predicting(if run.vpred { "v_prediction" } else { "epsilon" }, tmp.path());
     let out = tmp.path().join("out");
     let args = script_args(&run.cli_args, &model, tmp.path(), &data);
-    let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
-        .current_dir(repo())
-        .arg("train")
-        .args(&args)
-        .args(["--report_to", "none", "--num_processes", &run.world_size.to_string()])
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
-
-    // The script logs rank 0's loss.
-    let seen = compare_with_script(name, &out, &run.ranks[0], &fixture, &run.saved);
-    eprintln!("{name}: {} ranks, {seen}", run.world_size);
+    let seen = common::train_ranks_like_the_script(name, &args, run.world_size, &out, &run.ranks[0], &fixture, &run.saved);
+    eprintln!("{name}: {seen}");
 }
 
 #[test]

@@ -62,19 +62,8 @@ fn parity(name: &str) {
     let args: Vec<String> =
         script_args(&run.cli_args, &model, tmp.path(), &data).into_iter().map(|a| a.replace("<tmp>/tiny-sdxl-vpred", model.to_str().unwrap())).collect();
     let out = tmp.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
-        .current_dir(repo())
-        .arg("train")
-        .args(&args)
-        .args(["--report_to", "none", "--num_processes", &run.world_size.to_string()])
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
-
-    // The script logs rank 0's loss; rank 0 writes the files.
-    let seen = compare_with_script(name, &out, &run.ranks[0], &fixture, &run.saved);
-    eprintln!("{name}: {} ranks, {seen}", run.world_size);
+    let seen = common::train_ranks_like_the_script(name, &args, run.world_size, &out, &run.ranks[0], &fixture, &run.saved);
+    eprintln!("{name}: {seen}");
 }
 
 #[test]

@@ -221,3 +221,19 @@ pub fn assert_every_run_tested(test_file: &str, fixtures: &str, min: usize) {
     }
     assert!(n >= min, "{fixtures}: {n} configurations");
 }
+
+/// `train ARGS --num_processes WORLD` (one thread a rank), then [`compare_with_script`] of rank
+/// 0's log and files (the script logs rank 0's loss, and rank 0 writes the files) against the
+/// script's; returns the observed line.
+pub fn train_ranks_like_the_script(name: &str, args: &[String], world: usize, out: &Path, logged: &[Logged], fixture: &Path, saved: &[String]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+        .current_dir(repo())
+        .arg("train")
+        .args(args)
+        .args(["--report_to", "none", "--num_processes", &world.to_string()])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+    format!("{world} ranks, {}", compare_with_script(name, out, logged, fixture, saved))
+}
