@@ -341,6 +341,8 @@ fn downloads_through_the_endpoints_hf_hub_calls() {
     let seen = hub.seen.lock().unwrap().clone();
     assert!(seen.iter().all(|s| s.ends_with("auth=Bearer tok123")), "every request carries HF_TOKEN: {seen:?}");
     assert!(!seen.iter().any(|s| s.contains("nested.png") || s.contains(".gitattributes")), "{seen:?}");
+    let e = format!("{:#}", train_data_dir(Path::new("data/typo"), None, &online).unwrap_err());
+    assert!(e.contains("no folder of that name, and no Hub dataset data/typo"), "{e}");
     // Offline afterwards: the same snapshot from the cache alone.
     assert_eq!(train_data_dir(Path::new("diffusers/cat_toy_example"), None, &offline(&cache)).unwrap(), snap);
     assert_eq!(embedding_file("owner/bin-only", None, None, &offline(&cache)).unwrap(), got);
@@ -465,7 +467,13 @@ fn push_to_hub_data_parallel_uploads_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = stand_in_hf(dir.path());
     let out = dir.path().join("dp");
-    let o = train(&fixtures().join("dataset/images").display().to_string(), &out, &[("PATH", &path)], &["--push_to_hub", "--num_processes", "2"]);
+    // The data by Hub id too: rank 0 resolves it, rank 1 after it.
+    let cache = dir.path().join("hub");
+    let imgs = images();
+    let files: Vec<(&str, Vec<u8>)> = imgs.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    cache_repo(&cache, "datasets--diffusers--cat_toy_example", Some("main"), COMMIT, &files);
+    let env = [("PATH", path.as_path()), ("HF_HUB_CACHE", cache.as_path()), ("HF_HUB_OFFLINE", Path::new("1"))];
+    let o = train("diffusers/cat_toy_example", &out, &env, &["--push_to_hub", "--num_processes", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let log = std::fs::read_to_string(dir.path().join("hf.log")).unwrap();
     assert_eq!(log.lines().filter(|l| l.starts_with("upload ")).count(), 1, "{log}");

@@ -74,7 +74,7 @@ impl HubRepo {
         let Some(api) = &self.api else { return Ok(None) };
         match api.download(file) {
             Ok(p) => Ok(Some(p)),
-            Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(404, _)) => Ok(None),
+            Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(401 | 404, _)) => Ok(None),
             Err(e) => Err(e).with_context(|| format!("downloading {file} from {}{}", self.what(), ONLINE_HINT)),
         }
     }
@@ -109,7 +109,7 @@ pub fn embedding_file(id: &str, weight_name: Option<&str>, revision: Option<&str
             return Ok(path);
         }
     }
-    bail!("--embedding {id}: the Hub repository {} has no {}{}", repo.what(), tried.join(" and no "), repo.offline_hint())
+    bail!("--embedding {id}: no such file or folder, and the Hub repository {} has no {}{}", repo.what(), tried.join(" and no "), repo.offline_hint())
 }
 
 /// `--train_data_dir` as given, or for a Hub dataset id its snapshot folder: every top-level
@@ -136,7 +136,14 @@ pub fn train_data_dir(dir: &Path, revision: Option<&str>, hub: &HubOptions) -> R
 
 /// Lists the dataset's files at the revision and fetches the top-level ones the cache lacks.
 fn download_dataset(repo: &HubRepo, api: &ApiRepo) -> Result<PathBuf> {
-    let info = api.info().with_context(|| format!("--train_data_dir {}: listing the Hub dataset {}{}", repo.id, repo.what(), ONLINE_HINT))?;
+    let info = match api.info() {
+        Ok(info) => info,
+        // The Hub answers 401 for a repo that does not exist (or that the token may not see).
+        Err(ApiError::RequestError(e)) if matches!(*e, ureq::Error::Status(401 | 404, _)) => {
+            bail!("--train_data_dir {}: no folder of that name, and no Hub {} (a private one needs HF_TOKEN)", repo.id, repo.what())
+        }
+        Err(e) => return Err(e).with_context(|| format!("--train_data_dir {}: listing the Hub dataset {}{}", repo.id, repo.what(), ONLINE_HINT)),
+    };
     if info.sha.is_empty() || info.sha.contains(['/', '\\']) || info.sha.starts_with('.') {
         bail!("--train_data_dir {}: the Hub answered an unusable commit {:?}", repo.id, info.sha);
     }

@@ -39,11 +39,17 @@ impl std::fmt::Debug for PushConfig {
 
 /// The `hf` executable on PATH, or an error saying how to get it.
 pub fn find_hf() -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+    #[cfg(unix)]
+    let (name, runnable) = {
+        use std::os::unix::fs::PermissionsExt;
+        ("hf", |m: &std::fs::Metadata| m.permissions().mode() & 0o111 != 0)
+    };
+    #[cfg(not(unix))]
+    let (name, runnable) = ("hf.exe", |_: &std::fs::Metadata| true);
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
-        let candidate = dir.join("hf");
-        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+        let candidate = dir.join(name);
+        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && runnable(&m)) {
             return Ok(candidate);
         }
     }
@@ -70,6 +76,15 @@ fn whoami(exe: &Path, token: Option<&str>) -> Result<String> {
         let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         crate::cli::printable::lines(text.trim()).chars().take(400).collect::<String>()
     };
+    // click's usage error: an `hf` from before `--format` (huggingface_hub < 1.0).
+    if out.status.code() == Some(2) {
+        bail!(
+            "--push_to_hub: `{} auth whoami --format json` is not understood by this hf ({}): update it with `pip install -U huggingface_hub` (tested with 2.5.0). It said: {}",
+            exe.display(),
+            out.status,
+            said(&out)
+        );
+    }
     if !out.status.success() {
         let how = if token.is_some() { "the --hub_token was refused" } else { "not logged in to the Hub" };
         bail!(
