@@ -386,7 +386,8 @@ fn push_to_hub_uploads_through_hf() {
     let dir = tempfile::tempdir().unwrap();
     let path = stand_in_hf(dir.path());
     let out = dir.path().join("cat-toy-out");
-    let o = train(&fixtures().join("dataset/images").display().to_string(), &out, &[("PATH", &path)], &["--push_to_hub", "--hub_token", "sekrit-token"]);
+    let extra = ["--push_to_hub", "--hub_token", "sekrit-token", "--validation_prompt", "a <t>", "--num_validation_images", "2", "--validation_steps", "2"];
+    let o = train(&fixtures().join("dataset/images").display().to_string(), &out, &[("PATH", &path)], &extra);
     assert!(o.status.success(), "{}", stderr(&o));
     let log = std::fs::read_to_string(dir.path().join("hf.log")).unwrap();
     let lines: Vec<&str> = log.lines().collect();
@@ -409,9 +410,13 @@ fn push_to_hub_uploads_through_hf() {
         let bytes = std::fs::read(&entry).unwrap_or_default();
         assert!(!bytes.windows(6).any(|w| w == b"sekrit"), "{} holds the token", entry.display());
     }
-    // The script's card; the full pipeline saved, as the script forces it.
+    // The script's card with the last validation's images; the full pipeline saved, as the
+    // script forces it.
     let base = repo().join("fixtures/tiny-sd").display().to_string();
-    assert_eq!(std::fs::read_to_string(out.join("README.md")).unwrap(), textual_inversion::train::push::model_card("tester/cat-toy-out", &base, 0));
+    assert_eq!(std::fs::read_to_string(out.join("README.md")).unwrap(), textual_inversion::train::push::model_card("tester/cat-toy-out", &base, 2));
+    for i in 0..2 {
+        assert_eq!(std::fs::read(out.join(format!("image_{i}.png"))).unwrap(), std::fs::read(out.join(format!("validation/step-2-{i}.png"))).unwrap());
+    }
     assert!(out.join("model_index.json").is_file() && out.join("learned_embeds.safetensors").is_file());
     assert!(stderr(&o).contains("Enabling full model saving"), "{}", stderr(&o));
 }
