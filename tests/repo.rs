@@ -24,7 +24,7 @@ fn unet_from(files: &[PathBuf], config: &Path, placement: Placement) -> anyhow::
 }
 
 fn offline(cache: &Path) -> HubOptions {
-    HubOptions { cache_dir: Some(cache.to_path_buf()), offline: true, token: None }
+    HubOptions { cache_dir: Some(cache.to_path_buf()), offline: true, token: None, endpoint: None }
 }
 
 #[test]

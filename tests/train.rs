@@ -122,7 +122,6 @@ fn bad_input_is_refused_before_models_load() {
     assert!(run(&["--placeholder_token", "cat"], None).contains("The tokenizer already contains the token cat"));
     assert!(run(&["--initializer_token", "a photo"], None).contains("The initializer token must be a single token"));
     assert!(run(&["--num_vectors", "0"], None).contains("--num_vectors has to be larger or equal to 1"));
-    assert!(run(&["--push_to_hub"], None).contains("--push_to_hub is not available"));
     assert!(run(&["--report_to", "wandb"], None).contains("not available"));
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();

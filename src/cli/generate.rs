@@ -57,10 +57,19 @@ pub struct GenerateArgs {
     /// Where images go, as NNNN-SEED.png (with --prompt_file: JJJJ-II-SEED.png).
     #[arg(long = "output_dir", default_value = ".")]
     pub output_dir: PathBuf,
-    /// Embedding file (any format) or a folder with learned_embeds.*, optionally :TOKEN.
+    /// Embedding file (any format), a folder with learned_embeds.*, or a Hub repo id (e.g.
+    /// sd-concepts-library/cat-toy, as diffusers' load_textual_inversion), optionally :TOKEN.
     /// Repeatable.
     #[arg(long = "embedding")]
     pub embeddings: Vec<EmbeddingSpec>,
+    /// The file to take from each --embedding Hub repo (default learned_embeds.safetensors,
+    /// else learned_embeds.bin), as load_textual_inversion's weight_name.
+    #[arg(long = "weight_name")]
+    pub weight_name: Option<String>,
+    /// Branch, tag or commit of each --embedding Hub repo (default main), as
+    /// load_textual_inversion's revision (--revision is the model's).
+    #[arg(long = "embedding_revision")]
+    pub embedding_revision: Option<String>,
     /// Classifier-free guidance; default 7.5 (SDXL: 5.0, as its pipeline).
     #[arg(long = "guidance_scale")]
     pub guidance_scale: Option<f64>,
@@ -142,9 +151,35 @@ fn parse_pair(s: &str) -> Result<(i64, i64)> {
     }
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
+/// Each `--embedding` that names a Hub repo (`owner/name`, optionally `:TOKEN`; no such local
+/// path) replaced by its file in the Hugging Face cache, fetched if needed; --weight_name and
+/// --embedding_revision apply to every one, as load_textual_inversion's kwargs apply to each id
+/// of a list.
+fn resolve_hub_embeddings(args: &mut GenerateArgs) -> Result<()> {
+    use crate::models::hub::{embedding_file, is_hub_id};
+    let hub = crate::models::files::HubOptions::from_env();
+    let mut any = false;
+    for spec in &mut args.embeddings {
+        let Some(arg) = spec.path.to_str().map(str::to_string) else { continue };
+        let (id, token) = match arg.rsplit_once(':') {
+            _ if is_hub_id(&arg) => (arg.clone(), None),
+            Some((id, token)) if spec.token.is_none() && is_hub_id(id) => (id.to_string(), (!token.is_empty()).then(|| token.to_string())),
+            _ => continue,
+        };
+        spec.path = embedding_file(&id, args.weight_name.as_deref(), args.embedding_revision.as_deref(), &hub)?;
+        spec.token = spec.token.take().or(token);
+        any = true;
+    }
+    if !any && (args.weight_name.is_some() || args.embedding_revision.is_some()) {
+        tracing::warn!("--weight_name/--embedding_revision apply to --embedding Hub ids only; none was given");
+    }
+    Ok(())
+}
+
+pub fn run(mut args: GenerateArgs) -> Result<()> {
     use crate::distributed::{spawn_local_ranks, without_flag, ProcessGroup, World};
     let world = World::from_env()?;
+    resolve_hub_embeddings(&mut args)?;
     let Some(prompt_file) = &args.prompt_file else {
         if args.num_processes.is_some_and(|n| n > 1) || world.is_distributed() {
             bail!(

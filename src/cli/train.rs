@@ -11,7 +11,7 @@ use crate::train::config::{
 use crate::train::dataset::{ImageOrder, LearnableProperty};
 use crate::train::lr_schedule::LrScheduleKind;
 use crate::train::metrics::ReportTo;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -39,7 +39,8 @@ pub struct TrainArgs {
     /// Tokenizer folder instead of <model>/tokenizer.
     #[arg(long = "tokenizer_name")]
     pub tokenizer_name: Option<PathBuf>,
-    /// Folder of training images.
+    /// Folder of training images, or a Hub dataset id (e.g. diffusers/cat_toy_example: its
+    /// files fetched into the Hugging Face cache, the snapshot folder trained on).
     #[arg(long = "train_data_dir")]
     pub train_data_dir: PathBuf,
     /// The new token, e.g. <cat-toy>; also the key in the saved file.
@@ -103,11 +104,14 @@ pub struct TrainArgs {
     pub adam_weight_decay: f64,
     #[arg(long = "adam_epsilon", default_value_t = 1e-8)]
     pub adam_epsilon: f64,
-    /// Not available: this tool does not upload (see the message).
+    /// Upload output_dir (full pipeline, README.md model card) to the Hub at the end, through
+    /// huggingface_hub's `hf` command (on PATH, logged in: checked before training).
     #[arg(long = "push_to_hub")]
     pub push_to_hub: bool,
+    /// Token for --push_to_hub (given to `hf` as HF_TOKEN; default: hf's login).
     #[arg(long = "hub_token")]
     pub hub_token: Option<String>,
+    /// Repo to push to: owner/name, or name under your account (default: output_dir's name).
     #[arg(long = "hub_model_id")]
     pub hub_model_id: Option<String>,
     /// TensorBoard folder under output_dir.
@@ -285,12 +289,8 @@ impl TrainArgs {
         })
     }
 
-    /// The script's flags this tool does not act on: an error where the user expects an effect
-    /// (--push_to_hub), a log line where the result is the same.
+    /// The script's flags this tool does not act on: a log line where the result is the same.
     fn unavailable(&self) -> Result<()> {
-        if self.push_to_hub {
-            bail!("--push_to_hub is not available: this tool does not upload. Train, then upload output_dir with `hf upload` (huggingface_hub's CLI)");
-        }
         if self.use_8bit_adam {
             tracing::info!("--use_8bit_adam has no effect: AdamW keeps state for the placeholder rows only (kilobytes), in fp32");
         }
@@ -338,9 +338,15 @@ impl TrainArgs {
             checkpointing_steps: self.checkpointing_steps,
             checkpoints_total_limit: self.checkpoints_total_limit,
             resume_from_checkpoint: self.resume_from_checkpoint.clone(),
-            save_as_full_pipeline: self.save_as_full_pipeline,
+            // The script saves the full pipeline whenever it pushes.
+            save_as_full_pipeline: self.save_as_full_pipeline || self.push_to_hub,
             stats_json: self.stats_json.clone(),
             extra_formats: self.save_format.clone(),
+            push: self.push_to_hub.then(|| crate::train::push::PushConfig {
+                hub_model_id: self.hub_model_id.clone(),
+                token: self.hub_token.clone(),
+                base_model: self.pretrained_model_name_or_path.clone(),
+            }),
         }
     }
 
@@ -382,6 +388,15 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     use crate::distributed::{spawn_local_ranks, without_flag, ProcessGroup, World};
     let world = World::from_env()?;
+    // Only rank 0 uploads, so only it needs `hf`: checked before any model loads (and before
+    // local ranks start).
+    if args.push_to_hub && world.rank == 0 {
+        if !args.save_as_full_pipeline {
+            tracing::warn!("Enabling full model saving because --push_to_hub=True was specified.");
+        }
+        let cfg = args.config()?;
+        crate::train::push::preflight(cfg.output.push.as_ref().context("push config")?, &cfg.output.dir)?;
+    }
     if let Some(n) = args.num_processes.filter(|&n| n > 1 || world.is_distributed()) {
         let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return spawn_local_ranks(n, &without_flag(&argv, &["--num_processes", "--num-processes"]));

@@ -15,15 +15,29 @@ pub struct HubOptions {
     /// Never download (`HF_HUB_OFFLINE=1`).
     pub offline: bool,
     pub token: Option<String>,
+    /// `HF_ENDPOINT`: another Hub (a mirror, an enterprise Hub); default https://huggingface.co.
+    pub endpoint: Option<String>,
 }
 
 impl HubOptions {
-    /// `HF_HUB_CACHE`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_TOKEN`, as huggingface_hub reads them.
+    /// `HF_HUB_CACHE`, `HF_HOME`, `HF_HUB_OFFLINE`, `HF_TOKEN`, `HF_ENDPOINT`, as huggingface_hub
+    /// reads them.
     pub fn from_env() -> Self {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let cache_dir = env("HF_HUB_CACHE").map(PathBuf::from).or_else(|| env("HF_HOME").map(|h| PathBuf::from(h).join("hub")));
         let offline = env("HF_HUB_OFFLINE").is_some_and(|v| !matches!(v.as_str(), "0" | "false" | "False"));
-        HubOptions { cache_dir, offline, token: env("HF_TOKEN") }
+        HubOptions { cache_dir, offline, token: env("HF_TOKEN"), endpoint: env("HF_ENDPOINT").map(|e| e.trim_end_matches('/').to_string()) }
+    }
+
+    /// The Hub client over `cache`, with the token (`HF_TOKEN`, else the one `hf auth login`
+    /// stored beside the cache) and endpoint.
+    pub fn api(&self, cache: hf_hub::Cache) -> Result<hf_hub::api::sync::Api> {
+        let token = self.token.clone().or_else(|| cache.token());
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache).with_token(token).with_progress(true);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        builder.build().context("setting up the Hub client")
     }
 }
 
@@ -55,16 +69,7 @@ impl ModelFiles {
         // A commit hash has no ref file: use its snapshot folder directly.
         let snapshot = cache.path().join(format!("models--{}", name.replace('/', "--"))).join("snapshots").join(&revision);
         let snapshot = snapshot.is_dir().then_some(snapshot);
-        let api = if hub.offline {
-            None
-        } else {
-            let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-                .with_token(hub.token.clone())
-                .with_progress(true)
-                .build()
-                .context("setting up the Hub client")?;
-            Some(api.repo(Repo::with_revision(name.to_string(), RepoType::Model, revision.clone())))
-        };
+        let api = if hub.offline { None } else { Some(hub.api(cache.clone())?.repo(Repo::with_revision(name.to_string(), RepoType::Model, revision.clone()))) };
         Ok(ModelFiles::Hub { id: name.to_string(), revision, cache, snapshot, api })
     }
 

@@ -13,6 +13,7 @@ pub mod component;
 pub mod config;
 pub mod diffusers_folder;
 pub mod files;
+pub mod hub;
 pub mod nn;
 pub mod prediction;
 pub mod repo;

@@ -209,6 +209,8 @@ pub struct OutputConfig {
     /// `--save_format`: also write the web UI's `.pt` / kohya's `emb_params` file, named after
     /// the trigger word.
     pub extra_formats: Vec<SaveFormat>,
+    /// `--push_to_hub`: upload `dir` at the end ([`super::push`]).
+    pub push: Option<super::push::PushConfig>,
 }
 
 /// `--save_format`.

@@ -26,6 +26,7 @@ pub mod on_update;
 pub mod optim;
 pub mod output;
 mod plan;
+pub mod push;
 mod reporting;
 mod run_state;
 pub mod script_rng;

@@ -54,6 +54,12 @@ impl Plan<'_> {
         if name == LOSS_PNG || (name == "validation" && self.cfg.validation.is_some()) {
             return true;
         }
+        // --push_to_hub's model card and the last validation images it links.
+        if out.push.is_some()
+            && (name == "README.md" || name.strip_prefix("image_").and_then(|r| r.strip_suffix(".png")).is_some_and(|n| n.parse::<usize>().is_ok()))
+        {
+            return true;
+        }
         let t = &self.trigger;
         let extra = |f: SaveFormat| out.extra_formats.contains(&f);
         if self.xl {

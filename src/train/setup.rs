@@ -245,7 +245,8 @@ fn check_inputs(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<Inputs> {
         tracing::warn!("--center_crop has no effect on SDXL: textual_inversion_sdxl.py resizes every image straight to the resolution");
     }
     let caption_ext = captions::caption_extension(&cfg.captions);
-    let dataset = Dataset::load_with(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
+    let data_dir = train_data_dir(&data.dir, ranks)?;
+    let dataset = Dataset::load_with(&data_dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
     let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
     if ranks.rank() == 0 {
         super::output::prepare(cfg, &repo, xl)?;
@@ -398,4 +399,21 @@ fn config_hash(cfg: &TrainConfig) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.replacen(&device, "device: <per rank>", 1).hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+/// `--train_data_dir`, or a Hub dataset's snapshot folder ([`crate::models::hub::train_data_dir`]):
+/// rank 0 fetches it, the other ranks then find it in the cache.
+fn train_data_dir(dir: &Path, ranks: &ProcessGroup) -> Result<PathBuf> {
+    let is_hub = dir.to_str().is_some_and(crate::models::hub::is_hub_id);
+    let hub = crate::models::files::HubOptions::from_env();
+    if !is_hub || ranks.world_size() == 1 {
+        return crate::models::hub::train_data_dir(dir, None, &hub);
+    }
+    if ranks.rank() != 0 {
+        ranks.barrier().context("waiting for rank 0 to fetch the Hub dataset")?;
+        return crate::models::hub::train_data_dir(dir, None, &hub);
+    }
+    let resolved = crate::models::hub::train_data_dir(dir, None, &hub)?;
+    ranks.barrier().context("sharing the fetched Hub dataset")?;
+    Ok(resolved)
 }

@@ -187,6 +187,9 @@ impl Trainer<'_> {
         if let Some(path) = &out.stats_json {
             self.report.write_stats(self.cfg, path, &self.run.rows.trainable)?;
         }
+        if let Some(push) = &out.push {
+            super::push::publish(push, &out.dir)?;
+        }
         Ok(TrainOutcome { embeddings_file: final_path, global_step: self.run.position.global_step, losses: self.report.take_losses() })
     }
 }
