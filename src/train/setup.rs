@@ -246,6 +246,8 @@ fn check_inputs(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<Inputs> {
     }
     let caption_ext = captions::caption_extension(&cfg.captions);
     let dataset = Dataset::load_with(&data.dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
+    let loss = &cfg.loss;
+    let dataset = dataset.with_masks(data.mask.as_ref(), loss.normalize_masked_area_loss && loss.unmasked_weight == 0.0)?;
     let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
     if ranks.rank() == 0 {
         super::output::prepare(cfg, &repo, xl)?;
