@@ -145,10 +145,15 @@ fn masks_are_preprocessed_as_pillow_resizes_them() {
 // ---- end to end on the tiny model ----
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    train_on(&common::tiny_sd(), data, out, extra)
+}
+
+fn train_on(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
+        .env("OMP_NUM_THREADS", "1")
         .arg("train")
         .arg("--pretrained_model_name_or_path")
-        .arg(repo().join("fixtures/tiny-sd"))
+        .arg(model)
         .arg("--train_data_dir")
         .arg(data)
         .args(["--placeholder_token", "<t>", "--initializer_token", "toy", "--resolution", "64", "--train_batch_size", "2"])
@@ -189,6 +194,59 @@ fn embedding(out: &Path) -> Vec<u8> {
     std::fs::read(out.join("learned_embeds.safetensors")).unwrap()
 }
 
+/// The `.safetensors` files a run wrote, by name.
+fn tensor_files(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn max_diff(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (common::embedding_rows(&a.join("learned_embeds.safetensors")), common::embedding_rows(&b.join("learned_embeds.safetensors")));
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// SDXL (both encoders' files), gradient checkpointing (the recomputed backward weighs by the
+/// mask too: within 1e-5, as tests/train.rs allows for checkpointing) and two data-parallel
+/// ranks (each mask travels with its batch item).
+#[test]
+fn masks_compose_with_sdxl_checkpointing_and_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opaque = rgba_folder(&tmp.path().join("opaque"), |_, _, _, _| 255);
+    let half = rgba_folder(&tmp.path().join("half"), |x, _, w, _| if x < w / 2 { 0 } else { 255 });
+    let o = |n: &str| tmp.path().join(n);
+    let xl = common::fixtures().join("tiny-sdxl");
+    ok(train_on(&xl, &opaque, &o("xl_plain"), &[]));
+    ok(train_on(&xl, &opaque, &o("xl_alpha"), &["--alpha_mask"]));
+    ok(train_on(&xl, &half, &o("xl_half"), &["--alpha_mask"]));
+    let (plain, alpha, halved) = (tensor_files(&o("xl_plain")), tensor_files(&o("xl_alpha")), tensor_files(&o("xl_half")));
+    assert!(plain.iter().any(|(n, _)| n == "learned_embeds_2.safetensors"), "{:?}", plain.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(plain, alpha, "SDXL: an opaque mask changes nothing");
+    assert_ne!(plain, halved, "SDXL: half transparent");
+
+    ok(train(&half, &o("half_out"), &["--alpha_mask"]));
+    ok(train(&half, &o("half_recomputed"), &["--alpha_mask", "--gradient_checkpointing"]));
+    ok(train(&half, &o("unmasked_recomputed"), &["--gradient_checkpointing"]));
+    let (same, other) = (max_diff(&o("half_out"), &o("half_recomputed")), max_diff(&o("half_recomputed"), &o("unmasked_recomputed")));
+    eprintln!("checkpointing: masked {same:e}, masked vs unmasked {other:e}");
+    assert!(same < 1e-5 && other > 1e-4, "checkpointed masked run differs by {same}, from the unmasked one by {other}");
+
+    if !common::c10d_available("train_masks::masks_compose_with_sdxl_checkpointing_and_ranks".into()) {
+        return;
+    }
+    let two = ["--num_processes", "2"];
+    ok(train(&opaque, &o("r2_plain"), &two));
+    ok(train(&opaque, &o("r2_alpha"), &[&two[..], &["--alpha_mask"]].concat()));
+    ok(train(&half, &o("r2_half"), &[&two[..], &["--alpha_mask"]].concat()));
+    assert_eq!(tensor_files(&o("r2_plain")), tensor_files(&o("r2_alpha")), "2 ranks: an opaque mask changes nothing");
+    assert_ne!(embedding(&o("r2_plain")), embedding(&o("r2_half")), "2 ranks: half transparent");
+}
+
 #[test]
 fn opaque_masks_train_byte_identically_and_transparency_changes_the_embedding() {
     let tmp = tempfile::tempdir().unwrap();
@@ -203,9 +261,7 @@ fn opaque_masks_train_byte_identically_and_transparency_changes_the_embedding() 
         v
     };
     assert_eq!(files(&o("plain")), files(&o("alpha")));
-    for f in files(&o("plain")).iter().filter(|f| f.ends_with(".safetensors")) {
-        assert_eq!(std::fs::read(o("plain").join(f)).unwrap(), std::fs::read(o("alpha").join(f)).unwrap(), "{f} differs");
-    }
+    assert_eq!(tensor_files(&o("plain")), tensor_files(&o("alpha")));
     // Composes with huber, min-SNR and OneTrainer's weights, and an all-white --mask_dir is the
     // same as no mask there too.
     let white = o("white");
@@ -221,8 +277,8 @@ fn opaque_masks_train_byte_identically_and_transparency_changes_the_embedding() 
     ok(train(&opaque, &o("huber_white"), &with_dir));
     assert_eq!(embedding(&o("huber")), embedding(&o("huber_white")));
     // Half transparent: another embedding.
-    ok(train(&half, &o("half"), &["--alpha_mask"]));
-    assert_ne!(embedding(&o("plain")), embedding(&o("half")));
+    ok(train(&half, &o("half_out"), &["--alpha_mask"]));
+    assert_ne!(embedding(&o("plain")), embedding(&o("half_out")));
 }
 
 #[test]
