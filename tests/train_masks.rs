@@ -1,12 +1,13 @@
 //! Masked loss (`--alpha_mask`, `--mask_dir`) against what kohya's sd-scripts and OneTrainer
 //! compute (fixtures/masks, from scripts/fixtures/make_fixtures_masks.py, which imports their
-//! `apply_masked_loss` and `masked_losses`); the masks' preprocessing against Pillow; then
-//! `train` end to end on the tiny model.
+//! `apply_masked_loss` and `masked_losses`); the masks' preprocessing against Pillow; one masked
+//! step of the tiny model against PyTorch; then `train` end to end on the tiny model.
 //!
 //! Tolerances: losses within 1e-6 relative of kohya's reduction (`mean([1,2,3])` then the batch
 //! mean, where the plain MSE here is one `F.mse_loss` mean of `pred·√w`, `target·√w`), their
-//! gradients within 1e-5; an all-ones mask exactly the unmasked loss and gradient; masks after
-//! crop and resize exactly Pillow's bytes.
+//! gradients within 1e-5 (observed 2.0e-7 and 1.2e-7); an all-ones mask exactly the unmasked loss
+//! and gradient; masks after crop and resize exactly Pillow's bytes; the model step as
+//! tests/train_replay.rs (loss 1e-5, gradient 1e-4).
 mod common;
 use common::repo;
 use image::{GrayImage, Rgba, RgbaImage};
@@ -15,10 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Kind, Tensor};
 use textual_inversion::models::config::Named;
+use textual_inversion::models::files::HubOptions;
+use textual_inversion::models::repo::ModelRepo;
+use textual_inversion::models::stable_diffusion::{self as sd, WeightOptions};
+use textual_inversion::models::weights::Placement;
 use textual_inversion::schedulers::{DdpmScheduler, SchedulerConfig};
 use textual_inversion::train::config::{HuberSchedule, LossConfig, LossKind};
-use textual_inversion::train::dataset::masks::{load_alpha, load_grey, mask_tensor, preprocess_mask};
-use textual_inversion::train::step::{loss_of, loss_of_masked};
+use textual_inversion::train::dataset::masks::{load_alpha, load_grey, mask_tensor, preprocess_mask, MaskSource};
+use textual_inversion::train::dataset::{Dataset, ImageOrder, RESIDENT_BYTES};
+use textual_inversion::train::step::{loss_of, loss_of_masked, loss_with, StepInputs};
 
 fn dir() -> PathBuf {
     common::fixtures().join("masks")
@@ -140,6 +146,57 @@ fn masks_are_preprocessed_as_pillow_resizes_them() {
         }
     }
     assert_eq!(checked, 32);
+}
+
+/// Through the dataset: each image's mask found by stem, preprocessed with its image and
+/// mirrored with it, kept in memory or (past the memory bound) made again from the files.
+#[test]
+fn the_dataset_gives_each_image_its_mask() {
+    let t = tensors("preprocess.safetensors");
+    for resident_bytes in [RESIDENT_BYTES, 1] {
+        let data = Dataset::load_bounded(&dir().join("images"), 16, true, 1, ImageOrder::Sorted, None, resident_bytes).unwrap();
+        for (source, folder) in [(MaskSource::Alpha, "images"), (MaskSource::Dir(dir().join("mask_dir")), "mask_dir")] {
+            let data = Dataset::load_bounded(&dir().join("images"), 16, true, 1, ImageOrder::Sorted, None, resident_bytes)
+                .unwrap()
+                .with_masks(Some(&source), false)
+                .unwrap();
+            for (i, image) in data.images().iter().enumerate() {
+                let name = image.path.file_name().unwrap().to_string_lossy();
+                let got = data.mask(i, true).unwrap().unwrap();
+                assert!(got.equal(&t[&format!("16_crop/{folder}/{name}/flipped")]), "{folder}/{name}, resident bytes {resident_bytes}");
+            }
+        }
+        assert!(data.mask(0, false).unwrap().is_none(), "no masks asked, none given");
+    }
+}
+
+/// One training step on the tiny model with a mask, against the Python step (transformers'
+/// text encoder, diffusers' UNet, kohya's apply_masked_loss) on the inputs diffusers' script drew
+/// at its first micro-step (fixtures/train/multi): loss within 1e-5 relative and the new rows'
+/// gradient within 1e-4, as tests/train_replay.rs allows the unmasked step.
+#[test]
+fn a_masked_step_equals_the_python_step() {
+    let step = tensors("step.safetensors");
+    let rec: HashMap<String, Tensor> = Tensor::read_safetensors(common::fixtures().join("train/multi/record.safetensors")).unwrap().into_iter().collect();
+    let repo = ModelRepo::resolve(common::tiny_sd().to_str().unwrap(), None, &HubOptions::default()).unwrap();
+    let (w, p) = (WeightOptions::default(), Placement::cpu_f32());
+    let mut te = sd::load_text_encoder(&repo, &w, p).unwrap();
+    let unet = sd::load_unet(&repo, &w, p).unwrap();
+    let ddpm = DdpmScheduler::new(&SchedulerConfig::read(&repo.require("scheduler/scheduler_config.json").unwrap()).unwrap()).unwrap();
+    te.set_new_rows(rec["initial_placeholder_rows"].copy().set_requires_grad(true)).unwrap();
+    let rows = te.new_rows().unwrap().shallow_clone();
+    let inputs = |mask: Option<Tensor>| StepInputs {
+        mask,
+        ..StepInputs::sd(rec["step_input_ids"].get(0), rec["step_latents"].get(0), rec["step_noise"].get(0), rec["step_timesteps"].get(0))
+    };
+    let unmasked = loss_with(&[&te], &unet, &ddpm, &inputs(None), Kind::Float, &LossConfig::default()).unwrap();
+    let e_unmasked = rel_err(&unmasked.detach(), &step["unmasked_loss"]);
+    let loss = loss_with(&[&te], &unet, &ddpm, &inputs(Some(step["mask"].unsqueeze(1))), Kind::Float, &LossConfig::default()).unwrap();
+    loss.backward();
+    let (e_loss, e_grad) = (rel_err(&loss.detach(), &step["loss"]), rel_err(&rows.grad(), &step["grad_rows"]));
+    eprintln!("masked step: loss rel {e_loss:.2e}, rows' gradient rel {e_grad:.2e} (unmasked loss rel {e_unmasked:.2e})");
+    assert!(e_unmasked < 1e-5 && e_loss < 1e-5 && e_grad < 1e-4, "loss {e_loss:.2e}, gradient {e_grad:.2e}, unmasked {e_unmasked:.2e}");
+    assert!(rel_err(&unmasked.detach(), &step["loss"]) > 0.1, "the mask changes the loss");
 }
 
 // ---- end to end on the tiny model ----

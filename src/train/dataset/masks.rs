@@ -36,7 +36,8 @@ pub struct Masks {
     source: MaskSource,
     /// `--mask_dir`: the mask file of each image.
     files: Vec<Option<PathBuf>>,
-    /// Resized masks, kept while all fit in [`super::RESIDENT_BYTES`]; else made again when drawn.
+    /// Resized masks, kept while the resized images are (see [`super::RESIDENT_BYTES`]); else
+    /// made again when drawn.
     resized: Vec<Option<GrayImage>>,
 }
 
@@ -179,8 +180,9 @@ impl Dataset {
                 tracing::warn!("--mask_dir {}: {} masks match no training image and are not used: {}", dir.display(), extra.len(), extra.join(", "));
             }
         }
-        let size = self.size as usize;
-        let resident = size.saturating_mul(size).saturating_mul(n) <= super::RESIDENT_BYTES;
+        // Kept exactly when the resized images are (a third of their bytes), so memory stays
+        // under the same bound.
+        let resident = self.images.iter().all(|i| i.resized.is_some());
         let mut masks = Masks { source: source.clone(), files, resized: Vec::with_capacity(n) };
         let mut opaque = Vec::new();
         for i in 0..n {
