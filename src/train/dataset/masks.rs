@@ -89,13 +89,6 @@ pub fn load_grey(path: &Path) -> Result<GrayImage> {
     Ok(to_grey(&load_rgb(path)?.rgb))
 }
 
-/// The mask file of `image` in `dir`: a regular file with the same stem and an image extension.
-/// Several (`a.png`, `a.jpg`): the first by name, as kohya's `glob_images(dir, stem)[0]`.
-fn find_mask(listing: &[PathBuf], image: &Path) -> Option<PathBuf> {
-    let stem = image.file_stem()?;
-    listing.iter().find(|m| m.file_stem() == Some(stem)).cloned()
-}
-
 /// The regular, non-hidden files of `dir` with an image extension, sorted by name.
 fn list_masks(dir: &Path) -> Result<Vec<PathBuf>> {
     let read = std::fs::read_dir(dir).with_context(|| format!("cannot read --mask_dir {}", dir.display()))?;
@@ -158,9 +151,17 @@ impl Dataset {
         let mut files = vec![None; n];
         if let MaskSource::Dir(dir) = source {
             let listing = list_masks(dir)?;
+            // By file stem; of several (`a.png`, `a.jpg`) the first by name, as kohya's
+            // `glob_images(dir, stem)[0]`.
+            let mut by_stem = std::collections::HashMap::new();
+            for m in &listing {
+                if let Some(stem) = m.file_stem() {
+                    by_stem.entry(stem.to_os_string()).or_insert_with(|| m.clone());
+                }
+            }
             let mut missing = Vec::new();
             for (i, image) in self.images.iter().enumerate() {
-                files[i] = find_mask(&listing, &image.path);
+                files[i] = image.path.file_stem().and_then(|s| by_stem.get(s)).cloned();
                 if files[i].is_none() {
                     missing.push(file_name(&image.path));
                 }
