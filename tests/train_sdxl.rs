@@ -101,6 +101,7 @@ fn replay(run: &str) {
             latents,
             noise: rec["step_noise"].get(s),
             timesteps: rec["step_timesteps"].get(s),
+            mask: None,
         };
         let l = loss(&encoders, &m.unet, &ddpm, &x, Kind::Float).unwrap();
         let want = rec["step_loss"].double_value(&[s]);

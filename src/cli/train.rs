@@ -8,6 +8,7 @@ use crate::device::{parse_device, Precision};
 use crate::train::config::{
     CaptionConfig, DataConfig, EmbeddingFormat, InitFrom, LossConfig, OptimConfig, OutputConfig, TrainConfig, ValidationConfig, ValidationEvery,
 };
+use crate::train::dataset::masks::MaskSource;
 use crate::train::dataset::{ImageOrder, LearnableProperty};
 use crate::train::lr_schedule::LrScheduleKind;
 use crate::train::metrics::ReportTo;
@@ -67,6 +68,21 @@ pub struct TrainArgs {
     /// Crop the largest centred square before resizing (else the image is stretched).
     #[arg(long = "center_crop")]
     pub center_crop: bool,
+    /// Weight the loss by each image's alpha channel (transparent pixels do not count), as
+    /// kohya's --alpha_mask; images without alpha count everywhere.
+    #[arg(long = "alpha_mask", conflicts_with = "mask_dir")]
+    pub alpha_mask: bool,
+    /// Folder of greyscale loss masks, one per image with its file name stem and size (white
+    /// counts, black does not), as kohya's --masked_loss.
+    #[arg(long = "mask_dir")]
+    pub mask_dir: Option<PathBuf>,
+    /// With a mask: every pixel counts at least this much (0 to 1), OneTrainer's unmasked_weight.
+    #[arg(long = "unmasked_weight", default_value_t = 0.0)]
+    pub unmasked_weight: f64,
+    /// With a mask: divide each image's loss by its mask's mean, OneTrainer's
+    /// normalize_masked_area_loss.
+    #[arg(long = "normalize_masked_area_loss")]
+    pub normalize_masked_area_loss: bool,
     #[arg(long = "train_batch_size", default_value_t = 16)]
     pub train_batch_size: usize,
     /// Recomputed from max_train_steps, as in the script.
@@ -308,6 +324,11 @@ impl TrainArgs {
             center_crop: self.center_crop,
             repeats: self.repeats,
             property: self.learnable_property,
+            mask: match (&self.mask_dir, self.alpha_mask) {
+                (Some(dir), _) => Some(MaskSource::Dir(dir.clone())),
+                (None, true) => Some(MaskSource::Alpha),
+                (None, false) => None,
+            },
         }
     }
 
@@ -368,6 +389,8 @@ impl TrainArgs {
             snr_gamma: self.snr_gamma,
             noise_offset: self.noise_offset,
             max_grad_norm: self.max_grad_norm,
+            unmasked_weight: self.unmasked_weight,
+            normalize_masked_area_loss: self.normalize_masked_area_loss,
         }
     }
 

@@ -1,6 +1,7 @@
 //! What a training run is asked to do, typed. `cli/train.rs` builds a [`TrainConfig`] once from
 //! the script's flags; the trainer never sees clap. [`TrainConfig::check`] refuses what the
 //! script would refuse (its error texts, naming the flags users typed) before anything loads.
+use super::dataset::masks::MaskSource;
 use super::dataset::{ImageOrder, LearnableProperty};
 use super::lr_schedule::LrScheduleKind;
 use super::metrics::ReportTo;
@@ -117,6 +118,11 @@ pub struct LossConfig {
     pub noise_offset: f64,
     /// `--max_grad_norm`: clip the new rows' gradient norm (all encoders together).
     pub max_grad_norm: Option<f64>,
+    /// `--unmasked_weight` (OneTrainer's): masks are clamped to at least this.
+    pub unmasked_weight: f64,
+    /// `--normalize_masked_area_loss` (OneTrainer's): each image's masked loss divided by its
+    /// mask's mean.
+    pub normalize_masked_area_loss: bool,
 }
 
 impl LossConfig {
@@ -137,6 +143,8 @@ pub struct DataConfig {
     /// Dataset length = images x repeats.
     pub repeats: usize,
     pub property: LearnableProperty,
+    /// `--alpha_mask`/`--mask_dir`: weight the loss by a mask per image.
+    pub mask: Option<MaskSource>,
 }
 
 /// Batches, steps, AdamW and the LR schedule.
@@ -292,6 +300,12 @@ impl TrainConfig {
         }
         if l.snr_gamma.is_some_and(|g| g.is_nan() || g <= 0.0) {
             bail!("--snr_gamma must be positive");
+        }
+        if !(0.0..=1.0).contains(&l.unmasked_weight) {
+            bail!("--unmasked_weight must be in [0, 1], got {}", l.unmasked_weight);
+        }
+        if self.data.mask.is_none() && (l.unmasked_weight > 0.0 || l.normalize_masked_area_loss) {
+            bail!("--unmasked_weight and --normalize_masked_area_loss weigh a mask: give --alpha_mask or --mask_dir");
         }
         if l.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
             bail!("--max_grad_norm must be positive");

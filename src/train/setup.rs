@@ -247,6 +247,8 @@ fn check_inputs(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<Inputs> {
     let caption_ext = captions::caption_extension(&cfg.captions);
     let data_dir = train_data_dir(&data.dir, ranks)?;
     let dataset = Dataset::load_with(&data_dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
+    let loss = &cfg.loss;
+    let dataset = dataset.with_masks(data.mask.as_ref(), loss.normalize_masked_area_loss && loss.unmasked_weight == 0.0)?;
     let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
     if ranks.rank() == 0 {
         super::output::prepare(cfg, &repo, xl)?;

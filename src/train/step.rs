@@ -28,12 +28,15 @@ pub struct StepInputs {
     pub noise: Tensor,
     /// `[B]` int64 in `0..num_train_timesteps`.
     pub timesteps: Tensor,
+    /// `--alpha_mask`/`--mask_dir`: `[B, 1, H, W]` f32 weights in [0, 1] at the images'
+    /// resolution; `None`: every element weighs 1.
+    pub mask: Option<Tensor>,
 }
 
 impl StepInputs {
     /// SD 1.x/2.x inputs (one tokenizer, no time ids).
     pub fn sd(input_ids: Tensor, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Self {
-        StepInputs { input_ids, input_ids_2: None, time_ids: None, latents, noise, timesteps }
+        StepInputs { input_ids, input_ids_2: None, time_ids: None, latents, noise, timesteps, mask: None }
     }
 }
 
@@ -80,7 +83,7 @@ pub fn loss_with(
     let (noisy, target) = noisy_and_target(ddpm, x, kind)?;
     let cond = text_conditioning(encoders, x, kind)?;
     let pred = unet.forward(&noisy, &x.timesteps, &cond.hidden, cond.added.as_ref())?;
-    loss_of(&pred, &target, &x.timesteps, ddpm, objective)
+    loss_of_masked(&pred, &target, x.mask.as_ref(), &x.timesteps, ddpm, objective)
 }
 
 /// The loss, and its gradient times `scale` accumulated into the trainable rows' `.grad` (as
@@ -110,7 +113,7 @@ pub fn loss_and_backward(
     // The gradient of the scaled loss at the UNet's output, then through the UNet block by
     // block to the conditioning, then through the text encoders to the rows.
     let pred = unet_pass.output().detach().set_requires_grad(true);
-    let loss = loss_of(&pred, &target, &x.timesteps, ddpm, objective)?;
+    let loss = loss_of_masked(&pred, &target, x.mask.as_ref(), &x.timesteps, ddpm, objective)?;
     let grad_pred = Tensor::f_run_backward(&[&loss * scale], &[&pred], false, false)?.remove(0);
     let grads = unet_pass.backward(&grad_pred)?;
     let mut total = (&cond.hidden * grads.context).sum(Kind::Float);
@@ -144,8 +147,30 @@ fn mse(pred: &Tensor, target: &Tensor) -> Tensor {
 /// huber schedule), each optionally min-SNR weighted per sample as diffusers' scripts do
 /// (`loss.mean(dims 1..) * weights`, then the mean).
 pub fn loss_of(pred: &Tensor, target: &Tensor, timesteps: &Tensor, ddpm: &DdpmScheduler, objective: &LossConfig) -> Result<Tensor> {
+    loss_of_masked(pred, target, None, timesteps, ddpm, objective)
+}
+
+/// [`loss_of`] with each element weighted by `mask` (`[B, 1, H, W]` in [0, 1]) brought to the
+/// latent grid, before any reduction: kohya's `apply_masked_loss` (see [`latent_mask`]). The
+/// plain MSE stays `F.mse_loss` of `pred·√w` and `target·√w` (`mean(w·(pred - target)²)`), so
+/// that an all-ones mask computes exactly what the unmasked loss does.
+pub fn loss_of_masked(
+    pred: &Tensor,
+    target: &Tensor,
+    mask: Option<&Tensor>,
+    timesteps: &Tensor,
+    ddpm: &DdpmScheduler,
+    objective: &LossConfig,
+) -> Result<Tensor> {
+    let weight = mask.map(|m| latent_mask(m, pred, objective)).transpose()?;
     if objective.is_plain_mse() {
-        return Ok(mse(pred, target));
+        return Ok(match &weight {
+            None => mse(pred, target),
+            Some(w) => {
+                let root = w.sqrt();
+                mse(&(pred.to_kind(Kind::Float) * &root), &(target.to_kind(Kind::Float) * &root))
+            }
+        });
     }
     let (p, t) = (pred.to_kind(Kind::Float), target.to_kind(Kind::Float));
     let b = p.size()[0];
@@ -161,6 +186,10 @@ pub fn loss_of(pred: &Tensor, target: &Tensor, timesteps: &Tensor, ddpm: &DdpmSc
             }
         }
     };
+    let per_element = match &weight {
+        Some(w) => per_element * w,
+        None => per_element,
+    };
     let dims: Vec<i64> = (1..per_element.dim() as i64).collect();
     let per_sample = per_element.mean_dim(dims.as_slice(), false, Kind::Float);
     let per_sample = match objective.snr_gamma {
@@ -168,6 +197,20 @@ pub fn loss_of(pred: &Tensor, target: &Tensor, timesteps: &Tensor, ddpm: &DdpmSc
         None => per_sample,
     };
     Ok(per_sample.mean(Kind::Float))
+}
+
+/// The per-element loss weight of a `[B, 1, H, W]` pixel mask: kohya's
+/// `F.interpolate(mask, size=latent hw, mode="area")` (an adaptive average pool), then
+/// OneTrainer's `clamp(mask, unmasked_weight, 1)` and, with `normalize_masked_area_loss`, each
+/// sample's weights divided by their mean. `[B, 1, h, w]` f32 on `pred`'s device.
+pub fn latent_mask(mask: &Tensor, pred: &Tensor, objective: &LossConfig) -> Result<Tensor> {
+    let (ms, ps) = (mask.size(), pred.size());
+    if ms.len() != 4 || ps.len() != 4 || ms[0] != ps[0] || ms[1] != 1 {
+        bail!("a loss mask must be [B, 1, H, W] for a [B, C, h, w] prediction, got {ms:?} for {ps:?}");
+    }
+    let m = mask.to_device(pred.device()).to_kind(Kind::Float).f_adaptive_avg_pool2d([ps[2], ps[3]])?;
+    let m = m.clamp(objective.unmasked_weight, 1.0);
+    Ok(if objective.normalize_masked_area_loss { &m / m.mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float) } else { m })
 }
 
 /// `alphas_cumprod` at each timestep, in f32 on the CPU.

@@ -89,7 +89,7 @@ impl Trainer<'_> {
         let stacks = models.stacks();
         let mut ids: Vec<Vec<i64>> = vec![Vec::with_capacity(batch.items.len() * 77); stacks.len()];
         let mut time_ids = Vec::new();
-        let (mut means, mut stds, mut pixels) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut means, mut stds, mut pixels, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let res = self.cfg.data.resolution as i64;
         for item in &batch.items {
             let image = data.dataset.image_index(item.index);
@@ -108,6 +108,7 @@ impl Trainer<'_> {
                 }
                 None => pixels.push(data.dataset.pixels(image, item.flip)?),
             }
+            masks.extend(data.dataset.mask(image, item.flip)?);
         }
         let bsz = batch.items.len() as i64;
         let Draws { posterior, noise, timesteps, offset } = &batch.draws;
@@ -137,7 +138,8 @@ impl Trainer<'_> {
         let input_ids = ids.next().unwrap_or_else(|| Tensor::zeros([bsz, 77], (Kind::Int64, device)));
         let xl = models.text_2.is_some();
         let time_ids = xl.then(|| Tensor::from_slice(&time_ids).reshape([bsz, 6]).to_kind(Kind::Float).to_device(device));
-        let x = StepInputs { input_ids, input_ids_2: ids.next(), time_ids, latents, noise, timesteps };
+        let mask = (!masks.is_empty()).then(|| Tensor::stack(&masks, 0).to_device(device));
+        let x = StepInputs { input_ids, input_ids_2: ids.next(), time_ids, latents, noise, timesteps, mask };
         let scale = self.run.rows.loss_scale() / self.cfg.optim.gradient_accumulation_steps as f64;
         let recompute = self.cfg.gradient_checkpointing;
         let encoders: Vec<&crate::models::clip::ClipTextModel> = models.stacks().into_iter().map(|t| &t.encoder).collect();

@@ -14,7 +14,7 @@
 //! exact.
 use anyhow::{anyhow, bail, Result};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
 
@@ -38,6 +38,12 @@ pub struct LoadedImage {
 /// Reads one image as the script's `Image.open(p).convert("RGB")` would see it, plus EXIF
 /// orientation. The error text says why the file is unusable (it becomes the skip reason).
 pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
+    load_rgb_alpha(path, false).map(|(image, _)| image)
+}
+
+/// [`load_rgb`], plus the upright 8-bit alpha channel when `alpha` is asked and the decoded
+/// file has one (RGBA, LA, a palette or grey with transparency; 16-bit by the high byte).
+pub fn load_rgb_alpha(path: &Path, alpha: bool) -> Result<(LoadedImage, Option<GrayImage>)> {
     let len = std::fs::metadata(path).map_err(|e| anyhow!("cannot read: {e}"))?.len();
     if len == 0 {
         bail!("empty file");
@@ -78,10 +84,28 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
     // A broken EXIF block only loses the rotation, as in Pillow's exif_transpose.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("corrupt or truncated {format:?} file: {e}"))?;
+    let alpha = alpha.then(|| alpha_channel(&image)).flatten().map(|a| {
+        let mut a = DynamicImage::ImageLuma8(a);
+        a.apply_orientation(orientation);
+        a.into_luma8()
+    });
     let (rgb, decoded_mode) = to_rgb8(image)?;
     let mut oriented = DynamicImage::ImageRgb8(rgb);
     oriented.apply_orientation(orientation);
-    Ok(LoadedImage { rgb: oriented.into_rgb8(), source_mode: header_mode.unwrap_or(decoded_mode), orientation })
+    Ok((LoadedImage { rgb: oriented.into_rgb8(), source_mode: header_mode.unwrap_or(decoded_mode), orientation }, alpha))
+}
+
+/// The alpha band as 8 bits (16-bit samples by their high byte, as Pillow's PNG reader).
+fn alpha_channel(image: &DynamicImage) -> Option<GrayImage> {
+    let (w, h) = (image.width(), image.height());
+    let raw: Vec<u8> = match image {
+        DynamicImage::ImageRgba8(b) => b.as_raw().chunks_exact(4).map(|p| p[3]).collect(),
+        DynamicImage::ImageLumaA8(b) => b.as_raw().chunks_exact(2).map(|p| p[1]).collect(),
+        DynamicImage::ImageRgba16(b) => b.as_raw().chunks_exact(4).map(|p| (p[3] >> 8) as u8).collect(),
+        DynamicImage::ImageLumaA16(b) => b.as_raw().chunks_exact(2).map(|p| (p[1] >> 8) as u8).collect(),
+        _ => return None,
+    };
+    GrayImage::from_raw(w, h, raw)
 }
 
 /// 8-bit RGB as Pillow's `convert("RGB")`: alpha dropped without compositing, grey replicated,

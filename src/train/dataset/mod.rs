@@ -17,11 +17,12 @@
 //! `resize((s, s), BICUBIC)` bit for bit.
 pub mod captions;
 mod decode;
+pub mod masks;
 mod resize;
 mod templates;
 
 pub use captions::Captions;
-pub use decode::{load_rgb, LoadedImage, MAX_FILE_BYTES, MAX_PIXELS};
+pub use decode::{load_rgb, load_rgb_alpha, LoadedImage, MAX_FILE_BYTES, MAX_PIXELS};
 pub use resize::{center_crop, preprocess, resize_bicubic};
 pub use templates::{caption, placeholder_string, LearnableProperty, OBJECT_TEMPLATES, STYLE_TEMPLATES};
 
@@ -99,6 +100,8 @@ pub struct Dataset {
     repeats: usize,
     size: u32,
     center_crop: bool,
+    /// `--alpha_mask`/`--mask_dir`: see [`Dataset::with_masks`].
+    masks: Option<masks::Masks>,
 }
 
 impl Dataset {
@@ -222,7 +225,7 @@ impl Dataset {
                 resident_bytes >> 20
             );
         }
-        Ok(Self { images, skipped, repeats, size, center_crop })
+        Ok(Self { images, skipped, repeats, size, center_crop, masks: None })
     }
 
     /// Images times repeats, as the script's `__len__`.
