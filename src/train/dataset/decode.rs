@@ -6,15 +6,18 @@
 //!   to white wherever a value exceeds 255.
 //! - Images above [`MAX_PIXELS`] are refused before decoding.
 //!
-//! Everything else follows Pillow, pixel for pixel: JPEG through libjpeg-turbo's decoder with
-//! Pillow's settings ([`jpeg`]: baseline and progressive, every chroma subsampling, greyscale,
-//! CMYK and YCCK as Pillow's inverted-Adobe `convert("RGB")`, restart markers, arithmetic
-//! coding); PNG, GIF and lossless WebP through the `image` crate, which decodes them exactly;
-//! other modes become 8-bit RGB as `convert("RGB")` does (alpha dropped without compositing,
-//! greyscale and palettes expanded, 16-bit RGB(A) by its high byte as Pillow's PNG reader does).
-//! Lossy WebP is decoded by the `image` crate, not libwebp as in Pillow, and may differ by a
-//! few levels: binding libwebp would need a C build of its own for a format training folders
-//! rarely hold.
+//! Everything else follows Pillow, pixel for pixel:
+//! - JPEG through libjpeg-turbo's decoder with Pillow's settings ([`jpeg`]): baseline and
+//!   progressive, every chroma subsampling, greyscale, CMYK and YCCK as Pillow's inverted-Adobe
+//!   `convert("RGB")`, restart markers. Arithmetic coding is enabled as in Pillow's build, but no
+//!   fixture covers it (neither Pillow nor libjpeg-turbo's TurboJPEG API writes it).
+//! - PNG, GIF and lossless WebP through the `image` crate, which decodes them exactly; other
+//!   modes become 8-bit RGB as `convert("RGB")` does (alpha dropped without compositing,
+//!   greyscale and palettes expanded, 16-bit RGB(A) by its high byte as Pillow's PNG reader does).
+//!
+//! Lossy WebP is the exception: the `image` crate's decoder is not libwebp, and may differ by a
+//! few levels. Matching Pillow there would take libwebp itself (another C build) and the
+//! canvas compositing of its animation decoder, which Pillow reads every WebP through.
 use anyhow::{anyhow, bail, Result};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
