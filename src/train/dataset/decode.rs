@@ -11,13 +11,11 @@
 //!   progressive, every chroma subsampling, greyscale, CMYK and YCCK as Pillow's inverted-Adobe
 //!   `convert("RGB")`, restart markers. Arithmetic coding is enabled as in Pillow's build, but no
 //!   fixture covers it (neither Pillow nor libjpeg-turbo's TurboJPEG API writes it).
-//! - PNG, GIF and lossless WebP through the `image` crate, which decodes them exactly; other
-//!   modes become 8-bit RGB as `convert("RGB")` does (alpha dropped without compositing,
-//!   greyscale and palettes expanded, 16-bit RGB(A) by its high byte as Pillow's PNG reader does).
-//!
-//! Lossy WebP is the exception: the `image` crate's decoder is not libwebp, and may differ by a
-//! few levels. Matching Pillow there would take libwebp itself (another C build) and the
-//! canvas compositing of its animation decoder, which Pillow reads every WebP through.
+//! - PNG, GIF and WebP (lossy and lossless, with or without alpha) through the `image` crate,
+//!   whose decoders give Pillow's pixels (image-webp's lossy decoder included: equal to
+//!   Pillow's libwebp 1.6 on every fixture, tests/webp.rs); other modes become 8-bit RGB as
+//!   `convert("RGB")` does (alpha dropped without compositing, greyscale and palettes expanded,
+//!   16-bit RGB(A) by its high byte as Pillow's PNG reader does).
 use anyhow::{anyhow, bail, Result};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
@@ -61,10 +59,7 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
         let header = jpeg::header_if_complete(&bytes)?;
         let rgb = jpeg::decode(&bytes, check_size)?;
         // A broken EXIF block only loses the rotation, as in Pillow's exif_transpose.
-        let orientation = header.orientation.unwrap_or(Orientation::NoTransforms);
-        let mut oriented = DynamicImage::ImageRgb8(rgb);
-        oriented.apply_orientation(orientation);
-        return Ok(LoadedImage { rgb: oriented.into_rgb8(), source_mode: header.mode(), orientation });
+        return Ok(upright(rgb, header.mode(), header.orientation.unwrap_or(Orientation::NoTransforms)));
     }
     let header_mode = match format {
         ImageFormat::Png => png_mode(&bytes),
@@ -85,6 +80,12 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage> {
     let mut oriented = DynamicImage::ImageRgb8(rgb);
     oriented.apply_orientation(orientation);
     Ok(LoadedImage { rgb: oriented.into_rgb8(), source_mode: header_mode.unwrap_or(decoded_mode), orientation })
+}
+
+fn upright(rgb: RgbImage, source_mode: &'static str, orientation: Orientation) -> LoadedImage {
+    let mut oriented = DynamicImage::ImageRgb8(rgb);
+    oriented.apply_orientation(orientation);
+    LoadedImage { rgb: oriented.into_rgb8(), source_mode, orientation }
 }
 
 /// Refuses an empty image or one above [`MAX_PIXELS`], from its header.
