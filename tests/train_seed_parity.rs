@@ -11,16 +11,21 @@
 //!
 //! Tolerances: every micro-step's loss within 1e-5 relative of the script's logged loss, its
 //! global step and LR equal; the final `learned_embeds.safetensors` and every
-//! `learned_embeds-steps-N` within 1e-4 max-abs. The images are PNGs (exact decoding on both
-//! sides), so nothing image-dependent widens them. Observed values: `-- --nocapture`.
+//! `learned_embeds-steps-N` within 1e-4 max-abs. Most configurations train on PNGs; the `jpeg-*`
+//! ones on JPEGs near the training resolution (baseline, progressive, 4:4:4, greyscale, CMYK),
+//! which the port decodes exactly as Pillow does, so they hold to the same tolerances.
+//! Observed values: `-- --nocapture`.
 mod common;
-use common::{compare_with_script, folder_listing, repo, script_args, Logged};
+use common::{compare_with_script, folder_listing_from, repo, script_args, Logged};
 use std::process::Command;
 
 #[derive(serde::Deserialize)]
 struct Run {
     cli_args: Vec<String>,
     vpred: bool,
+    /// The image set under fixtures/train/seed ("images", the PNGs, when absent).
+    #[serde(default)]
+    images: Option<String>,
     listing: Vec<String>,
     listing_names: Vec<String>,
     sorted_names: Vec<String>,
@@ -33,7 +38,7 @@ fn parity(name: &str) {
     let run: Run = serde_json::from_str(&std::fs::read_to_string(fixture.join("run.json")).unwrap()).unwrap();
     assert_ne!(run.listing_names, run.sorted_names, "{name}: the script's folder was listed in sorted order");
     let tmp = tempfile::tempdir().unwrap();
-    let data = folder_listing(tmp.path(), &run.listing);
+    let data = folder_listing_from(tmp.path(), &run.listing, run.images.as_deref().unwrap_or("images"));
     let model = common::tiny_sd_predicting(if run.vpred { "v_prediction" } else { "epsilon" }, tmp.path());
     let out = tmp.path().join("out");
     let args = script_args(&run.cli_args, &model, tmp.path(), &data);
@@ -94,6 +99,16 @@ fn seed_parity_obj_2v_b2_g2_validation() {
     parity("obj-2v-b2-g2-validation");
 }
 
+#[test]
+fn seed_parity_jpeg_obj_2v_b2_g2_cosine() {
+    parity("jpeg-obj-2v-b2-g2-cosine");
+}
+
+#[test]
+fn seed_parity_jpeg_vpred_style_1v_b1_crop() {
+    parity("jpeg-vpred-style-1v-b1-crop");
+}
+
 /// The fixture matrix covers what it claims (so that a regenerated fixture cannot silently
 /// drop a configuration).
 #[test]
@@ -145,7 +160,11 @@ fn seed_matrix_covers_the_configurations() {
         if epochs > 1.0 {
             seen.insert("several epochs".into());
         }
-        assert!(run.listing.iter().all(|i| i.ends_with(".png")), "PNG images only");
+        let ext = if run.images.as_deref() == Some("images-jpeg") { ".jpg" } else { ".png" };
+        assert!(run.listing.iter().all(|i| i.ends_with(ext)), "{ext} images only");
+        if ext == ".jpg" {
+            seen.insert("JPEG folder".into());
+        }
     }
     assert!(runs >= 8, "{runs} configurations");
     for want in [
@@ -173,6 +192,7 @@ fn seed_matrix_covers_the_configurations() {
         "lr 5e-3",
         "several epochs",
         "validation",
+        "JPEG folder",
     ] {
         assert!(seen.contains(want), "no configuration with {want}: {seen:?}");
     }

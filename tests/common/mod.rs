@@ -62,12 +62,19 @@ pub fn listing(dir: &Path) -> Vec<String> {
 /// A folder in `parent` holding `images` (file names under fixtures/train/seed/images) so that
 /// its directory order lists them in the given order, and that order is not the sorted one.
 pub fn folder_listing(parent: &Path, images: &[String]) -> PathBuf {
-    let src = fixtures().join("train/seed/images");
+    folder_listing_from(parent, images, "images")
+}
+
+/// [`folder_listing`] from fixtures/train/seed/`set` (e.g. "images-jpeg"); each copy keeps its
+/// source's extension.
+pub fn folder_listing_from(parent: &Path, images: &[String], set: &str) -> PathBuf {
+    let src = fixtures().join("train/seed").join(set);
+    let ext = |image: &String| Path::new(image).extension().map_or_else(|| "png".to_string(), |e| e.to_string_lossy().into_owned());
     for attempt in 0..200 {
         let dir = parent.join(format!("data{attempt}"));
         std::fs::create_dir(&dir).unwrap();
-        for k in 0..images.len() {
-            std::fs::File::create(dir.join(format!("img{attempt}_{k}.png"))).unwrap();
+        for (k, image) in images.iter().enumerate() {
+            std::fs::File::create(dir.join(format!("img{attempt}_{k}.{}", ext(image)))).unwrap();
         }
         let order = listing(&dir);
         let mut sorted = order.clone();

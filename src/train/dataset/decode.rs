@@ -6,17 +6,23 @@
 //!   to white wherever a value exceeds 255.
 //! - Images above [`MAX_PIXELS`] are refused before decoding.
 //!
-//! Everything else follows Pillow: other modes become 8-bit RGB as `convert("RGB")` does (alpha
-//! dropped without compositing, greyscale and palettes expanded, 16-bit RGB(A) by its high byte
-//! as Pillow's PNG reader does, CMYK JPEGs as `R = (255 - C)(255 - K) / 255` with Adobe's
-//! inverted storage, which is Pillow's formula too). JPEG decoding itself (zune-jpeg instead of
-//! Pillow's libjpeg-turbo) differs by a few levels on some pixels; PNG, WebP lossless and GIF are
-//! exact.
+//! Everything else follows Pillow, pixel for pixel:
+//! - JPEG through libjpeg-turbo's decoder with Pillow's settings ([`jpeg`]): baseline and
+//!   progressive, every chroma subsampling, greyscale, CMYK and YCCK as Pillow's inverted-Adobe
+//!   `convert("RGB")`, restart markers. Arithmetic coding is enabled as in Pillow's build, but no
+//!   fixture covers it (neither Pillow nor libjpeg-turbo's TurboJPEG API writes it).
+//! - PNG, GIF and WebP (lossy and lossless, with or without alpha) through the `image` crate,
+//!   whose decoders give Pillow's pixels (image-webp's lossy decoder included: equal to
+//!   Pillow's libwebp 1.6 on every fixture, tests/webp.rs); other modes become 8-bit RGB as
+//!   `convert("RGB")` does (alpha dropped without compositing, greyscale and palettes expanded,
+//!   16-bit RGB(A) by its high byte as Pillow's PNG reader does).
 use anyhow::{anyhow, bail, Result};
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 use std::path::Path;
+
+mod jpeg;
 
 /// Largest accepted image in pixels: Pillow's `Image.MAX_IMAGE_PIXELS` (89.5 MP, where Pillow
 /// starts warning of a decompression bomb), far above any camera JPEG; keeps one decoded image
@@ -55,15 +61,14 @@ pub fn load_rgb_alpha(path: &Path, alpha: bool) -> Result<(LoadedImage, Option<G
     let bytes = crate::formats::regular::read(path, MAX_FILE_BYTES).map_err(|e| anyhow!("cannot read: {e}"))?;
     // By content, like Pillow: a caption named .jpg is not a JPEG.
     let format = image::guess_format(&bytes).map_err(|_| anyhow!("not an image (unrecognised content)"))?;
+    if format == ImageFormat::Jpeg {
+        let header = jpeg::header_if_complete(&bytes)?;
+        let rgb = jpeg::decode(&bytes, check_size)?;
+        // A broken EXIF block only loses the rotation, as in Pillow's exif_transpose. JPEG has
+        // no alpha channel.
+        return Ok((upright(rgb, header.mode(), header.orientation.unwrap_or(Orientation::NoTransforms)), None));
+    }
     let header_mode = match format {
-        ImageFormat::Jpeg => {
-            let components = jpeg_components_if_complete(&bytes)?;
-            Some(match components {
-                1 => "L",
-                4 => "CMYK",
-                _ => "RGB",
-            })
-        }
         ImageFormat::Png => png_mode(&bytes),
         ImageFormat::Gif => Some("P"),
         _ => None,
@@ -74,13 +79,7 @@ pub fn load_rgb_alpha(path: &Path, alpha: bool) -> Result<(LoadedImage, Option<G
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(|e| anyhow!("corrupt or unsupported {format:?} file: {e}"))?;
     let (w, h) = decoder.dimensions();
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels == 0 {
-        bail!("empty image ({w}x{h})");
-    }
-    if pixels > MAX_PIXELS {
-        bail!("{w}x{h} is {:.1} megapixels, above the limit of {:.1}; downscale it first", pixels as f64 / 1e6, MAX_PIXELS as f64 / 1e6);
-    }
+    check_size(w, h)?;
     // A broken EXIF block only loses the rotation, as in Pillow's exif_transpose.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let image = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("corrupt or truncated {format:?} file: {e}"))?;
@@ -90,9 +89,7 @@ pub fn load_rgb_alpha(path: &Path, alpha: bool) -> Result<(LoadedImage, Option<G
         a.into_luma8()
     });
     let (rgb, decoded_mode) = to_rgb8(image)?;
-    let mut oriented = DynamicImage::ImageRgb8(rgb);
-    oriented.apply_orientation(orientation);
-    Ok((LoadedImage { rgb: oriented.into_rgb8(), source_mode: header_mode.unwrap_or(decoded_mode), orientation }, alpha))
+    Ok((upright(rgb, header_mode.unwrap_or(decoded_mode), orientation), alpha))
 }
 
 /// The alpha band as 8 bits (16-bit samples by their high byte, as Pillow's PNG reader).
@@ -106,6 +103,24 @@ fn alpha_channel(image: &DynamicImage) -> Option<GrayImage> {
         _ => return None,
     };
     GrayImage::from_raw(w, h, raw)
+}
+
+fn upright(rgb: RgbImage, source_mode: &'static str, orientation: Orientation) -> LoadedImage {
+    let mut oriented = DynamicImage::ImageRgb8(rgb);
+    oriented.apply_orientation(orientation);
+    LoadedImage { rgb: oriented.into_rgb8(), source_mode, orientation }
+}
+
+/// Refuses an empty image or one above [`MAX_PIXELS`], from its header.
+fn check_size(w: u32, h: u32) -> Result<()> {
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels == 0 {
+        bail!("empty image ({w}x{h})");
+    }
+    if pixels > MAX_PIXELS {
+        bail!("{w}x{h} is {:.1} megapixels, above the limit of {:.1}; downscale it first", pixels as f64 / 1e6, MAX_PIXELS as f64 / 1e6);
+    }
+    Ok(())
 }
 
 /// 8-bit RGB as Pillow's `convert("RGB")`: alpha dropped without compositing, grey replicated,
@@ -159,44 +174,4 @@ fn png_mode(bytes: &[u8]) -> Option<&'static str> {
         6 => "RGBA",
         _ => return None,
     })
-}
-
-/// Walks a JPEG's marker segments to its end-of-image marker and returns the frame's component
-/// count. zune-jpeg (non-strict) fills a truncated scan with grey without an error, where Pillow
-/// raises "image file is truncated"; this restores the error.
-fn jpeg_components_if_complete(b: &[u8]) -> Result<u8> {
-    const TRUNCATED: &str = "truncated JPEG (no end-of-image marker)";
-    let mut components = None;
-    let mut i = 2; // after SOI
-    loop {
-        // Skip to the next marker (fill bytes and stray data as libjpeg does).
-        while i < b.len() && b[i] != 0xFF {
-            i += 1;
-        }
-        while i < b.len() && b[i] == 0xFF {
-            i += 1;
-        }
-        let Some(&marker) = b.get(i) else { bail!(TRUNCATED) };
-        i += 1;
-        match marker {
-            0xD9 => return components.ok_or_else(|| anyhow!("corrupt JPEG (no frame header)")),
-            0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-        let Some(len) = b.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else { bail!(TRUNCATED) };
-        let end = i + len;
-        if len < 2 || end > b.len() {
-            bail!(TRUNCATED);
-        }
-        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            components = b.get(i + 7).copied().or(components);
-        }
-        i = end;
-        if marker == 0xDA {
-            // Entropy-coded data: 0xFF is followed by 0x00 (stuffing) or a restart marker.
-            while i + 1 < b.len() && !(b[i] == 0xFF && b[i + 1] != 0 && !(0xD0..=0xD7).contains(&b[i + 1])) {
-                i += 1;
-            }
-        }
-    }
 }
