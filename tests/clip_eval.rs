@@ -228,3 +228,31 @@ fn evaluate_explains_bad_input() {
     std::fs::create_dir(&json_dir).unwrap();
     fails(with(&model, "--json", json_dir.to_str().unwrap()), &["--json", "a-folder"]);
 }
+
+/// The layouts of older checkpoints (openai/clip-vit-large-patch14's): `*_config_dict` beside
+/// `*_config` (the dict wins, as in transformers' `CLIPConfig`), `null` values, and a
+/// processor config with plain numbers for `size` and `crop_size`.
+#[test]
+fn older_config_layouts_give_the_same_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = edited_model(tmp.path(), "config.json", |v| {
+        let (text, vision) = (v["text_config"].take(), v["vision_config"].take());
+        v["text_config_dict"] = text;
+        v["vision_config_dict"] = vision;
+        v["text_config"] = serde_json::json!({"hidden_size": 999, "num_hidden_layers": 7});
+        v["vision_config"] = serde_json::json!({"hidden_size": 999});
+        v["text_config_dict"]["pad_token_id"] = serde_json::Value::Null;
+    });
+    let processor = Path::new(&config).join("preprocessor_config.json");
+    let old = serde_json::json!({
+        "crop_size": 30, "do_center_crop": true, "do_normalize": true, "do_resize": true,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 30,
+    });
+    std::fs::write(&processor, old.to_string()).unwrap();
+    let s = ClipScorer::load(&config, None, Device::Cpu).unwrap();
+    let r = refs();
+    assert_close("pixel_values (old processor config)", &s.pixel_values(&fixture_images()).unwrap(), &r["pixel_values"], 1e-6);
+    assert_close("get_image_features (config dicts)", &s.image_embeds(&fixture_images()).unwrap(), &r["image_embeds"], 1e-5);
+    assert_close("get_text_features (config dicts)", &s.text_embeds(&TEXTS).unwrap(), &r["text_embeds"], 1e-5);
+}

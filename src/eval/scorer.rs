@@ -126,9 +126,9 @@ pub fn similarities(images: &Tensor, references: &Tensor, text: &Tensor) -> Resu
         let t = t.f_to_kind(Kind::Double)?;
         Ok(t.f_div(&t.f_norm_scalaropt_dim(2, [-1i64].as_slice(), true)?)?)
     };
-    let (n, m) = (images.size()[0], references.size()[0]);
-    if n == 0 || m == 0 || text.size()[0] != 1 {
-        bail!("similarities of {n} images, {m} references and {} texts: expected at least one image and reference and one text", text.size()[0]);
+    let ((n, a), (m, b), (k, c)) = (images.size2()?, references.size2()?, text.size2()?);
+    if n == 0 || m == 0 || k != 1 || a != b || a != c {
+        bail!("similarities of [{n}, {a}] images, [{m}, {b}] references and [{k}, {c}] texts: expected at least one image and reference, one text, one width");
     }
     let (i, r, t) = (unit(images)?, unit(references)?, unit(text)?);
     let image_similarity = i.f_matmul(&r.f_transpose(0, 1)?)?.f_mean(Kind::Double)?.f_double_value(&[])?;
