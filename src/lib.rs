@@ -10,6 +10,7 @@ pub use ti_formats as formats;
 pub mod cli;
 pub mod device;
 pub mod distributed;
+pub mod eval;
 pub mod image_out;
 pub mod libtorch_extras;
 pub mod models;

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each with its clap arguments and `run`.
 pub mod convert;
 pub mod convert_model;
+pub mod evaluate;
 pub mod generate;
 pub mod info;
 pub mod inspect;
@@ -37,6 +38,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Write a single-file (original layout) checkpoint as a diffusers model folder.
     ConvertModel(convert_model::ConvertModelArgs),
+    /// Score images with CLIP: similarity to reference images and to a text.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// How a model given as one file (an original-layout `.safetensors`/`.ckpt`) is read; shared
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Train(a) => train::run(*a),
         Command::ConvertModel(a) => convert_model::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
     }
 }
 

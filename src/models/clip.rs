@@ -9,6 +9,21 @@ use super::weights::{VarPath, Weights};
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
+/// The widths of one CLIP transformer encoder (the text tower's or the vision tower's).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EncoderDims {
+    pub hidden: i64,
+    pub intermediate: i64,
+    pub heads: i64,
+    pub eps: f64,
+}
+
+impl From<&ClipTextConfig> for EncoderDims {
+    fn from(c: &ClipTextConfig) -> Self {
+        EncoderDims { hidden: c.hidden_size, intermediate: c.intermediate_size, heads: c.num_attention_heads, eps: c.layer_norm_eps }
+    }
+}
+
 #[derive(Debug)]
 struct ClipAttention {
     q_proj: Linear,
@@ -19,24 +34,26 @@ struct ClipAttention {
 }
 
 impl ClipAttention {
-    fn load(p: &VarPath, c: &ClipTextConfig) -> Self {
-        let d = c.hidden_size;
+    fn load(p: &VarPath, c: EncoderDims) -> Self {
+        let d = c.hidden;
         ClipAttention {
             q_proj: Linear::load(&p.pp("q_proj"), d, d, true),
             k_proj: Linear::load(&p.pp("k_proj"), d, d, true),
             v_proj: Linear::load(&p.pp("v_proj"), d, d, true),
             out_proj: Linear::load(&p.pp("out_proj"), d, d, true),
-            heads: c.num_attention_heads,
+            heads: c.heads,
         }
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
+    fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
         let (q, k, v) = (self.q_proj.forward(xs), self.k_proj.forward(xs), self.v_proj.forward(xs));
-        self.out_proj.forward(&attention(&q, &k, &v, self.heads, true))
+        self.out_proj.forward(&attention(&q, &k, &v, self.heads, causal))
     }
 }
 
+/// transformers' `CLIPEncoderLayer`, shared by the text tower (causal attention) and the vision
+/// tower (full attention).
 #[derive(Debug)]
-struct ClipLayer {
+pub(super) struct ClipLayer {
     self_attn: ClipAttention,
     layer_norm1: LayerNorm,
     fc1: Linear,
@@ -46,19 +63,19 @@ struct ClipLayer {
 }
 
 impl ClipLayer {
-    fn load(p: &VarPath, c: &ClipTextConfig, act: Activation) -> Self {
-        let (d, i) = (c.hidden_size, c.intermediate_size);
+    pub(super) fn load(p: &VarPath, c: EncoderDims, act: Activation) -> Self {
+        let (d, i) = (c.hidden, c.intermediate);
         ClipLayer {
             self_attn: ClipAttention::load(&p.pp("self_attn"), c),
-            layer_norm1: LayerNorm::load(&p.pp("layer_norm1"), d, c.layer_norm_eps),
+            layer_norm1: LayerNorm::load(&p.pp("layer_norm1"), d, c.eps),
             fc1: Linear::load(&p.pp("mlp").pp("fc1"), d, i, true),
             fc2: Linear::load(&p.pp("mlp").pp("fc2"), i, d, true),
-            layer_norm2: LayerNorm::load(&p.pp("layer_norm2"), d, c.layer_norm_eps),
+            layer_norm2: LayerNorm::load(&p.pp("layer_norm2"), d, c.eps),
             act,
         }
     }
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs));
+    pub(super) fn forward(&self, xs: &Tensor, causal: bool) -> Tensor {
+        let xs = xs + self.self_attn.forward(&self.layer_norm1.forward(xs), causal);
         let h = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&xs))));
         xs + h
     }
@@ -107,7 +124,10 @@ impl ClipTextModel {
         Ok(model)
     }
 
-    fn build(w: &Weights, config: &ClipTextConfig, prefixed: bool) -> Result<Self> {
+    /// Builds the model from `w` without checking for unused tensors: for a caller whose
+    /// weights hold more than the text tower (a whole `CLIPModel`), which runs
+    /// [`Weights::check`] and [`Weights::finish`] over all of it.
+    pub(super) fn build(w: &Weights, config: &ClipTextConfig, prefixed: bool) -> Result<Self> {
         let root = w.root();
         let p = if prefixed { root.pp("text_model") } else { root };
         let act = config.activation()?;
@@ -122,7 +142,7 @@ impl ClipTextModel {
             token_embedding: e.pp("token_embedding").get("weight", &[config.vocab_size, d]),
             new_rows: None,
             position_embedding: e.pp("position_embedding").get("weight", &[config.max_position_embeddings, d]),
-            layers: (0..config.num_hidden_layers).map(|i| ClipLayer::load(&p.pp("encoder").pp("layers").pp(i), config, act)).collect(),
+            layers: (0..config.num_hidden_layers).map(|i| ClipLayer::load(&p.pp("encoder").pp("layers").pp(i), config.into(), act)).collect(),
             final_layer_norm: LayerNorm::load(&p.pp("final_layer_norm"), d, config.layer_norm_eps),
             text_projection,
             config: config.clone(),
@@ -194,7 +214,7 @@ impl ClipTextModel {
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
             hidden_states.push(xs.shallow_clone());
-            xs = layer.forward(&xs);
+            xs = layer.forward(&xs, true);
         }
         hidden_states.push(xs.shallow_clone());
         ClipOutput { last_hidden_state: self.final_layer_norm.forward(&xs), hidden_states }

@@ -17,7 +17,9 @@ use std::path::Path;
 
 use crate::formats::regular;
 
+mod clip_model;
 mod named;
+pub use clip_model::{ClipModelConfig, ClipVisionConfig};
 pub(crate) use named::config_enum;
 pub use named::{names, ConfigName, Named};
 

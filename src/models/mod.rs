@@ -6,9 +6,13 @@
 //! (where the files are, how they are laid out, any prediction-type override), and
 //! [`stable_diffusion`] builds the modules from it. SDXL's second encoder is the CLIP text
 //! model with its `text_projection` (`clip.rs`); its added conditioning is in
-//! `timestep_embedding.rs`, read by `unet.rs` when `addition_embed_type` is `text_time`.
+//! `timestep_embedding.rs`, read by `unet.rs` when `addition_embed_type` is `text_time`. The
+//! whole `CLIPModel` (both towers, for scoring images) is `clip_model.rs`.
 pub mod attention;
 pub mod clip;
+pub mod clip_image_processor;
+pub mod clip_model;
+pub mod clip_vision;
 pub mod component;
 pub mod config;
 pub mod diffusers_folder;
