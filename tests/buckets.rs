@@ -318,3 +318,23 @@ fn bucket_flags_without_enable_bucket_or_with_center_crop_are_refused() {
         assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// Data-parallel: each rank's share of the bucket batches (batch k on rank k mod 2), one bucket
+/// per batch on every rank, and a 2-rank resume ends with the uninterrupted run's rows.
+#[test]
+fn two_ranks_train_with_buckets_and_resume_exactly() {
+    if !common::c10d_available("buckets::two_ranks_train_with_buckets_and_resume_exactly".into()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = shapes_folder(dir.path());
+    let model = repo().join("fixtures/tiny-sd");
+    let straight = dir.path().join("straight");
+    let common = ["--num_processes", "2", "--train_batch_size", "2", "--max_train_steps", "5", "--checkpointing_steps", "2"];
+    let log = ok(train(&model, &data, &straight, &common));
+    assert!(log.matches(": bucket Some(").count() >= 5, "{log}");
+    let resumed = dir.path().join("resumed");
+    ok(train(&model, &data, &resumed, &["--num_processes", "2", "--train_batch_size", "2", "--max_train_steps", "2", "--checkpointing_steps", "2"]));
+    ok(train(&model, &data, &resumed, &[&common[..], &["--resume_from_checkpoint", "latest"]].concat()));
+    assert_eq!(embedding_rows(&resumed.join("learned_embeds.safetensors")), embedding_rows(&straight.join("learned_embeds.safetensors")));
+}
