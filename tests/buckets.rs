@@ -269,6 +269,10 @@ fn random_crop_trains_and_resumes_exactly() {
     ok(train(&model, &data, &resumed, &["--random_crop", "--train_batch_size", "3", "--max_train_steps", "2", "--checkpointing_steps", "2"]));
     ok(train(&model, &data, &resumed, &[&common[..], &["--resume_from_checkpoint", "latest"]].concat()));
     assert_eq!(embedding_rows(&resumed.join("learned_embeds.safetensors")), embedding_rows(&straight.join("learned_embeds.safetensors")));
+    // Other bucket flags would replay other batches: refused, both settings named.
+    let o = train(&model, &data, &resumed, &["--train_batch_size", "3", "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--bucket_reso_steps 16 --random_crop; this run is with --enable_bucket"), "{err}");
 }
 
 #[test]

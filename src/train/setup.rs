@@ -168,6 +168,16 @@ fn find_checkpoint(cfg: &TrainConfig, n: usize, world: usize) -> Result<Option<C
             p.world_size
         );
     }
+    let buckets = cfg.data.buckets.as_ref().map(|b| b.describe());
+    if p.buckets != buckets {
+        let say = |b: &Option<String>| b.as_ref().map_or("without --enable_bucket".to_string(), |b| format!("with --enable_bucket {b}"));
+        bail!(
+            "{} was written by a run {}; this run is {}: the batches replayed depend on the buckets, so resume with the same bucket flags",
+            dir.display(),
+            say(&p.buckets),
+            say(&buckets)
+        );
+    }
     // The random stream is replayed from the run's own seed, whatever this run was given.
     if cfg.seed.is_some_and(|s| s != p.seed) {
         tracing::warn!("--seed {} differs from the checkpoint's {}: continuing with the checkpoint's", cfg.seed.unwrap_or_default(), p.seed);
@@ -318,6 +328,7 @@ fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows:
                 placeholder_token: cfg.placeholder_token.clone(),
                 num_vectors: n,
                 world_size: world,
+                buckets: cfg.data.buckets.as_ref().map(|b| b.describe()),
             },
         ),
     };

@@ -64,6 +64,19 @@ impl BucketConfig {
         Ok(())
     }
 
+    /// The settings in words, as a checkpoint records them.
+    pub fn describe(&self) -> String {
+        format!(
+            "--resolution {} --min_bucket_reso {} --max_bucket_reso {} --bucket_reso_steps {}{}{}",
+            self.resolution,
+            self.min_bucket_reso,
+            self.max_bucket_reso,
+            self.bucket_reso_steps,
+            if self.no_upscale { " --bucket_no_upscale" } else { "" },
+            if self.random_crop { " --random_crop" } else { "" }
+        )
+    }
+
     fn max_area(&self) -> u64 {
         u64::from(self.resolution) * u64::from(self.resolution)
     }
