@@ -342,3 +342,30 @@ fn two_ranks_train_with_buckets_and_resume_exactly() {
     ok(train(&model, &data, &resumed, &[&common[..], &["--resume_from_checkpoint", "latest"]].concat()));
     assert_eq!(embedding_rows(&resumed.join("learned_embeds.safetensors")), embedding_rows(&straight.join("learned_embeds.safetensors")));
 }
+
+/// Masks go through their image's bucket geometry (`Geometry::apply`): an RGBA folder with
+/// `--alpha_mask` trains with buckets, and each kept mask has its bucket's size.
+#[test]
+fn alpha_masks_follow_the_bucket_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rgba");
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, &(w, h)) in SHAPES.iter().enumerate() {
+        let rgb = textured(w, h, i as u32);
+        let rgba = image::RgbaImage::from_fn(w, h, |x, y| {
+            let p = rgb.get_pixel(x, y);
+            image::Rgba([p[0], p[1], p[2], if x < w / 2 { 255 } else { 0 }])
+        });
+        rgba.save(data.join(format!("img-{i}.png"))).unwrap();
+    }
+    let ds = Dataset::load_bucketed(&data, &tiny_config(), 1, ImageOrder::Sorted, None)
+        .unwrap()
+        .with_masks(Some(&textual_inversion::train::dataset::masks::MaskSource::Alpha), false)
+        .unwrap();
+    for i in 0..ds.num_images() {
+        let (w, h) = ds.geometry(i).unwrap().size();
+        let m = ds.mask(i, false).unwrap().unwrap();
+        assert_eq!(m.size(), [1, i64::from(h), i64::from(w)]);
+    }
+    ok(train(&repo().join("fixtures/tiny-sd"), &data, &dir.path().join("o"), &["--alpha_mask", "--train_batch_size", "2", "--max_train_steps", "2"]));
+}
