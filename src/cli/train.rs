@@ -8,8 +8,9 @@ use crate::device::{parse_device, Precision};
 use crate::train::config::{
     CaptionConfig, DataConfig, EmbeddingFormat, InitFrom, LossConfig, OptimConfig, OutputConfig, TrainConfig, ValidationConfig, ValidationEvery,
 };
+use crate::train::dataset::buckets::{DEFAULT_BUCKET_RESO_STEPS, DEFAULT_MAX_BUCKET_RESO, DEFAULT_MIN_BUCKET_RESO};
 use crate::train::dataset::masks::MaskSource;
-use crate::train::dataset::{ImageOrder, LearnableProperty};
+use crate::train::dataset::{BucketConfig, ImageOrder, LearnableProperty};
 use crate::train::lr_schedule::LrScheduleKind;
 use crate::train::metrics::ReportTo;
 use anyhow::{bail, Context, Result};
@@ -83,6 +84,27 @@ pub struct TrainArgs {
     /// normalize_masked_area_loss.
     #[arg(long = "normalize_masked_area_loss")]
     pub normalize_masked_area_loss: bool,
+    /// Aspect-ratio buckets (kohya's): each image is resized and cropped to the bucket nearest
+    /// its aspect ratio, of at most resolution² pixels; every batch holds one bucket's images.
+    #[arg(long = "enable_bucket")]
+    pub enable_bucket: bool,
+    /// Smallest bucket side with --enable_bucket [default: 256].
+    #[arg(long = "min_bucket_reso")]
+    pub min_bucket_reso: Option<u32>,
+    /// Largest bucket side with --enable_bucket (at least --resolution) [default: 1024].
+    #[arg(long = "max_bucket_reso")]
+    pub max_bucket_reso: Option<u32>,
+    /// Bucket sides are multiples of this (a multiple of 8) [default: 64].
+    #[arg(long = "bucket_reso_steps")]
+    pub bucket_reso_steps: Option<u32>,
+    /// With --enable_bucket: never enlarge; each image's bucket is its own size rounded down to
+    /// the steps (shrunk to resolution² pixels when larger).
+    #[arg(long = "bucket_no_upscale")]
+    pub bucket_no_upscale: bool,
+    /// With --enable_bucket: the part of the resized image kept is drawn (once per image, from
+    /// --seed) instead of centred.
+    #[arg(long = "random_crop")]
+    pub random_crop: bool,
     #[arg(long = "train_batch_size", default_value_t = 16)]
     pub train_batch_size: usize,
     /// Recomputed from max_train_steps, as in the script.
@@ -256,7 +278,7 @@ impl TrainArgs {
             model: self.model_file.source(&self.pretrained_model_name_or_path, self.revision.clone()),
             variant: self.variant.clone(),
             tokenizer_dir: self.tokenizer_name.clone(),
-            data: self.data(),
+            data: self.data()?,
             placeholder_token: self.placeholder_token.clone(),
             init,
             num_vectors,
@@ -316,8 +338,34 @@ impl TrainArgs {
         Ok(())
     }
 
-    fn data(&self) -> DataConfig {
-        DataConfig {
+    /// `--enable_bucket` and its flags (kohya's defaults); an error when a bucket flag is given
+    /// without it.
+    fn buckets(&self) -> Result<Option<BucketConfig>> {
+        if !self.enable_bucket {
+            let given = [
+                ("--min_bucket_reso", self.min_bucket_reso.is_some()),
+                ("--max_bucket_reso", self.max_bucket_reso.is_some()),
+                ("--bucket_reso_steps", self.bucket_reso_steps.is_some()),
+                ("--bucket_no_upscale", self.bucket_no_upscale),
+                ("--random_crop", self.random_crop),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+                bail!("{flag} has no effect without --enable_bucket");
+            }
+            return Ok(None);
+        }
+        Ok(Some(BucketConfig {
+            resolution: self.resolution,
+            min_bucket_reso: self.min_bucket_reso.unwrap_or(DEFAULT_MIN_BUCKET_RESO),
+            max_bucket_reso: self.max_bucket_reso.unwrap_or(DEFAULT_MAX_BUCKET_RESO),
+            bucket_reso_steps: self.bucket_reso_steps.unwrap_or(DEFAULT_BUCKET_RESO_STEPS),
+            no_upscale: self.bucket_no_upscale,
+            random_crop: self.random_crop,
+        }))
+    }
+
+    fn data(&self) -> Result<DataConfig> {
+        Ok(DataConfig {
             dir: self.train_data_dir.clone(),
             order: if self.sort_images { ImageOrder::Sorted } else { ImageOrder::Directory },
             resolution: self.resolution,
@@ -329,7 +377,8 @@ impl TrainArgs {
                 (None, true) => Some(MaskSource::Alpha),
                 (None, false) => None,
             },
-        }
+            buckets: self.buckets()?,
+        })
     }
 
     fn optim(&self) -> OptimConfig {

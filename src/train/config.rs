@@ -2,7 +2,7 @@
 //! the script's flags; the trainer never sees clap. [`TrainConfig::check`] refuses what the
 //! script would refuse (its error texts, naming the flags users typed) before anything loads.
 use super::dataset::masks::MaskSource;
-use super::dataset::{ImageOrder, LearnableProperty};
+use super::dataset::{BucketConfig, ImageOrder, LearnableProperty};
 use super::lr_schedule::LrScheduleKind;
 use super::metrics::ReportTo;
 use crate::device::Precision;
@@ -145,6 +145,8 @@ pub struct DataConfig {
     pub property: LearnableProperty,
     /// `--alpha_mask`/`--mask_dir`: weight the loss by a mask per image.
     pub mask: Option<MaskSource>,
+    /// `--enable_bucket` and its flags: kohya's aspect-ratio buckets instead of the square.
+    pub buckets: Option<BucketConfig>,
 }
 
 /// Batches, steps, AdamW and the LR schedule.
@@ -284,6 +286,15 @@ impl TrainConfig {
         let r = self.data.resolution;
         if r == 0 || r % 8 != 0 {
             bail!("--resolution must be a positive multiple of 8, got {r}");
+        }
+        if let Some(b) = &self.data.buckets {
+            if b.resolution != r {
+                bail!("the bucket settings are for --resolution {}, the run's is {r}", b.resolution);
+            }
+            if self.data.center_crop {
+                bail!("--center_crop and --enable_bucket: with buckets every image is cut to its bucket (centred, or drawn with --random_crop); leave out --center_crop");
+            }
+            b.check()?;
         }
         let c = &self.captions;
         if !(0.0..1.0).contains(&c.tag_dropout) {

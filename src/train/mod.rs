@@ -14,6 +14,7 @@
 //! row tensors, [`trainer`] gives each item its second tokenizer's ids and time ids, [`step`]
 //! adds the conditioning (the second encoder's pooled embedding, the time ids), and
 //! [`on_update`] writes `learned_embeds_2` and the `{clip_l, clip_g}` file.
+pub mod bucket_batches;
 pub mod config;
 pub mod dataset;
 pub mod draws;

@@ -11,6 +11,9 @@ use crate::models::repo::ModelRepo;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
+/// `--enable_bucket`'s record of each image's bucket, in the output folder.
+pub const BUCKETS_FILE: &str = "buckets.json";
+
 /// Names listed before "and N more" in the warning about replaced files.
 const LISTED: usize = 8;
 
@@ -51,7 +54,7 @@ impl Plan<'_> {
                 return true;
             }
         }
-        if name == LOSS_PNG || (name == "validation" && self.cfg.validation.is_some()) {
+        if name == LOSS_PNG || (name == "validation" && self.cfg.validation.is_some()) || (name == BUCKETS_FILE && self.cfg.data.buckets.is_some()) {
             return true;
         }
         // --push_to_hub's model card and the last validation images it links.

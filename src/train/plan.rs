@@ -1,6 +1,7 @@
 //! The run's plan, fixed before the first step: the script's step and epoch arithmetic (each
 //! of `world` data-parallel processes runs its share of every epoch's batches, as accelerate
 //! shards them), and how often validation runs.
+use super::bucket_batches::BucketBatching;
 use super::config::TrainConfig;
 
 pub(super) struct Plan {
@@ -12,10 +13,14 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// The plan of a run over a dataset of `len` items on `world` processes.
-    pub(super) fn new(cfg: &TrainConfig, len: usize, world: usize) -> Self {
+    /// The plan of a run over a dataset of `len` items on `world` processes (with buckets, the
+    /// epoch is their batches: each bucket's last one may be short).
+    pub(super) fn new(cfg: &TrainConfig, len: usize, world: usize, buckets: Option<&BucketBatching>) -> Self {
         let optim = &cfg.optim;
-        let batches_per_epoch = super::script_rng::batches_per_epoch(len, optim.batch_size, world);
+        let batches_per_epoch = match buckets {
+            Some(b) => b.batches_per_epoch(len, optim.batch_size, world),
+            None => super::script_rng::batches_per_epoch(len, optim.batch_size, world),
+        };
         let updates_per_epoch = batches_per_epoch.div_ceil(optim.gradient_accumulation_steps);
         let num_epochs = optim.max_train_steps.div_ceil(updates_per_epoch);
         let validation_steps = cfg.validation.as_ref().map_or(0, |v| v.every.steps(len));

@@ -3,7 +3,7 @@
 //! are what a `checkpoint-N` holds ([`RunState::checkpoint`], [`Rows::new`] reading one back);
 //! the stream is replayed from the position's seed and micro-step ([`Stream::replay`]).
 use super::config::OptimConfig;
-use super::draws::{Draws, StepDraws};
+use super::draws::{BucketShapes, Draws, StepDraws};
 use super::grad_scaler::GradScaler;
 use super::lr_schedule::{LrSchedule, LrScheduler, ScheduleArgs};
 use super::optim::{AdamW, AdamWConfig};
@@ -40,6 +40,8 @@ pub(super) struct Stream {
     stream: ScriptStream,
     /// The epoch of the next batch fetched.
     epoch: u64,
+    /// `--enable_bucket`: batches of one bucket, drawn at its latent size.
+    buckets: Option<BucketShapes>,
 }
 
 /// One micro-step's data: the items, whether it ends its epoch, its draws.
@@ -188,9 +190,9 @@ fn split_optimizer_state(checkpoint: &Checkpoint, scaler: bool) -> Vec<(String, 
 impl Stream {
     /// The stream after `micro_steps` micro-steps from `set_seed`: every draw made again
     /// without computing, so a resumed run continues the very same draws.
-    pub(super) fn replay(draws: StepDraws, micro_steps: u64) -> Self {
-        let (stream, epoch) = draws.replay(micro_steps);
-        Stream { draws, stream, epoch }
+    pub(super) fn replay(draws: StepDraws, buckets: Option<BucketShapes>, micro_steps: u64) -> Self {
+        let (stream, epoch) = draws.replay_with(buckets.as_ref(), micro_steps);
+        Stream { draws, stream, epoch, buckets }
     }
 
     /// The next batch of the script's stream and its draws (starting the next epoch when one
@@ -203,7 +205,7 @@ impl Stream {
             self.stream.start_epoch();
         }
         let (items, last) = self.stream.next_batch()?;
-        let draws = self.draws.draw(items.len() as i64);
+        let draws = self.draws.draw_items(&items, self.buckets.as_ref());
         let batch = Batch { items, last, draws, epoch: self.epoch };
         if last {
             self.epoch += 1;

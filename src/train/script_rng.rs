@@ -22,6 +22,7 @@
 //! over between epochs (so an epoch makes the base-seed draw only, then `randperm` on that
 //! generator and a second, discarded `randperm`: the sampler's empty tail); and each process
 //! loads only its share of the epoch's batches ([`shard_batches`]).
+use super::bucket_batches::{shard_bucket_batches, BucketBatching};
 use std::collections::VecDeque;
 use tch::{Device, Kind, Tensor};
 
@@ -262,6 +263,10 @@ pub struct ScriptStream {
     next_batch: usize,
     loaded: VecDeque<Vec<Item>>,
     in_epoch: bool,
+    /// `--enable_bucket`: batches of one bucket each ([`super::bucket_batches`]).
+    buckets: Option<BucketBatching>,
+    /// Epochs started so far.
+    epochs: u64,
 }
 
 impl ScriptStream {
@@ -269,7 +274,23 @@ impl ScriptStream {
     /// call this where the script calls `accelerator.prepare`.
     pub fn new(seed: u64, shape: StreamShape) -> Self {
         let sampler = shape.shard.filter(|s| s.world > 1).map(|_| Mt19937::torch(torch_random_i64()));
-        ScriptStream { shape, python: Mt19937::python(seed), sampler, batches: Vec::new(), next_batch: 0, loaded: VecDeque::new(), in_epoch: false }
+        ScriptStream {
+            shape,
+            python: Mt19937::python(seed),
+            sampler,
+            batches: Vec::new(),
+            next_batch: 0,
+            loaded: VecDeque::new(),
+            in_epoch: false,
+            buckets: None,
+            epochs: 0,
+        }
+    }
+
+    /// The stream with each epoch's batches made from buckets (None: the script's batches).
+    pub fn with_buckets(mut self, buckets: Option<BucketBatching>) -> Self {
+        self.buckets = buckets;
+        self
     }
 
     fn load_batch(&mut self) -> Option<Vec<Item>> {
@@ -292,14 +313,26 @@ impl ScriptStream {
     pub fn start_epoch(&mut self) {
         let _base_seed = torch_random_i64();
         let (len, batch) = (self.shape.len, self.shape.batch_size);
-        self.batches = match (&mut self.sampler, self.shape.shard) {
+        let (order, shard) = match (&mut self.sampler, self.shape.shard) {
             (Some(g), Some(shard)) => {
                 let order = randperm_with(g, len);
                 let _tail = randperm_with(g, len);
-                shard_batches(&order, batch, shard)
+                (order, Some(shard))
             }
-            _ => torch_randperm(len, torch_random_i64()).chunks(batch.max(1)).map(<[usize]>::to_vec).collect(),
+            _ => (torch_randperm(len, torch_random_i64()), None),
         };
+        self.batches = match (&self.buckets, shard) {
+            (Some(b), shard) => {
+                let all = b.batches(&order, batch, self.epochs);
+                match shard {
+                    Some(s) => shard_bucket_batches(&all, s),
+                    None => all,
+                }
+            }
+            (None, Some(shard)) => shard_batches(&order, batch, shard),
+            (None, None) => order.chunks(batch.max(1)).map(<[usize]>::to_vec).collect(),
+        };
+        self.epochs += 1;
         self.next_batch = 0;
         self.loaded.clear();
         if let Some(b) = self.load_batch() {
@@ -317,11 +350,24 @@ impl ScriptStream {
     /// Used to resume, and to give the global generator back after validation re-seeded it.
     /// Returns the stream and the epoch it is in.
     pub fn replay(seed: u64, resized: &[(i64, i64)], new: i64, shape: StreamShape, micro_steps: u64, step_draws: &dyn Fn(i64)) -> (ScriptStream, u64) {
+        Self::replay_with(seed, resized, new, shape, None, micro_steps, &|items: &[Item]| step_draws(items.len() as i64))
+    }
+
+    /// [`ScriptStream::replay`] with bucket batches; `step_draws` gets each batch's items.
+    pub fn replay_with(
+        seed: u64,
+        resized: &[(i64, i64)],
+        new: i64,
+        shape: StreamShape,
+        buckets: Option<BucketBatching>,
+        micro_steps: u64,
+        step_draws: &dyn Fn(&[Item]),
+    ) -> (ScriptStream, u64) {
         tch::manual_seed(seed as i64);
         for &(vocab_after, width) in resized {
             resize_token_embeddings_draws(vocab_after, width, new);
         }
-        let mut stream = ScriptStream::new(seed, shape);
+        let mut stream = ScriptStream::new(seed, shape).with_buckets(buckets);
         let mut epoch = 0;
         let mut done = 0;
         while done < micro_steps {
@@ -330,7 +376,7 @@ impl ScriptStream {
             }
             match stream.next_batch() {
                 Some((items, last)) => {
-                    step_draws(items.len() as i64);
+                    step_draws(&items);
                     done += 1;
                     if last {
                         epoch += 1;

@@ -4,9 +4,10 @@
 //! checkpoint: rows, AdamW and the LR schedule), the latent cache, the reporting, and the
 //! random stream up to where the run is. The `Model` and `Data` made here stay as they are
 //! for the whole run.
+use super::bucket_batches::BucketBatching;
 use super::config::{InitFrom, TrainConfig};
 use super::dataset::{captions, placeholder_string, Captions, Dataset};
-use super::draws::StepDraws;
+use super::draws::{BucketShapes, StepDraws};
 use super::latent_cache::LatentCache;
 use super::plan::Plan;
 use super::reporting::Reporting;
@@ -167,6 +168,16 @@ fn find_checkpoint(cfg: &TrainConfig, n: usize, world: usize) -> Result<Option<C
             p.world_size
         );
     }
+    let buckets = cfg.data.buckets.as_ref().map(|b| b.describe());
+    if p.buckets != buckets {
+        let say = |b: &Option<String>| b.as_ref().map_or("without --enable_bucket".to_string(), |b| format!("with --enable_bucket {b}"));
+        bail!(
+            "{} was written by a run {}; this run is {}: the batches replayed depend on the buckets, so resume with the same bucket flags",
+            dir.display(),
+            say(&p.buckets),
+            say(&buckets)
+        );
+    }
     // The random stream is replayed from the run's own seed, whatever this run was given.
     if cfg.seed.is_some_and(|s| s != p.seed) {
         tracing::warn!("--seed {} differs from the checkpoint's {}: continuing with the checkpoint's", cfg.seed.unwrap_or_default(), p.seed);
@@ -246,12 +257,16 @@ fn check_inputs(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<Inputs> {
     }
     let caption_ext = captions::caption_extension(&cfg.captions);
     let data_dir = train_data_dir(&data.dir, ranks)?;
-    let dataset = Dataset::load_with(&data_dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?;
+    let dataset = match &data.buckets {
+        Some(b) => Dataset::load_bucketed(&data_dir, b, data.repeats, data.order, caption_ext.as_deref())?,
+        None => Dataset::load_with(&data_dir, data.resolution, data.center_crop && !xl, data.repeats, data.order, caption_ext.as_deref())?,
+    };
     let loss = &cfg.loss;
     let dataset = dataset.with_masks(data.mask.as_ref(), loss.normalize_masked_area_loss && loss.unmasked_weight == 0.0)?;
     let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
     if ranks.rank() == 0 {
         super::output::prepare(cfg, &repo, xl)?;
+        write_buckets(cfg, &dataset)?;
     }
     crate::device::ensure_available(cfg.device)?;
     // The script's `torch.backends.cuda.matmul.allow_tf32 = True`, set on libtorch's context.
@@ -313,6 +328,7 @@ fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows:
                 placeholder_token: cfg.placeholder_token.clone(),
                 num_vectors: n,
                 world_size: world,
+                buckets: cfg.data.buckets.as_ref().map(|b| b.describe()),
             },
         ),
     };
@@ -344,6 +360,29 @@ impl Data {
         let placeholder = placeholder_string(&model.tokens);
         Ok(Data { dataset, captions, placeholder, cache })
     }
+}
+
+/// `--enable_bucket`: the bucket table logged (kohya's lines) and `buckets.json` written
+/// (atomically) in the output folder.
+fn write_buckets(cfg: &TrainConfig, dataset: &Dataset) -> Result<()> {
+    let (Some(table), Some(json)) = (dataset.bucket_table(), dataset.buckets_json()) else {
+        return Ok(());
+    };
+    tracing::info!("number of images (including repeats) per bucket:");
+    for (i, ((w, h), n)) in table.iter().enumerate() {
+        tracing::info!("bucket {i}: resolution ({w}, {h}), count: {n}");
+    }
+    let path = cfg.output.dir.join(super::output::BUCKETS_FILE);
+    crate::formats::atomic::write(&path, serde_json::to_string_pretty(&json)?.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `--enable_bucket`: which bucket each image is in (the batching, shuffled from `seed`) and
+/// each image's latent `(height, width)`.
+fn bucket_shapes(dataset: &Dataset, models: &Models, seed: u64) -> Option<BucketShapes> {
+    let image_bucket = dataset.image_buckets()?;
+    let f = models.vae_scale_factor().max(1);
+    let latent = (0..dataset.num_images()).map(|i| dataset.geometry(i).map_or((0, 0), |g| (i64::from(g.size().1) / f, i64::from(g.size().0) / f))).collect();
+    Some(BucketShapes { batching: BucketBatching { image_bucket, seed }, latent })
 }
 
 /// What the script's random stream depends on: the seed, the resized embedding matrices, the
@@ -378,16 +417,19 @@ impl<'c> Trainer<'c> {
         if world > 1 {
             ranks.check_same_config(&config_hash(cfg)).context("the ranks were started with different arguments")?;
         }
-        let Inputs { repo, dataset, captions, seed } = check_inputs(cfg, ranks)?;
+        let Inputs { repo, mut dataset, captions, seed } = check_inputs(cfg, ranks)?;
         let (mut model, n, init_rows) = Model::load(cfg, repo)?;
-        let plan = Plan::new(cfg, dataset.len(), world);
         let (position, rows) = restore_or_start(cfg, &mut model.models, n, &init_rows, seed, world)?;
+        // Drawn from the run's own seed (a checkpoint's when resuming).
+        dataset.choose_random_crops(position.seed)?;
+        let buckets = bucket_shapes(&dataset, &model.models, position.seed);
+        let plan = Plan::new(cfg, dataset.len(), world, buckets.as_ref().map(|b| &b.batching));
         let data = Data::prepare(cfg, dataset, captions, &mut model)?;
         plan.log(cfg, data.dataset.len(), world);
         let report = Reporting::start(cfg, started, position.global_step, &rows.trainable, ranks.rank() == 0)?;
         // The script's random stream, from set_seed on: replayed without computing up to the
         // checkpoint when resuming, so a resumed run continues the very same draws.
-        let stream = Stream::replay(step_draws(cfg, &model, &data, position.seed, n, ranks), position.micro_step);
+        let stream = Stream::replay(step_draws(cfg, &model, &data, position.seed, n, ranks), buckets, position.micro_step);
         Ok(Trainer { cfg, ranks, model, data, run: RunState { position, rows, stream }, plan, report })
     }
 }

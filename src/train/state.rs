@@ -29,6 +29,10 @@ pub struct Position {
     /// checkpoints: one).
     #[serde(default = "one_process")]
     pub world_size: usize,
+    /// `--enable_bucket`'s settings ([`crate::train::dataset::BucketConfig::describe`]): the
+    /// batches replayed depend on them (absent: the square path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<String>,
 }
 
 fn one_process() -> usize {
@@ -176,7 +180,8 @@ mod tests {
     use super::*;
 
     fn checkpoint(optimizer: Vec<(String, Tensor)>) -> Checkpoint {
-        let position = Position { global_step: 3, micro_step: 3, accumulation: 0, seed: 1, placeholder_token: "<t>".into(), num_vectors: 1, world_size: 1 };
+        let position =
+            Position { global_step: 3, micro_step: 3, accumulation: 0, seed: 1, placeholder_token: "<t>".into(), num_vectors: 1, world_size: 1, buckets: None };
         Checkpoint { position, rows: vec![Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu))], optimizer, scheduler: Vec::new() }
     }
 

@@ -90,7 +90,6 @@ impl Trainer<'_> {
         let mut ids: Vec<Vec<i64>> = vec![Vec::with_capacity(batch.items.len() * 77); stacks.len()];
         let mut time_ids = Vec::new();
         let (mut means, mut stds, mut pixels, mut masks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let res = self.cfg.data.resolution as i64;
         for item in &batch.items {
             let image = data.dataset.image_index(item.index);
             let text = data.captions.text(image, item.template, item.tags.as_deref(), &data.placeholder);
@@ -98,9 +97,8 @@ impl Trainer<'_> {
             for (ids, stack) in ids.iter_mut().zip(&stacks) {
                 ids.extend_from_slice(&stack.tokenizer.encode(&text)?);
             }
-            // SDXL's size conditioning: the image's size, crop (0, 0), the resolution.
-            let (oh, ow) = data.dataset.images()[image].original_size;
-            time_ids.extend_from_slice(&[oh as i64, ow as i64, 0, 0, res, res]);
+            // SDXL's size conditioning: the image's size, its crop, the size trained at.
+            time_ids.extend_from_slice(&data.dataset.time_ids(image, item.flip));
             match data.cache.get(image, item.flip) {
                 Some((m, s)) => {
                     means.push(m.shallow_clone());
@@ -111,6 +109,14 @@ impl Trainer<'_> {
             masks.extend(data.dataset.mask(image, item.flip)?);
         }
         let bsz = batch.items.len() as i64;
+        if data.dataset.bucket_config().is_some() {
+            let sizes: Vec<(u32, u32)> =
+                batch.items.iter().filter_map(|i| data.dataset.geometry(data.dataset.image_index(i.index)).map(|g| g.size())).collect();
+            if sizes.windows(2).any(|w| w[0] != w[1]) {
+                anyhow::bail!("internal error: a batch mixes buckets {sizes:?}");
+            }
+            tracing::debug!("micro-step {}: bucket {:?}, {} items", self.run.position.micro_step, sizes.first(), sizes.len());
+        }
         let Draws { posterior, noise, timesteps, offset } = &batch.draws;
         tracing::debug!(
             "micro-step {}: items {:?}, timesteps {:?}",

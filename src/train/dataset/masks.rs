@@ -2,7 +2,7 @@
 //! kohya's sd-scripts trains with `--alpha_mask` and `--masked_loss`.
 //!
 //! A mask is 8-bit grey, `value / 255` being the weight of that pixel. It is preprocessed by the
-//! image's own crop+resize ([`preprocess`], run on the mask as a grey RGB image: Pillow resizes
+//! image's own crop+resize ([`super::Geometry::apply`], run on the mask as a grey RGB image: Pillow resizes
 //! every band alike, so one band is Pillow's resize of the "L" image) and mirrored with it; the
 //! loss brings it to the latent grid (`step.rs`).
 //!
@@ -12,7 +12,7 @@
 //! - EXIF orientation is applied to masks as to images (kohya applies it to neither).
 //! - Masks in `--mask_dir` that match no image are listed in a warning (kohya refuses them).
 use super::decode::{load_rgb, load_rgb_alpha};
-use super::{file_name, preprocess, Dataset};
+use super::{file_name, Dataset, Geometry};
 use anyhow::{bail, Context, Result};
 use image::{GrayImage, Luma, RgbImage};
 use std::path::{Path, PathBuf};
@@ -53,11 +53,16 @@ pub fn to_grey(rgb: &RgbImage) -> GrayImage {
 }
 
 /// The image's crop+resize applied to a mask: the mask runs as a grey RGB image through
-/// [`preprocess`] and one band comes back, so a mask always follows its image's geometry.
+/// [`super::preprocess`] and one band comes back, so a mask always follows its image's geometry.
 pub fn preprocess_mask(mask: &GrayImage, size: u32, center_crop: bool) -> Result<GrayImage> {
+    geometry_mask(mask, &Geometry::Square { size, center_crop })
+}
+
+/// [`preprocess_mask`] for any [`Geometry`] (an aspect-ratio bucket too).
+pub fn geometry_mask(mask: &GrayImage, geometry: &Geometry) -> Result<GrayImage> {
     let rgb: Vec<u8> = mask.as_raw().iter().flat_map(|&v| [v; 3]).collect();
     let rgb = RgbImage::from_raw(mask.width(), mask.height(), rgb).expect("three bytes per pixel by construction");
-    let out = preprocess(&rgb, size, center_crop)?;
+    let out = geometry.apply(&rgb)?;
     let raw: Vec<u8> = out.as_raw().chunks_exact(3).map(|p| p[0]).collect();
     Ok(GrayImage::from_raw(out.width(), out.height(), raw).expect("one byte per pixel by construction"))
 }
@@ -132,10 +137,11 @@ impl Masks {
     /// The preprocessed mask of image `i`: an image without alpha gets all 255 (crop and resize
     /// keep a constant).
     fn make(&self, dataset: &Dataset, i: usize) -> Result<GrayImage> {
-        let size = dataset.resolution();
+        let geometry = dataset.images.get(i).map(|im| im.geometry).with_context(|| format!("image {i}"))?;
+        let (w, h) = geometry.size();
         match self.source_mask(dataset, i)? {
-            Some(m) => preprocess_mask(&m, size, dataset.center_crop),
-            None => Ok(GrayImage::from_pixel(size, size, Luma([255]))),
+            Some(m) => geometry_mask(&m, &geometry),
+            None => Ok(GrayImage::from_pixel(w, h, Luma([255]))),
         }
     }
 }
@@ -192,10 +198,12 @@ impl Dataset {
             if full.is_none() {
                 opaque.push(file_name(&self.images[i].path));
             }
+            let geometry = self.images[i].geometry;
+            let (w, h) = geometry.size();
             let resized = match full {
-                Some(m) if resident || nonzero => Some(preprocess_mask(&m, self.size, self.center_crop)?),
+                Some(m) if resident || nonzero => Some(geometry_mask(&m, &geometry)?),
                 Some(_) => None,
-                None => Some(GrayImage::from_pixel(self.size, self.size, Luma([255]))),
+                None => Some(GrayImage::from_pixel(w, h, Luma([255]))),
             };
             if nonzero && resized.as_ref().is_some_and(|m| m.as_raw().iter().all(|&v| v == 0)) {
                 bail!(

@@ -15,15 +15,17 @@
 //! come in another order), so that `--seed` draws the same items; [`ImageOrder::Sorted`]
 //! (`--sort_images`) gives a fixed order on every machine instead. Resized pixels equal Pillow's
 //! `resize((s, s), BICUBIC)` bit for bit.
+pub mod buckets;
 pub mod captions;
 mod decode;
 pub mod masks;
 mod resize;
 mod templates;
 
+pub use buckets::{BucketConfig, BucketManager, Fit};
 pub use captions::Captions;
 pub use decode::{load_rgb, load_rgb_alpha, LoadedImage, MAX_FILE_BYTES, MAX_PIXELS};
-pub use resize::{center_crop, preprocess, resize_bicubic};
+pub use resize::{center_crop, preprocess, resize_bicubic, Geometry};
 pub use templates::{caption, placeholder_string, LearnableProperty, OBJECT_TEMPLATES, STYLE_TEMPLATES};
 
 use anyhow::{bail, Context, Result};
@@ -83,6 +85,8 @@ pub struct DatasetImage {
     pub orientation: Orientation,
     /// `(height, width)` after orientation, before any crop or resize (SDXL's `original_size`).
     pub original_size: (u32, u32),
+    /// How it becomes a training image (square, or its bucket).
+    geometry: Geometry,
     /// The crop+resize, kept while the whole folder's fit in [`RESIDENT_BYTES`]; else `None`
     /// and made again from the file each time the image is drawn (as the script does).
     resized: Option<RgbImage>,
@@ -102,6 +106,10 @@ pub struct Dataset {
     center_crop: bool,
     /// `--alpha_mask`/`--mask_dir`: see [`Dataset::with_masks`].
     masks: Option<masks::Masks>,
+    /// `--enable_bucket`: the settings (each image's bucket is in its [`Geometry`]).
+    buckets: Option<BucketConfig>,
+    /// Whether the preprocessed images are kept in memory.
+    resident: bool,
 }
 
 impl Dataset {
@@ -133,6 +141,31 @@ impl Dataset {
         caption_extension: Option<&str>,
         resident_bytes: usize,
     ) -> Result<Self> {
+        Self::load_impl(dir, size, center_crop, repeats, order, caption_extension, resident_bytes, None)
+    }
+
+    /// [`Dataset::load_with`] with aspect-ratio buckets: each image in kohya's bucket, resized
+    /// and cropped to it ([`buckets`]); an image that cannot have a bucket is skipped with the
+    /// others. With `--random_crop` the crops are centred until [`Dataset::choose_random_crops`].
+    pub fn load_bucketed(dir: &Path, buckets: &BucketConfig, repeats: usize, order: ImageOrder, caption_extension: Option<&str>) -> Result<Self> {
+        buckets.check()?;
+        Self::load_impl(dir, buckets.resolution, false, repeats, order, caption_extension, RESIDENT_BYTES, Some(buckets))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn load_impl(
+        dir: &Path,
+        size: u32,
+        center_crop: bool,
+        repeats: usize,
+        order: ImageOrder,
+        caption_extension: Option<&str>,
+        resident_bytes: usize,
+        buckets: Option<&BucketConfig>,
+    ) -> Result<Self> {
+        let manager = buckets.map(BucketManager::new);
+        // Random crops are drawn once the seed is known: nothing is kept until then.
+        let deferred = buckets.is_some_and(|b| b.random_crop);
         let is_caption = |p: &Path| {
             let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase());
             match (caption_extension, ext) {
@@ -174,16 +207,21 @@ impl Dataset {
                     images.iter_mut().for_each(|i: &mut DatasetImage| i.resized = None);
                 }
                 let loaded = load_rgb(&path).and_then(|l| {
-                    let resized = if resident { Some(preprocess(&l.rgb, size, center_crop)?) } else { None };
-                    Ok((resized, l))
+                    let geometry = match &manager {
+                        Some(m) => Geometry::Bucket(m.fit(l.rgb.width(), l.rgb.height())?),
+                        None => Geometry::Square { size, center_crop },
+                    };
+                    let resized = if resident && !deferred { Some(geometry.apply(&l.rgb)?) } else { None };
+                    Ok((geometry, resized, l))
                 });
                 match loaded {
-                    Ok((resized, l)) => {
+                    Ok((geometry, resized, l)) => {
                         images.push(DatasetImage {
                             original_size: (l.rgb.height(), l.rgb.width()),
                             path,
                             source_mode: l.source_mode,
                             orientation: l.orientation,
+                            geometry,
                             resized,
                         });
                         continue;
@@ -225,7 +263,7 @@ impl Dataset {
                 resident_bytes >> 20
             );
         }
-        Ok(Self { images, skipped, repeats, size, center_crop, masks: None })
+        Ok(Self { images, skipped, repeats, size, center_crop, masks: None, buckets: buckets.cloned(), resident })
     }
 
     /// Images times repeats, as the script's `__len__`.
@@ -272,12 +310,12 @@ impl Dataset {
                 if (l.rgb.height(), l.rgb.width()) != image.original_size {
                     bail!("{} changed since the run started: it is now {}x{}", image.path.display(), l.rgb.width(), l.rgb.height());
                 }
-                Ok(std::borrow::Cow::Owned(preprocess(&l.rgb, self.size, self.center_crop)?))
+                Ok(std::borrow::Cow::Owned(image.geometry.apply(&l.rgb)?))
             }
         }
     }
 
-    /// `pixel_values` of one image: `[3, size, size]` f32 in [-1, 1] on the CPU; the caller
+    /// `pixel_values` of one image: `[3, H, W]` (the resolution square, or its bucket) f32 in [-1, 1] on the CPU; the caller
     /// draws `flip` (see [`flip_from_torch_rand`]).
     pub fn pixels(&self, image_index: usize, flip: bool) -> Result<Tensor> {
         Ok(to_pixels(&*self.resized(image_index)?, flip))
@@ -292,6 +330,88 @@ impl Dataset {
         let each: Vec<Tensor> = items.iter().map(|&(i, f)| self.pixels(self.image_index(i), f)).collect::<Result<_>>()?;
         Ok(Tensor::f_stack(&each, 0)?)
     }
+}
+
+impl Dataset {
+    /// The bucket settings, with `--enable_bucket`.
+    pub fn bucket_config(&self) -> Option<&BucketConfig> {
+        self.buckets.as_ref()
+    }
+
+    /// How image `image_index` becomes a training image: what a mask of it goes through too.
+    pub fn geometry(&self, image_index: usize) -> Option<Geometry> {
+        self.images.get(image_index).map(|i| i.geometry)
+    }
+
+    /// `--random_crop`: each image's crop drawn, in dataset order, from Python's
+    /// `random.Random(seed + 2**32)` as kohya's `random.randint(0, trim)` (width, then height):
+    /// a stream of its own, not the script's. Drawn once per image, so the latents stay
+    /// cacheable (kohya draws again each time an image is loaded and then refuses to cache).
+    pub fn choose_random_crops(&mut self, seed: u64) -> Result<()> {
+        if !self.buckets.as_ref().is_some_and(|b| b.random_crop) {
+            return Ok(());
+        }
+        let mut rng = crate::train::script_rng::Mt19937::python(random_crop_seed(seed));
+        for image in &mut self.images {
+            if let Geometry::Bucket(fit) = image.geometry {
+                image.geometry = Geometry::Bucket(fit.with_random_crop(&mut rng));
+            }
+            if self.resident {
+                let l = load_rgb(&image.path).with_context(|| format!("reading {} again (it changed since the run started?)", image.path.display()))?;
+                image.resized = Some(image.geometry.apply(&l.rgb)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// SDXL's time ids of image `image_index`: `[original h, w, crop top, left, target h, w]`.
+    /// Square: the script's `(0, 0)` crop and the resolution; bucket: kohya's crop coordinates
+    /// (mirrored when `flip`) and the bucket.
+    pub fn time_ids(&self, image_index: usize, flip: bool) -> [i64; 6] {
+        let Some(image) = self.images.get(image_index) else { return [0; 6] };
+        let (oh, ow) = image.original_size;
+        let (oh, ow) = (i64::from(oh), i64::from(ow));
+        match image.geometry {
+            Geometry::Bucket(fit) => {
+                let (top, left) = buckets::sdxl_crop_top_left(fit.bucket, (image.original_size.1, image.original_size.0), flip);
+                [oh, ow, top, left, i64::from(fit.bucket.1), i64::from(fit.bucket.0)]
+            }
+            Geometry::Square { size, .. } => [oh, ow, 0, 0, i64::from(size), i64::from(size)],
+        }
+    }
+
+    /// With buckets: each bucket used and its items (images x repeats, kohya's count), by
+    /// resolution.
+    pub fn bucket_table(&self) -> Option<Vec<((u32, u32), usize)>> {
+        self.buckets.as_ref()?;
+        let fits: Vec<Fit> = self.images.iter().filter_map(|i| if let Geometry::Bucket(f) = i.geometry { Some(f) } else { None }).collect();
+        Some(buckets::bucket_counts(&fits, self.repeats).into_iter().collect())
+    }
+
+    /// With buckets: each image's bucket index into [`Dataset::bucket_table`].
+    pub fn image_buckets(&self) -> Option<Vec<usize>> {
+        let table = self.bucket_table()?;
+        Some(self.images.iter().map(|i| table.iter().position(|(r, _)| *r == i.geometry.size()).unwrap_or(0)).collect())
+    }
+
+    /// `buckets.json`: `{"images": {file name: {"bucket": [w, h], "resized": [w, h]}},
+    /// "buckets": [{"resolution": [w, h], "count": n}]}`.
+    pub fn buckets_json(&self) -> Option<serde_json::Value> {
+        let table = self.bucket_table()?;
+        let mut images = serde_json::Map::new();
+        for i in &self.images {
+            if let Geometry::Bucket(f) = i.geometry {
+                images.insert(file_name(&i.path), serde_json::json!({"bucket": [f.bucket.0, f.bucket.1], "resized": [f.resized.0, f.resized.1]}));
+            }
+        }
+        let buckets: Vec<serde_json::Value> = table.iter().map(|((w, h), n)| serde_json::json!({"resolution": [w, h], "count": n})).collect();
+        Some(serde_json::json!({"images": images, "buckets": buckets}))
+    }
+}
+
+/// The seed of `--random_crop`'s own generator.
+pub fn random_crop_seed(seed: u64) -> u64 {
+    seed.wrapping_add(1 << 32)
 }
 
 fn file_name(p: &Path) -> String {
