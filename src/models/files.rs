@@ -15,7 +15,7 @@ pub struct HubOptions {
     /// Never download (`HF_HUB_OFFLINE=1`).
     pub offline: bool,
     pub token: Option<String>,
-    /// `HF_ENDPOINT`: another Hub (a mirror, an enterprise Hub); default https://huggingface.co.
+    /// `HF_ENDPOINT`: another Hub (a mirror, an enterprise Hub); default `https://huggingface.co`.
     pub endpoint: Option<String>,
 }
 
