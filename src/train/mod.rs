@@ -17,6 +17,8 @@
 pub mod config;
 pub mod dataset;
 pub mod draws;
+pub mod early_stopping;
+pub mod eval_loss;
 pub mod full_pipeline;
 pub mod grad_scaler;
 pub mod latent_cache;
