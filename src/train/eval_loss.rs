@@ -206,7 +206,9 @@ impl Trainer<'_> {
         }
         let mut stop = None;
         if self.ranks.rank() == 0 {
+            let started = std::time::Instant::now();
             let value = ev.loss(&self.model, self.cfg.precision.kind())?;
+            tracing::debug!("eval_loss of {} image(s) took {:.3} s", ev.items.len(), started.elapsed().as_secs_f64());
             ev.history.push((gs, value));
             let values: Vec<f64> = ev.history.iter().map(|h| h.1).collect();
             let ratio = ev.rule.and_then(|r| r.normalized_variance(&values));
