@@ -260,6 +260,27 @@ pub struct TrainArgs {
     /// script's os.listdir order, which depends on the file system): the same on every machine.
     #[arg(long = "sort_images")]
     pub sort_images: bool,
+    /// Every N updates, the loss of a fixed batch (images, captions, noise, timesteps drawn
+    /// once from --eval_seed), logged as eval_loss (DVAR's deterministic objective). 0: off.
+    #[arg(long = "eval_loss_steps", default_value_t = 0)]
+    pub eval_loss_steps: u64,
+    /// Seed of the evaluation batch's draws (its own generator: training draws are unchanged).
+    #[arg(long = "eval_seed", default_value_t = crate::train::eval_loss::DEFAULT_EVAL_SEED)]
+    pub eval_seed: u64,
+    /// Images in the evaluation batch: the dataset's first ones (DVAR's 4; fewer when the
+    /// folder has fewer).
+    #[arg(long = "eval_batch_size", default_value_t = crate::train::eval_loss::DEFAULT_EVAL_BATCH_SIZE)]
+    pub eval_batch_size: usize,
+    /// Stop when Var(last window of eval_loss) / Var(all of it) < threshold (DVAR's rule),
+    /// saving as at the end of a run. Needs --eval_loss_steps.
+    #[arg(long = "early_stopping")]
+    pub early_stopping: bool,
+    /// DVAR's window, in evaluations (its Textual Inversion setting: 310).
+    #[arg(long = "early_stopping_window", default_value_t = crate::train::early_stopping::DEFAULT_WINDOW)]
+    pub early_stopping_window: usize,
+    /// DVAR's threshold on the normalized variance (its Textual Inversion setting: 0.15).
+    #[arg(long = "early_stopping_threshold", default_value_t = crate::train::early_stopping::DEFAULT_THRESHOLD)]
+    pub early_stopping_threshold: f64,
 }
 
 /// The script's rule: `style` means style, anything else object.
@@ -293,6 +314,7 @@ impl TrainArgs {
             captions: self.captions(),
             loss: self.loss(),
             validation: self.validation(),
+            eval_loss: self.eval_loss()?,
         };
         cfg.check()?;
         Ok(cfg)
@@ -427,6 +449,26 @@ impl TrainArgs {
             shuffle_tags: self.shuffle_tags,
             tag_dropout: self.tag_dropout,
         }
+    }
+
+    /// `--eval_loss_steps` and `--early_stopping` (which needs it).
+    fn eval_loss(&self) -> Result<Option<crate::train::eval_loss::EvalLossConfig>> {
+        if self.eval_loss_steps == 0 {
+            if self.early_stopping {
+                bail!("--early_stopping watches the evaluation loss: give --eval_loss_steps N too");
+            }
+            return Ok(None);
+        }
+        if self.eval_batch_size == 0 {
+            bail!("--eval_batch_size must be at least 1");
+        }
+        let rule = crate::train::early_stopping::DvarRule { window: self.early_stopping_window, threshold: self.early_stopping_threshold };
+        Ok(Some(crate::train::eval_loss::EvalLossConfig {
+            every: self.eval_loss_steps,
+            seed: self.eval_seed,
+            batch_size: self.eval_batch_size,
+            early_stopping: self.early_stopping.then_some(rule),
+        }))
     }
 
     fn loss(&self) -> LossConfig {

@@ -47,6 +47,8 @@ pub struct TrainConfig {
     pub captions: CaptionConfig,
     /// The loss and what shapes it (kohya's and diffusers' other scripts' controls).
     pub loss: LossConfig,
+    /// `--eval_loss_steps` (and `--early_stopping`): DVAR's fixed-batch evaluation loss.
+    pub eval_loss: Option<super::eval_loss::EvalLossConfig>,
 }
 
 /// Where the new vectors start.
@@ -323,6 +325,14 @@ impl TrainConfig {
         }
         if !l.noise_offset.is_finite() || l.noise_offset < 0.0 {
             bail!("--noise_offset must be a non-negative number, got {}", l.noise_offset);
+        }
+        if let Some(rule) = self.eval_loss.as_ref().and_then(|e| e.early_stopping) {
+            if rule.window < 2 {
+                bail!("--early_stopping_window must be at least 2 (evaluations whose variance is compared), got {}", rule.window);
+            }
+            if !(rule.threshold > 0.0 && rule.threshold <= 1.0) {
+                bail!("--early_stopping_threshold must be in (0, 1], got {}", rule.threshold);
+            }
         }
         Ok(())
     }

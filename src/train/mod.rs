@@ -18,6 +18,8 @@ pub mod bucket_batches;
 pub mod config;
 pub mod dataset;
 pub mod draws;
+pub mod early_stopping;
+pub mod eval_loss;
 pub mod full_pipeline;
 pub mod grad_scaler;
 pub mod latent_cache;

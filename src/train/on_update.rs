@@ -139,7 +139,9 @@ impl Trainer<'_> {
             state::prune(&out.dir, limit)?;
         }
         let dir = out.dir.join(format!("checkpoint-{}", self.run.position.global_step));
-        state::save(&dir, &self.run.checkpoint()?)?;
+        let mut checkpoint = self.run.checkpoint()?;
+        checkpoint.eval_history = self.eval.as_ref().map(|e| e.history().to_vec()).unwrap_or_default();
+        state::save(&dir, &checkpoint)?;
         tracing::info!("Saved state to {}", dir.display());
         Ok(())
     }

@@ -19,6 +19,9 @@ pub(super) struct Reporting {
     step_times: Vec<Instant>,
     /// The rows this run started from (for `--stats_json`: how far training moved them).
     initial_rows: Vec<Tensor>,
+    /// `--eval_loss_steps`: this update's evaluation loss and DVAR's ratio, logged with the
+    /// micro-step that made the update.
+    pending_eval: Option<(f64, Option<f64>)>,
 }
 
 impl Reporting {
@@ -38,7 +41,7 @@ impl Reporting {
             // The script would still run one more update here (its stop check follows the step).
             tracing::info!("the checkpoint is already at step {global_step} of {max_train_steps}: nothing to train");
         }
-        Ok(Reporting { metrics, bar, losses: Vec::new(), started, step_times: Vec::new(), initial_rows })
+        Ok(Reporting { metrics, bar, losses: Vec::new(), started, step_times: Vec::new(), initial_rows, pending_eval: None })
     }
 
     /// A micro-step's loss, read back now.
@@ -54,11 +57,19 @@ impl Reporting {
 
     /// A finished micro-step's metrics record and progress message.
     pub(super) fn log(&mut self, p: &Position, epoch: u64, loss: f64, lr: f64) -> Result<()> {
+        let eval = self.pending_eval.take();
         if let Some(m) = &mut self.metrics {
-            m.log(p.global_step, p.micro_step, epoch, loss, lr)?;
+            m.log_with_eval(p.global_step, p.micro_step, epoch, loss, lr, eval)?;
         }
         self.bar.set_message(format!("loss={loss:.4} lr={lr:.3e}"));
         Ok(())
+    }
+
+    /// An evaluation loss (and DVAR's normalized variance, once there is a window of them),
+    /// written with the next micro-step record.
+    pub(super) fn eval_loss(&mut self, value: f64, normalized_variance: Option<f64>) {
+        tracing::info!("eval_loss {value:.6}{}", normalized_variance.map(|r| format!(" (normalized variance {r:.4})")).unwrap_or_default());
+        self.pending_eval = Some((value, normalized_variance));
     }
 
     /// Validation images of update `step`, `[n, H, W, 3]` u8.

@@ -121,7 +121,7 @@ impl RunState {
             optimizer.extend(s.state().into_iter().map(|(k, t)| (format!("scaler.{k}"), t)));
         }
         let rows = r.trainable.iter().map(Tensor::detach).collect();
-        Ok(Checkpoint { position: self.position.clone(), rows, optimizer, scheduler: r.lr_sched.state() })
+        Ok(Checkpoint { position: self.position.clone(), rows, optimizer, scheduler: r.lr_sched.state(), eval_history: Vec::new() })
     }
 }
 

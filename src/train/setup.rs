@@ -430,7 +430,10 @@ impl<'c> Trainer<'c> {
         // The script's random stream, from set_seed on: replayed without computing up to the
         // checkpoint when resuming, so a resumed run continues the very same draws.
         let stream = Stream::replay(step_draws(cfg, &model, &data, position.seed, n, ranks), buckets, position.micro_step);
-        Ok(Trainer { cfg, ranks, model, data, run: RunState { position, rows, stream }, plan, report })
+        // `--eval_loss_steps`: the batch fixed now, on rank 0 (which evaluates).
+        let eval =
+            cfg.eval_loss.as_ref().map(|e| super::eval_loss::Evaluator::new(cfg, e, &model, &data, position.global_step, ranks.rank() == 0)).transpose()?;
+        Ok(Trainer { cfg, ranks, model, data, run: RunState { position, rows, stream }, plan, report, eval })
     }
 }
 

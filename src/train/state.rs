@@ -45,6 +45,9 @@ pub struct Checkpoint {
     pub rows: Vec<Tensor>,
     pub optimizer: Vec<(String, Tensor)>,
     pub scheduler: Vec<(String, Tensor)>,
+    /// `--eval_loss_steps`'s `(update, eval_loss)` so far, in `eval_loss.json` (so that early
+    /// stopping continues on resume); none without it.
+    pub eval_history: Vec<(u64, f64)>,
 }
 
 /// `output_dir/checkpoint-N` folders, sorted by N. Names that do not parse are ignored (the
@@ -137,6 +140,9 @@ fn write_folder(tmp: &Path, dir: &Path, c: &Checkpoint) -> Result<()> {
     }
     crate::formats::safetensors_io::save(&tmp.join("training_state.safetensors"), &tensors, None)?;
     crate::formats::atomic::write(&tmp.join("state.json"), serde_json::to_string_pretty(&c.position)?.as_bytes())?;
+    if !c.eval_history.is_empty() {
+        crate::formats::atomic::write(&tmp.join(crate::train::eval_loss::HISTORY_FILE), &crate::train::eval_loss::history_json(&c.eval_history)?)?;
+    }
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("replacing {}", dir.display()))?;
     }
@@ -172,7 +178,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             scheduler.push((k.to_string(), t));
         }
     }
-    Ok(Checkpoint { position, rows, optimizer, scheduler })
+    let eval_history = crate::train::eval_loss::read_history(dir)?;
+    Ok(Checkpoint { position, rows, optimizer, scheduler, eval_history })
 }
 
 #[cfg(test)]
@@ -182,7 +189,13 @@ mod tests {
     fn checkpoint(optimizer: Vec<(String, Tensor)>) -> Checkpoint {
         let position =
             Position { global_step: 3, micro_step: 3, accumulation: 0, seed: 1, placeholder_token: "<t>".into(), num_vectors: 1, world_size: 1, buckets: None };
-        Checkpoint { position, rows: vec![Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu))], optimizer, scheduler: Vec::new() }
+        Checkpoint {
+            position,
+            rows: vec![Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu))],
+            optimizer,
+            scheduler: Vec::new(),
+            eval_history: Vec::new(),
+        }
     }
 
     #[test]

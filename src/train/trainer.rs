@@ -59,6 +59,8 @@ pub(super) struct Trainer<'c> {
     pub(super) plan: Plan,
     /// Metrics, progress bar, losses and timings.
     pub(super) report: Reporting,
+    /// `--eval_loss_steps`: the fixed evaluation batch and its history.
+    pub(super) eval: Option<super::eval_loss::Evaluator>,
 }
 
 impl Trainer<'_> {
@@ -78,6 +80,9 @@ impl Trainer<'_> {
                 next = self.run.stream.fetch(self.plan.num_epochs);
             }
             self.finish_micro_step(&batch, &loss)?;
+            if self.stopped_early() {
+                break;
+            }
         }
         Ok(())
     }
@@ -167,6 +172,8 @@ impl Trainer<'_> {
     fn update(&mut self) -> Result<()> {
         self.run.update(self.cfg.loss.max_grad_norm, self.ranks)?;
         self.report.updated(self.run.position.global_step);
+        // Evaluated first, so that a checkpoint of this update holds its evaluation.
+        self.evaluate()?;
         self.on_update()
     }
 

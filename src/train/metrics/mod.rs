@@ -9,7 +9,7 @@ mod plot;
 mod tensorboard;
 
 pub use grid::{image_grid, Rgb8};
-pub use plot::{loss_plot, smooth};
+pub use plot::{loss_plot, loss_plot_with_eval, smooth};
 pub use tensorboard::{crc32c, masked_crc32c, tfrecord, EventWriter};
 
 use crate::formats::atomic;
@@ -78,6 +78,13 @@ pub struct Record {
     pub elapsed_s: f64,
     /// Micro-steps per second over the last (up to) 20 micro-steps.
     pub it_per_s: f64,
+    /// `--eval_loss_steps`: the fixed batch's loss after this micro-step's update (absent on
+    /// the other lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// `--early_stopping`: DVAR's `Var(last window) / Var(all)` of the evaluation losses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_normalized_var: Option<f64>,
 }
 
 const RATE_WINDOW: usize = 20;
@@ -91,6 +98,8 @@ pub struct Metrics {
     start: Instant,
     recent: VecDeque<Instant>,
     losses: Vec<(u64, f64)>,
+    /// `(micro_step, eval_loss)` for the plot.
+    eval_losses: Vec<(u64, f64)>,
 }
 
 impl Metrics {
@@ -123,7 +132,16 @@ impl Metrics {
             ReportTo::None => None,
         };
         let start = Instant::now();
-        Ok(Self { output_dir: output_dir.to_path_buf(), events, jsonl, jsonl_path, start, recent: VecDeque::from([start]), losses: Vec::new() })
+        Ok(Self {
+            output_dir: output_dir.to_path_buf(),
+            events,
+            jsonl,
+            jsonl_path,
+            start,
+            recent: VecDeque::from([start]),
+            losses: Vec::new(),
+            eval_losses: Vec::new(),
+        })
     }
 
     /// The TensorBoard event file, if `--report_to tensorboard`.
@@ -133,6 +151,12 @@ impl Metrics {
 
     /// Logs one micro-step: `loss` and `lr` at `step` to TensorBoard, a line to `metrics.jsonl`.
     pub fn log(&mut self, step: u64, micro_step: u64, epoch: u64, loss: f64, lr: f64) -> Result<()> {
+        self.log_with_eval(step, micro_step, epoch, loss, lr, None)
+    }
+
+    /// [`Self::log`] with `--eval_loss_steps`' evaluation loss and DVAR's normalized variance
+    /// (`eval_loss` and `eval_normalized_var` in both streams).
+    pub fn log_with_eval(&mut self, step: u64, micro_step: u64, epoch: u64, loss: f64, lr: f64, eval: Option<(f64, Option<f64>)>) -> Result<()> {
         let now = Instant::now();
         self.recent.push_back(now);
         if self.recent.len() > RATE_WINDOW + 1 {
@@ -148,6 +172,8 @@ impl Metrics {
             lr: lr.is_finite().then_some(lr),
             elapsed_s: now.duration_since(self.start).as_secs_f64(),
             it_per_s,
+            eval_loss: eval.map(|e| e.0).filter(|v| v.is_finite()),
+            eval_normalized_var: eval.and_then(|e| e.1).filter(|v| v.is_finite()),
         };
         let mut line = serde_json::to_vec(&record)?;
         line.push(b'\n');
@@ -156,6 +182,15 @@ impl Metrics {
             let t = now_secs();
             ev.add_scalar("loss", loss as f32, step, t)?;
             ev.add_scalar("lr", lr as f32, step, t)?;
+            if let Some((value, ratio)) = eval {
+                ev.add_scalar("eval_loss", value as f32, step, t)?;
+                if let Some(r) = ratio {
+                    ev.add_scalar("eval_normalized_var", r as f32, step, t)?;
+                }
+            }
+        }
+        if let Some((value, _)) = eval.filter(|e| e.0.is_finite()) {
+            self.eval_losses.push((micro_step, value));
         }
         if loss.is_finite() {
             self.losses.push((micro_step, loss));
@@ -184,7 +219,7 @@ impl Metrics {
     /// Writes `output_dir/loss.png` (atomically) from this run's losses.
     pub fn finish(&mut self) -> Result<()> {
         let path = self.output_dir.join(LOSS_PNG);
-        let png = loss_plot(&self.losses, LOSS_PNG_SIZE.0, LOSS_PNG_SIZE.1).to_png()?;
+        let png = loss_plot_with_eval(&self.losses, &self.eval_losses, LOSS_PNG_SIZE.0, LOSS_PNG_SIZE.1).to_png()?;
         atomic::write(&path, &png).with_context(|| format!("writing {}", path.display()))
     }
 }

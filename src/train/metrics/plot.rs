@@ -105,6 +105,13 @@ fn ticks(lo: f64, hi: f64, target: f64) -> (Vec<f64>, usize) {
 /// Loss per micro-step (light blue) and its smoothed curve (dark blue), with a title, axis
 /// labels, tick labels and a legend.
 pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
+    loss_plot_with_eval(points, &[], width, height)
+}
+
+/// [`loss_plot`] with `--eval_loss_steps`' evaluation losses (orange, marked), at the
+/// micro-step of their update, on the same axes.
+pub fn loss_plot_with_eval(points: &[(u64, f64)], eval: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
+    const EVAL: [u8; 3] = [230, 110, 20];
     const WHITE: [u8; 3] = [255, 255, 255];
     const GRID: [u8; 3] = [230, 230, 230];
     const AXIS: [u8; 3] = [90, 90, 90];
@@ -114,9 +121,11 @@ pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
     let mut cv = Canvas { w, h, data: WHITE.repeat((w * h) as usize) };
 
     let points: Vec<(f64, f64)> = points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (x as f64, y)).collect();
-    let (mut x_lo, mut x_hi) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y_lo, mut y_hi) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    if points.is_empty() {
+    let eval: Vec<(f64, f64)> = eval.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (x as f64, y)).collect();
+    let all: Vec<(f64, f64)> = points.iter().chain(&eval).copied().collect();
+    let (mut x_lo, mut x_hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut y_lo, mut y_hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    if all.is_empty() {
         (x_lo, x_hi, y_lo, y_hi) = (0.0, 1.0, 0.0, 1.0);
     }
     if x_hi <= x_lo {
@@ -176,8 +185,20 @@ pub fn loss_plot(points: &[(u64, f64)], width: u32, height: u32) -> Rgb8 {
         cv.line(seg[0], seg[1], EMA);
         cv.line((seg[0].0, seg[0].1 + 1), (seg[1].0, seg[1].1 + 1), EMA);
     }
+    let marks: Vec<(i64, i64)> = eval.iter().map(|&(x, y)| (px(x), py(y))).collect();
+    for seg in marks.windows(2) {
+        cv.line(seg[0], seg[1], EVAL);
+    }
+    for &(x, y) in &marks {
+        for d in 0..9 {
+            cv.put(x + d % 3 - 1, y + d / 3 - 1, EVAL);
+        }
+    }
     // Legend, top right inside the plot.
-    let entries = [("each micro-step", RAW), ("smoothed (EMA)", EMA)];
+    let mut entries = vec![("each micro-step", RAW), ("smoothed (EMA)", EMA)];
+    if !eval.is_empty() {
+        entries.push(("eval_loss (fixed batch)", EVAL));
+    }
     let legend_w = entries.iter().map(|(t, _)| text_width(t, 1)).max().unwrap_or(0) + 30;
     let lx = right - legend_w - 6;
     let (bx0, by0, bx1, by1) = (lx - 6, top + 2, right - 2, top + 10 + entries.len() as i64 * (CHAR_H + 6));
