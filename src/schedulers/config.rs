@@ -421,6 +421,14 @@ pub(crate) const DDPM: ClassInfo = ClassInfo {
     samples: false,
 };
 
+pub(crate) const UNIPC: ClassInfo = ClassInfo {
+    name: "UniPCMultistepScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: true,
+    samples: true,
+};
 /// DDPM as a sampler (a model whose own scheduler is DDPMScheduler): its spacing is checked.
 pub(crate) const DDPM_SAMPLING: ClassInfo = ClassInfo { samples: true, ..DDPM };
 

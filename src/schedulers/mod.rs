@@ -35,6 +35,7 @@ pub mod euler;
 pub mod euler_ancestral;
 pub mod pndm;
 pub(crate) mod schedule;
+pub mod unipc;
 
 use anyhow::{bail, Result};
 use std::fmt;
@@ -82,6 +83,7 @@ pub enum SchedulerKind {
     EulerAncestral,
     DpmSolverMultistep,
     DpmSolverMultistepKarras,
+    UniPc,
 }
 
 /// Per kind: our name, then other names (A1111's sampler names, ComfyUI's, older spellings)
@@ -95,6 +97,7 @@ const NAMES: &[(SchedulerKind, &str, &[&str])] = &[
     (SchedulerKind::EulerAncestral, "euler-ancestral", &["Euler a", "euler_ancestral"]),
     (SchedulerKind::DpmSolverMultistep, "dpm++2m", &["DPM++ 2M", "dpmsolver++", "dpm-solver++", "dpm++", "dpmpp_2m"]),
     (SchedulerKind::DpmSolverMultistepKarras, "dpm++2m-karras", &["DPM++ 2M Karras", "dpmpp_2m_karras"]),
+    (SchedulerKind::UniPc, "unipc", &["UniPC", "uni_pc_bh2"]),
 ];
 
 fn name_key(s: &str) -> String {
@@ -102,7 +105,7 @@ fn name_key(s: &str) -> String {
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 8] = [
+    pub const ALL: [SchedulerKind; 9] = [
         SchedulerKind::Pndm,
         SchedulerKind::Ddim,
         SchedulerKind::Ddpm,
@@ -111,6 +114,7 @@ impl SchedulerKind {
         SchedulerKind::EulerAncestral,
         SchedulerKind::DpmSolverMultistep,
         SchedulerKind::DpmSolverMultistepKarras,
+        SchedulerKind::UniPc,
     ];
 
     pub fn class_name(self) -> &'static str {
@@ -121,6 +125,7 @@ impl SchedulerKind {
             SchedulerKind::Euler | SchedulerKind::EulerKarras => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => "DPMSolverMultistepScheduler",
+            SchedulerKind::UniPc => "UniPCMultistepScheduler",
         }
     }
 
@@ -207,6 +212,7 @@ pub fn build(kind: SchedulerKind, config: &SchedulerConfig) -> Result<Box<dyn Sc
         SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
             Box::new(dpm_solver_multistep::DpmSolverMultistepScheduler::new(config)?.with_kind(kind))
         }
+        SchedulerKind::UniPc => Box::new(unipc::UniPcScheduler::new(config)?),
     })
 }
 
