@@ -429,6 +429,14 @@ pub(crate) const UNIPC: ClassInfo = ClassInfo {
     has_rescale: true,
     samples: true,
 };
+pub(crate) const HEUN: ClassInfo = ClassInfo {
+    name: "HeunDiscreteScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: false,
+    samples: true,
+};
 /// DDPM as a sampler (a model whose own scheduler is DDPMScheduler): its spacing is checked.
 pub(crate) const DDPM_SAMPLING: ClassInfo = ClassInfo { samples: true, ..DDPM };
 

@@ -33,6 +33,7 @@ pub mod ddpm_sampler;
 pub mod dpm_solver_multistep;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod heun;
 pub mod pndm;
 pub(crate) mod schedule;
 pub mod unipc;
@@ -84,6 +85,8 @@ pub enum SchedulerKind {
     DpmSolverMultistep,
     DpmSolverMultistepKarras,
     UniPc,
+    Heun,
+    HeunKarras,
 }
 
 /// Per kind: our name, then other names (A1111's sampler names, ComfyUI's, older spellings)
@@ -98,6 +101,8 @@ const NAMES: &[(SchedulerKind, &str, &[&str])] = &[
     (SchedulerKind::DpmSolverMultistep, "dpm++2m", &["DPM++ 2M", "dpmsolver++", "dpm-solver++", "dpm++", "dpmpp_2m"]),
     (SchedulerKind::DpmSolverMultistepKarras, "dpm++2m-karras", &["DPM++ 2M Karras", "dpmpp_2m_karras"]),
     (SchedulerKind::UniPc, "unipc", &["UniPC", "uni_pc_bh2"]),
+    (SchedulerKind::Heun, "heun", &["Heun"]),
+    (SchedulerKind::HeunKarras, "heun-karras", &["Heun Karras"]),
 ];
 
 fn name_key(s: &str) -> String {
@@ -105,7 +110,7 @@ fn name_key(s: &str) -> String {
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 9] = [
+    pub const ALL: [SchedulerKind; 11] = [
         SchedulerKind::Pndm,
         SchedulerKind::Ddim,
         SchedulerKind::Ddpm,
@@ -115,6 +120,8 @@ impl SchedulerKind {
         SchedulerKind::DpmSolverMultistep,
         SchedulerKind::DpmSolverMultistepKarras,
         SchedulerKind::UniPc,
+        SchedulerKind::Heun,
+        SchedulerKind::HeunKarras,
     ];
 
     pub fn class_name(self) -> &'static str {
@@ -126,12 +133,13 @@ impl SchedulerKind {
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => "DPMSolverMultistepScheduler",
             SchedulerKind::UniPc => "UniPCMultistepScheduler",
+            SchedulerKind::Heun | SchedulerKind::HeunKarras => "HeunDiscreteScheduler",
         }
     }
 
     /// Whether this kind forces `use_karras_sigmas` on, whatever the config says.
     pub fn karras(self) -> bool {
-        matches!(self, SchedulerKind::EulerKarras | SchedulerKind::DpmSolverMultistepKarras)
+        matches!(self, SchedulerKind::EulerKarras | SchedulerKind::DpmSolverMultistepKarras | SchedulerKind::HeunKarras)
     }
 
     /// The command-line name.
@@ -213,6 +221,7 @@ pub fn build(kind: SchedulerKind, config: &SchedulerConfig) -> Result<Box<dyn Sc
             Box::new(dpm_solver_multistep::DpmSolverMultistepScheduler::new(config)?.with_kind(kind))
         }
         SchedulerKind::UniPc => Box::new(unipc::UniPcScheduler::new(config)?),
+        SchedulerKind::Heun | SchedulerKind::HeunKarras => Box::new(heun::HeunScheduler::new(config)?.with_kind(kind)),
     })
 }
 
