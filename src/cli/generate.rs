@@ -89,8 +89,9 @@ pub struct GenerateArgs {
     /// Use the hidden state this many layers before the last.
     #[arg(long = "clip_skip")]
     pub clip_skip: Option<usize>,
-    /// Scheduler instead of the model's own: pndm, ddim, euler, euler-ancestral, dpm++2m.
-    #[arg(long)]
+    /// Sampler instead of the model's own, by our name, an A1111 name ("DPM++ 2M Karras", "Euler
+    /// a") or a diffusers class name, case-insensitive.
+    #[arg(long, long_help = scheduler_help())]
     pub scheduler: Option<SchedulerKind>,
     /// cpu, cuda, cuda:N, mps.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
@@ -248,4 +249,13 @@ fn jobs_hash(jobs: &[crate::pipeline::prompt_file::Job]) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     format!("{jobs:?}").hash(&mut h);
     h.finish()
+}
+
+/// `--scheduler`'s long help: every name it accepts.
+fn scheduler_help() -> String {
+    format!(
+        "Sampler instead of the model's own, by our name, an A1111 name or a diffusers class name, case-insensitive \
+         (spaces, - and _ do not count):\n{}",
+        SchedulerKind::help_listing()
+    )
 }

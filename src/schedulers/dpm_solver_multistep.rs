@@ -21,6 +21,8 @@ enum SolverType {
 }
 
 pub struct DpmSolverMultistepScheduler {
+    /// The plain or the Karras kind (the sigmas come from the config either way).
+    kind: SchedulerKind,
     train: i64,
     spacing: TimestepSpacing,
     steps_offset: i64,
@@ -60,6 +62,11 @@ fn lambda(alpha: f32, sigma: f32) -> f32 {
 }
 
 impl DpmSolverMultistepScheduler {
+    /// Reports itself as `kind` (the `-karras` name it was built for).
+    pub(crate) fn with_kind(self, kind: SchedulerKind) -> Self {
+        Self { kind, ..self }
+    }
+
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&DPM)?;
         config.reject_thresholding(NAME)?;
@@ -138,6 +145,7 @@ impl DpmSolverMultistepScheduler {
             bail!("lambda_min_clipped {clip} leaves no timesteps");
         }
         Ok(DpmSolverMultistepScheduler {
+            kind: SchedulerKind::DpmSolverMultistep,
             train: c.num_train_timesteps,
             spacing: c.timestep_spacing,
             steps_offset: c.steps_offset,
@@ -257,7 +265,7 @@ impl DpmSolverMultistepScheduler {
 
 impl Scheduler for DpmSolverMultistepScheduler {
     fn kind(&self) -> SchedulerKind {
-        SchedulerKind::DpmSolverMultistep
+        self.kind
     }
 
     fn set_timesteps(&mut self, n: usize) -> Result<()> {

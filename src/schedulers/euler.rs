@@ -9,6 +9,8 @@ use anyhow::{anyhow, Result};
 use tch::{Device, Kind, Tensor};
 
 pub struct EulerDiscreteScheduler {
+    /// The plain or the Karras kind (the sigmas come from the config either way).
+    kind: SchedulerKind,
     train: i64,
     spacing: TimestepSpacing,
     steps_offset: i64,
@@ -29,6 +31,11 @@ pub struct EulerDiscreteScheduler {
 }
 
 impl EulerDiscreteScheduler {
+    /// Reports itself as `kind` (the `-karras` name it was built for).
+    pub(crate) fn with_kind(self, kind: SchedulerKind) -> Self {
+        Self { kind, ..self }
+    }
+
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&EULER)?;
         config.reject_other_sigmas(EULER.name, &[])?;
@@ -57,6 +64,7 @@ impl EulerDiscreteScheduler {
         }
         let schedule = TrainSchedule::new(&c, true)?;
         Ok(EulerDiscreteScheduler {
+            kind: SchedulerKind::Euler,
             train: c.num_train_timesteps,
             spacing: c.timestep_spacing,
             steps_offset: c.steps_offset,
@@ -86,7 +94,7 @@ impl EulerDiscreteScheduler {
 
 impl Scheduler for EulerDiscreteScheduler {
     fn kind(&self) -> SchedulerKind {
-        SchedulerKind::Euler
+        self.kind
     }
 
     fn set_timesteps(&mut self, n: usize) -> Result<()> {

@@ -19,7 +19,7 @@
 //! Loop over [`Scheduler::timesteps`], not `0..steps`: PNDM has one timestep more than steps (its
 //! PLMS warm-up repeats one), and its Runge-Kutta mode many more.
 //!
-//! Randomness (Euler ancestral, SDE DPM-Solver++): diffusers draws with
+//! Randomness (Euler ancestral, DDPM, SDE DPM-Solver++): diffusers draws with
 //! `randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(S))`, on the CPU, then moves
 //! the noise to the device. tch has no generator objects, but libtorch's global CPU generator
 //! after `tch::manual_seed(S)` is the same mt19937 in the same state, so drawing from it in the
@@ -29,11 +29,14 @@
 pub mod config;
 pub mod ddim;
 pub mod ddpm;
+pub mod ddpm_sampler;
 pub mod dpm_solver_multistep;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod heun;
 pub mod pndm;
 pub(crate) mod schedule;
+pub mod unipc;
 
 use anyhow::{bail, Result};
 use std::fmt;
@@ -69,71 +72,125 @@ pub trait Scheduler: Send {
     fn prediction_type(&self) -> PredictionType;
 }
 
-/// The inference schedulers, by diffusers class.
+/// The inference samplers: a diffusers class, with Karras sigmas forced on for the `-karras`
+/// ones (diffusers' `Class.from_config(config, use_karras_sigmas=True)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerKind {
     Pndm,
     Ddim,
+    Ddpm,
     Euler,
+    EulerKarras,
     EulerAncestral,
     DpmSolverMultistep,
+    DpmSolverMultistepKarras,
+    UniPc,
+    Heun,
+    HeunKarras,
+}
+
+/// Per kind: our name, then other names (A1111's sampler names, ComfyUI's, older spellings)
+/// that `--scheduler` accepts. Names compare after lowercasing and dropping spaces, `-` and `_`.
+const NAMES: &[(SchedulerKind, &str, &[&str])] = &[
+    (SchedulerKind::Pndm, "pndm", &["PLMS"]),
+    (SchedulerKind::Ddim, "ddim", &["DDIM"]),
+    (SchedulerKind::Ddpm, "ddpm", &["DDPM"]),
+    (SchedulerKind::Euler, "euler", &["Euler"]),
+    (SchedulerKind::EulerKarras, "euler-karras", &["Euler Karras"]),
+    (SchedulerKind::EulerAncestral, "euler-ancestral", &["Euler a", "euler_ancestral"]),
+    (SchedulerKind::DpmSolverMultistep, "dpm++2m", &["DPM++ 2M", "dpmsolver++", "dpm-solver++", "dpm++", "dpmpp_2m"]),
+    (SchedulerKind::DpmSolverMultistepKarras, "dpm++2m-karras", &["DPM++ 2M Karras", "dpmpp_2m_karras"]),
+    (SchedulerKind::UniPc, "unipc", &["UniPC", "uni_pc_bh2"]),
+    (SchedulerKind::Heun, "heun", &["Heun"]),
+    (SchedulerKind::HeunKarras, "heun-karras", &["Heun Karras"]),
+];
+
+fn name_key(s: &str) -> String {
+    s.trim().chars().filter(|c| !matches!(c, ' ' | '-' | '_')).flat_map(char::to_lowercase).collect()
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 5] =
-        [SchedulerKind::Pndm, SchedulerKind::Ddim, SchedulerKind::Euler, SchedulerKind::EulerAncestral, SchedulerKind::DpmSolverMultistep];
+    pub const ALL: [SchedulerKind; 11] = [
+        SchedulerKind::Pndm,
+        SchedulerKind::Ddim,
+        SchedulerKind::Ddpm,
+        SchedulerKind::Euler,
+        SchedulerKind::EulerKarras,
+        SchedulerKind::EulerAncestral,
+        SchedulerKind::DpmSolverMultistep,
+        SchedulerKind::DpmSolverMultistepKarras,
+        SchedulerKind::UniPc,
+        SchedulerKind::Heun,
+        SchedulerKind::HeunKarras,
+    ];
 
     pub fn class_name(self) -> &'static str {
         match self {
             SchedulerKind::Pndm => "PNDMScheduler",
             SchedulerKind::Ddim => "DDIMScheduler",
-            SchedulerKind::Euler => "EulerDiscreteScheduler",
+            SchedulerKind::Ddpm => "DDPMScheduler",
+            SchedulerKind::Euler | SchedulerKind::EulerKarras => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
-            SchedulerKind::DpmSolverMultistep => "DPMSolverMultistepScheduler",
+            SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => "DPMSolverMultistepScheduler",
+            SchedulerKind::UniPc => "UniPCMultistepScheduler",
+            SchedulerKind::Heun | SchedulerKind::HeunKarras => "HeunDiscreteScheduler",
         }
+    }
+
+    /// Whether this kind forces `use_karras_sigmas` on, whatever the config says.
+    pub fn karras(self) -> bool {
+        matches!(self, SchedulerKind::EulerKarras | SchedulerKind::DpmSolverMultistepKarras | SchedulerKind::HeunKarras)
     }
 
     /// The command-line name.
     pub fn cli_name(self) -> &'static str {
-        match self {
-            SchedulerKind::Pndm => "pndm",
-            SchedulerKind::Ddim => "ddim",
-            SchedulerKind::Euler => "euler",
-            SchedulerKind::EulerAncestral => "euler-ancestral",
-            SchedulerKind::DpmSolverMultistep => "dpm++2m",
-        }
+        NAMES.iter().find(|(k, _, _)| *k == self).map_or("", |(_, name, _)| name)
     }
 
-    /// From a config's `_class_name`.
+    /// The other names `--scheduler` accepts for this kind.
+    pub fn aliases(self) -> &'static [&'static str] {
+        NAMES.iter().find(|(k, _, _)| *k == self).map_or(&[], |(_, _, aliases)| aliases)
+    }
+
+    /// From a config's `_class_name` (the plain kind: Karras sigmas then come from the config).
     pub fn from_class_name(name: &str) -> Result<Self> {
-        match Self::ALL.into_iter().find(|k| k.class_name() == name) {
+        match Self::ALL.into_iter().find(|k| !k.karras() && k.class_name() == name) {
             Some(k) => Ok(k),
             None => bail!(
                 "scheduler class {name:?} is not supported (supported: {}); choose one of {} instead",
-                Self::ALL.map(|k| k.class_name()).join(", "),
+                Self::ALL.into_iter().filter(|k| !k.karras()).map(|k| k.class_name()).collect::<Vec<_>>().join(", "),
                 Self::ALL.map(|k| k.cli_name()).join(", ")
             ),
         }
+    }
+
+    /// Every accepted name, one line per kind, for `--help`.
+    pub fn help_listing() -> String {
+        let lines: Vec<String> = Self::ALL
+            .into_iter()
+            .map(|k| {
+                let karras = if k.karras() { ", use_karras_sigmas" } else { "" };
+                format!("{} ({}{karras}; also: {})", k.cli_name(), k.class_name(), k.aliases().join(", "))
+            })
+            .collect();
+        lines.join("\n")
     }
 }
 
 impl FromStr for SchedulerKind {
     type Err = anyhow::Error;
-    /// A command-line name (`pndm`, `ddim`, `euler`, `euler-ancestral`/`euler_a`,
-    /// `dpm++2m`/`dpmsolver++`/`dpm-solver++`), case-insensitive, or a class name.
+    /// One of [`NAMES`] (ours or an alias), or a class name, case-insensitive; spaces, `-` and
+    /// `_` do not count, so "DPM++ 2M Karras" is `dpm++2m-karras`.
     fn from_str(s: &str) -> Result<Self> {
-        let lower = s.trim().to_ascii_lowercase().replace('_', "-");
-        Ok(match lower.as_str() {
-            "pndm" | "plms" => SchedulerKind::Pndm,
-            "ddim" => SchedulerKind::Ddim,
-            "euler" => SchedulerKind::Euler,
-            "euler-ancestral" | "euler-a" => SchedulerKind::EulerAncestral,
-            "dpm++2m" | "dpmsolver++" | "dpm-solver++" | "dpm++" | "dpmpp-2m" | "dpmpp2m" => SchedulerKind::DpmSolverMultistep,
-            _ => match Self::ALL.into_iter().find(|k| k.class_name().eq_ignore_ascii_case(s.trim())) {
-                Some(k) => k,
-                None => bail!("unknown scheduler {s:?} (choose pndm, ddim, euler, euler-ancestral (euler_a), dpm++2m (dpmsolver++, dpm-solver++))"),
-            },
-        })
+        let key = name_key(s);
+        let by_name = NAMES.iter().find(|(_, name, aliases)| name_key(name) == key || aliases.iter().any(|a| name_key(a) == key));
+        if let Some((k, _, _)) = by_name {
+            return Ok(*k);
+        }
+        match Self::ALL.into_iter().find(|k| !k.karras() && k.class_name().eq_ignore_ascii_case(s.trim())) {
+            Some(k) => Ok(k),
+            None => bail!("unknown scheduler {s:?} (choose one of {})", Self::ALL.map(|k| k.cli_name()).join(", ")),
+        }
     }
 }
 
@@ -144,14 +201,27 @@ impl fmt::Display for SchedulerKind {
 }
 
 /// `kind` built from `config`, like diffusers' `Kind.from_config(config)`: the config's values
-/// for the fields `kind` has, `kind`'s defaults for the rest.
+/// for the fields `kind` has, `kind`'s defaults for the rest (and `use_karras_sigmas=True` for
+/// the Karras kinds).
 pub fn build(kind: SchedulerKind, config: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+    let karras;
+    let config = if kind.karras() {
+        karras = SchedulerConfig { use_karras_sigmas: Some(true), ..config.clone() };
+        &karras
+    } else {
+        config
+    };
     Ok(match kind {
         SchedulerKind::Pndm => Box::new(pndm::PndmScheduler::new(config)?),
         SchedulerKind::Ddim => Box::new(ddim::DdimScheduler::new(config)?),
-        SchedulerKind::Euler => Box::new(euler::EulerDiscreteScheduler::new(config)?),
+        SchedulerKind::Ddpm => Box::new(ddpm_sampler::DdpmSampler::new(config)?),
+        SchedulerKind::Euler | SchedulerKind::EulerKarras => Box::new(euler::EulerDiscreteScheduler::new(config)?.with_kind(kind)),
         SchedulerKind::EulerAncestral => Box::new(euler_ancestral::EulerAncestralDiscreteScheduler::new(config)?),
-        SchedulerKind::DpmSolverMultistep => Box::new(dpm_solver_multistep::DpmSolverMultistepScheduler::new(config)?),
+        SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
+            Box::new(dpm_solver_multistep::DpmSolverMultistepScheduler::new(config)?.with_kind(kind))
+        }
+        SchedulerKind::UniPc => Box::new(unipc::UniPcScheduler::new(config)?),
+        SchedulerKind::Heun | SchedulerKind::HeunKarras => Box::new(heun::HeunScheduler::new(config)?.with_kind(kind)),
     })
 }
 
