@@ -24,10 +24,11 @@ pub struct EvaluateArgs {
     /// The images to compare with: usually the training images (--train_data_dir).
     #[arg(long = "reference_dir")]
     pub reference_dir: PathBuf,
-    /// The images to score (e.g. generated with the learned token).
+    /// The images to score (e.g. generated with the learned token). Required without --run.
     #[arg(long, required_unless_present = "run", conflicts_with = "run")]
     pub images: Option<PathBuf>,
     /// The text to score the images against (e.g. the prompt without the learned token).
+    /// Required without --run.
     #[arg(long, required_unless_present = "run", conflicts_with = "run")]
     pub text: Option<String>,
     /// Also write the scores as JSON to this file (replaced atomically).
@@ -82,11 +83,13 @@ pub struct RunArgs {
     /// With --run: the first seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// With --run: denoising steps per image.
     #[arg(long = "num_inference_steps", default_value_t = 50)]
     pub steps: usize,
     /// With --run: classifier-free guidance (default the pipeline's, 7.5).
     #[arg(long = "guidance_scale")]
     pub guidance_scale: Option<f64>,
+    /// With --run: the negative prompt of every image.
     #[arg(long = "negative_prompt")]
     pub negative_prompt: Option<String>,
     /// With --run: image height (default the model's).
