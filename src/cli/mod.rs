@@ -38,7 +38,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Write a single-file (original layout) checkpoint as a diffusers model folder.
     ConvertModel(convert_model::ConvertModelArgs),
-    /// Score images with CLIP: similarity to reference images and to a text.
+    /// Score images with CLIP: similarity to reference images and to a text; with --run, every
+    /// saved step of a training run, and pick the best.
     Evaluate(evaluate::EvaluateArgs),
 }
 

@@ -10,6 +10,7 @@ mod tensorboard;
 
 pub use grid::{image_grid, Rgb8};
 pub use plot::{loss_plot, loss_plot_with_eval, smooth};
+pub(crate) use plot::{text_width, ticks, Canvas, CHAR_H, CHAR_W};
 pub use tensorboard::{crc32c, masked_crc32c, tfrecord, EventWriter};
 
 use crate::formats::atomic;

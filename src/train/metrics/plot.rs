@@ -17,24 +17,25 @@ pub fn smooth(values: &[f64]) -> Vec<f64> {
 }
 
 /// Text is drawn with font8x8's public-domain 8x8 glyphs (bit 0 is the leftmost pixel).
-const CHAR_W: i64 = 8;
-const CHAR_H: i64 = 8;
+pub(crate) const CHAR_W: i64 = 8;
+pub(crate) const CHAR_H: i64 = 8;
 
-struct Canvas {
-    w: i64,
-    h: i64,
-    data: Vec<u8>,
+/// An RGB canvas to draw plots on (also `eval.png`'s).
+pub(crate) struct Canvas {
+    pub(crate) w: i64,
+    pub(crate) h: i64,
+    pub(crate) data: Vec<u8>,
 }
 
 impl Canvas {
-    fn put(&mut self, x: i64, y: i64, c: [u8; 3]) {
+    pub(crate) fn put(&mut self, x: i64, y: i64, c: [u8; 3]) {
         if (0..self.w).contains(&x) && (0..self.h).contains(&y) {
             let i = ((y * self.w + x) * 3) as usize;
             self.data[i..i + 3].copy_from_slice(&c);
         }
     }
 
-    fn line(&mut self, (mut x0, mut y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
+    pub(crate) fn line(&mut self, (mut x0, mut y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
         let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
         let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
         let mut err = dx + dy;
@@ -56,7 +57,7 @@ impl Canvas {
     }
 
     /// `s` with its top-left corner at (x, y), each font pixel `scale` x `scale`.
-    fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3], scale: i64) {
+    pub(crate) fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3], scale: i64) {
         use font8x8::UnicodeFonts;
         for (i, ch) in s.chars().enumerate() {
             let Some(rows) = font8x8::BASIC_FONTS.get(ch) else { continue };
@@ -74,12 +75,12 @@ impl Canvas {
     }
 }
 
-fn text_width(s: &str, scale: i64) -> i64 {
+pub(crate) fn text_width(s: &str, scale: i64) -> i64 {
     s.chars().count() as i64 * CHAR_W * scale
 }
 
 /// "Nice" ticks (1, 2 or 5 times a power of ten) in `[lo, hi]`, and the decimals to print.
-fn ticks(lo: f64, hi: f64, target: f64) -> (Vec<f64>, usize) {
+pub(crate) fn ticks(lo: f64, hi: f64, target: f64) -> (Vec<f64>, usize) {
     let raw = (hi - lo) / target;
     if !(raw > 0.0 && raw.is_finite()) {
         return (vec![lo], 0);
