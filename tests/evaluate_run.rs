@@ -26,11 +26,14 @@ fn ok(out: Output, what: &str) -> Output {
     out
 }
 
-/// One tiny training run shared by the tests (in a temporary folder kept for the process).
+/// One tiny training run shared by the tests, in cargo's scratch folder for integration tests
+/// (made afresh by each test process, so nothing is left in the system's temporary folder).
 fn run_dir() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("evaluate_run");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let run = dir.join("run");
         let (model, data) = (fixtures().join("tiny-sd"), fixtures().join("dataset/images"));
         let args = [
