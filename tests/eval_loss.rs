@@ -8,7 +8,7 @@ use std::process::Command;
 use textual_inversion::train::early_stopping::DvarRule;
 
 mod common;
-use common::{fixtures, repo};
+use common::{fixtures, ok, repo};
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -28,11 +28,6 @@ fn train(out: &Path, extra: &[&str]) -> std::process::Output {
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn ok(o: std::process::Output) -> std::process::Output {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o
 }
 
 /// Each metrics.jsonl line.

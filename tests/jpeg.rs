@@ -5,6 +5,8 @@
 //!
 //! Tolerance: none. Every pixel of every file equals Pillow's (max difference 0, asserted), and
 //! every file Pillow refuses is an error here too, never a panic or an abort.
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::Tensor;
@@ -43,10 +45,7 @@ fn every_form_decodes_to_pillows_exact_pixels() {
         assert_eq!(got.rgb.dimensions(), (w, h), "{name}");
         assert_eq!(got.source_mode, want["mode"].as_str().unwrap(), "{name}");
         let reference = bytes_of(&pillow[name.as_str()]);
-        let diff = got.rgb.as_raw().iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-        let differing = got.rgb.as_raw().iter().zip(&reference).filter(|(a, b)| a != b).count();
-        println!("{name} ({}, {w}x{h}): max difference {diff}, {differing} samples differ", want["form"].as_str().unwrap());
-        assert_eq!(diff, 0, "{name}: {differing} samples differ from Pillow's");
+        common::assert_pillow_pixels(name, want["form"].as_str().unwrap(), (w, h), got.rgb.as_raw(), &reference);
         checked += 1;
     }
     assert!(checked >= 20, "{checked} files");

@@ -9,7 +9,7 @@
 //! and gradient; masks after crop and resize exactly Pillow's bytes; the model step as
 //! tests/train_replay.rs (loss 1e-5, gradient 1e-4).
 mod common;
-use common::repo;
+use common::{ok, repo};
 use image::{GrayImage, Rgba, RgbaImage};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -220,11 +220,6 @@ fn train_on(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::proce
         .args(extra)
         .output()
         .unwrap()
-}
-
-fn ok(o: std::process::Output) -> std::process::Output {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o
 }
 
 fn failed(o: std::process::Output) -> String {

@@ -12,7 +12,7 @@
 //!   holding both encoders' rows and an exact resume, a short last batch (the script's
 //!   IndexError), validation through the SDXL pipeline.
 mod common;
-use common::{embedding_rows, fixtures, folder_listing, repo};
+use common::{embedding_rows, fixtures, folder_listing, ok, repo};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -220,11 +220,6 @@ fn train(out: &Path, extra: &[&str]) -> std::process::Output {
     }
     c.args(["--resolution", "64", "--num_vectors", "2", "--learning_rate", "5e-3", "--repeats", "1", "--report_to", "none", "--seed", "3"]);
     c.arg("--output_dir").arg(out).args(extra).output().unwrap()
-}
-
-fn ok(o: std::process::Output) -> std::process::Output {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o
 }
 
 #[test]

@@ -244,3 +244,18 @@ pub fn train_ranks_like_the_script(name: &str, args: &[String], world: usize, ou
     assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
     format!("{world} ranks, {}", compare_with_script(name, out, logged, fixture, saved))
 }
+
+/// A command's output, asserting it succeeded (its stderr is the failure message).
+pub fn ok(o: std::process::Output) -> std::process::Output {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// Asserts that decoded 8-bit samples equal Pillow's, printing how far apart they are.
+pub fn assert_pillow_pixels(name: &str, form: &str, (w, h): (u32, u32), got: &[u8], pillow: &[u8]) {
+    assert_eq!(got.len(), pillow.len(), "{name}: {} samples, Pillow's {}", got.len(), pillow.len());
+    let diff = got.iter().zip(pillow).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+    let differing = got.iter().zip(pillow).filter(|(a, b)| a != b).count();
+    println!("{name} ({form}, {w}x{h}): max difference {diff}, {differing} samples differ");
+    assert_eq!(diff, 0, "{name}: {differing} samples differ from Pillow's");
+}
