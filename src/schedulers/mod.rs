@@ -179,7 +179,7 @@ impl SchedulerKind {
 
 impl FromStr for SchedulerKind {
     type Err = anyhow::Error;
-    /// One of [`NAMES`] (ours or an alias), or a class name, case-insensitive; spaces, `-` and
+    /// One of the names in `NAMES` (ours or an alias), or a class name, case-insensitive; spaces, `-` and
     /// `_` do not count, so "DPM++ 2M Karras" is `dpm++2m-karras`.
     fn from_str(s: &str) -> Result<Self> {
         let key = name_key(s);
