@@ -2,7 +2,7 @@
 //! churn, as diffusers' pipelines call it), with float timesteps interpolated between training
 //! sigmas or placed by Karras' schedule.
 use super::config::{choose, choose_among, FinalSigmasType, Interpolation, PredictionType, SchedulerConfig, TimestepSpacing, TimestepType, EULER};
-use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
+use super::schedule::{karras_schedule, log_f32, np_interp, sigma_init_noise, spaced_timesteps, TorchF32, TrainSchedule};
 use super::{cached_step_index, check_step_inputs, check_steps, not_ready, sigma_scaled_input, Scheduler, SchedulerKind};
 use crate::models::config::{ConfigName, Named};
 use anyhow::{anyhow, Result};
@@ -113,11 +113,7 @@ impl Scheduler for EulerDiscreteScheduler {
             }
         };
         if self.karras {
-            let lo = self.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
-            let hi = self.sigma_max.unwrap_or(sigmas[0]);
-            sigmas = karras_sigmas(lo, hi, n);
-            let log_sigmas = log_f32(&self.train_sigmas);
-            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas) as f32 as f64).collect();
+            (sigmas, timesteps) = karras_schedule(&sigmas, self.sigma_min, self.sigma_max, &self.train_sigmas, n);
         }
         // ((1 - alphas_cumprod[0]) / alphas_cumprod[0]) ** 0.5 is the first training sigma.
         let last = if self.final_sigma_min { self.train_sigmas[0] } else { 0.0 };

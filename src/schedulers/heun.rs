@@ -2,7 +2,7 @@
 //! algorithm 1 without churn). Every timestep but the first appears twice: the UNet is asked
 //! once for the Euler step and once for the correction, so a run of n steps calls it 2n - 1 times.
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing, HEUN};
-use super::schedule::{karras_sigmas, log_f32, np_interp, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
+use super::schedule::{karras_schedule, np_interp, sigma_init_noise, spaced_timesteps, TorchF32, TrainSchedule};
 use super::{cached_step_index, check_step_inputs, check_steps, not_ready, sigma_scaled_input, Scheduler, SchedulerKind};
 use anyhow::{anyhow, bail, Result};
 use tch::Tensor;
@@ -77,11 +77,7 @@ impl Scheduler for HeunScheduler {
         let train_sigmas: Vec<f64> = self.train_sigmas.iter().map(|&s| s as f64).collect();
         let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| np_interp(t, &train_sigmas)).collect();
         if self.karras {
-            let lo = self.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
-            let hi = self.sigma_max.unwrap_or(sigmas[0]);
-            sigmas = karras_sigmas(lo, hi, n);
-            let log_sigmas = log_f32(&self.train_sigmas);
-            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas) as f32 as f64).collect();
+            (sigmas, timesteps) = karras_schedule(&sigmas, self.sigma_min, self.sigma_max, &self.train_sigmas, n);
         }
         let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
         sigmas.push(0.0);

@@ -209,6 +209,18 @@ pub(crate) fn log_f32(values: &[f32]) -> Vec<f32> {
     values.iter().map(|&v| (v as f64).ln() as f32).collect()
 }
 
+/// The Euler-family schedulers' `use_karras_sigmas` (Euler, Heun): Karras sigmas between the
+/// interpolated schedule's ends (or the config's `sigma_min`/`sigma_max`), and the float32
+/// timestep `_sigma_to_t` gives each of them.
+pub(crate) fn karras_schedule(sigmas: &[f64], sigma_min: Option<f64>, sigma_max: Option<f64>, train_sigmas: &[f32], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let lo = sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
+    let hi = sigma_max.unwrap_or(sigmas[0]);
+    let sigmas = karras_sigmas(lo, hi, n);
+    let log_sigmas = log_f32(train_sigmas);
+    let timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas) as f32 as f64).collect();
+    (sigmas, timesteps)
+}
+
 /// Karras et al. (2022) sigmas: rho = 7 spacing between `sigma_max` and `sigma_min`.
 pub(crate) fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
     let rho = 7.0f64;
