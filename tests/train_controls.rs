@@ -9,7 +9,7 @@
 //! another CPU's kernels; observed ~1e-7), clipped gradients 1e-6, SNR 1e-6; draws, captions and
 //! Python's random() exact.
 mod common;
-use common::repo;
+use common::{rel_err, repo};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,12 +30,6 @@ fn tensors(name: &str) -> HashMap<String, Tensor> {
 
 fn record() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("record.json")).unwrap()).unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(f64::MIN_POSITIVE)
 }
 
 fn ddpm(prediction: &str) -> DdpmScheduler {

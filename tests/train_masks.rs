@@ -9,7 +9,7 @@
 //! and gradient; masks after crop and resize exactly Pillow's bytes; the model step as
 //! tests/train_replay.rs (loss 1e-5, gradient 1e-4).
 mod common;
-use common::{ok, repo};
+use common::{ok, rel_err, repo};
 use image::{GrayImage, Rgba, RgbaImage};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,12 +36,6 @@ fn tensors(name: &str) -> HashMap<String, Tensor> {
 
 fn record() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("record.json")).unwrap()).unwrap()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(f64::MIN_POSITIVE)
 }
 
 fn ddpm() -> DdpmScheduler {

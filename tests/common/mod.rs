@@ -259,3 +259,11 @@ pub fn assert_pillow_pixels(name: &str, form: &str, (w, h): (u32, u32), got: &[u
     println!("{name} ({form}, {w}x{h}): max difference {diff}, {differing} samples differ");
     assert_eq!(diff, 0, "{name}: {differing} samples differ from Pillow's");
 }
+
+/// max |a - b| / max |b| (shapes asserted equal).
+pub fn rel_err(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    use tch::Kind;
+    assert_eq!(a.size(), b.size());
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    (&a - &b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(f64::MIN_POSITIVE)
+}
