@@ -7,9 +7,7 @@
 //! every file Pillow refuses is an error here too, never a panic or an abort.
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tch::Tensor;
 use textual_inversion::train::dataset::{load_rgb, MAX_PIXELS};
 
 fn dir() -> PathBuf {
@@ -20,34 +18,9 @@ fn expected() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap()
 }
 
-fn pillow_pixels() -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(dir().join("expected.safetensors")).unwrap().into_iter().collect()
-}
-
-fn bytes_of(t: &Tensor) -> Vec<u8> {
-    let n = t.numel();
-    let mut data = vec![0u8; n];
-    t.copy_data_u8(&mut data, n);
-    data
-}
-
 #[test]
 fn every_form_decodes_to_pillows_exact_pixels() {
-    let e = expected();
-    let pillow = pillow_pixels();
-    let mut checked = 0;
-    for (name, want) in e["files"].as_object().unwrap() {
-        if want["pillow"] != "ok" {
-            continue;
-        }
-        let got = load_rgb(&dir().join(name)).unwrap_or_else(|err| panic!("{name}: {err:#}"));
-        let (w, h) = (want["width"].as_u64().unwrap() as u32, want["height"].as_u64().unwrap() as u32);
-        assert_eq!(got.rgb.dimensions(), (w, h), "{name}");
-        assert_eq!(got.source_mode, want["mode"].as_str().unwrap(), "{name}");
-        let reference = bytes_of(&pillow[name.as_str()]);
-        common::assert_pillow_pixels(name, want["form"].as_str().unwrap(), (w, h), got.rgb.as_raw(), &reference);
-        checked += 1;
-    }
+    let checked = common::assert_decodes_as_pillow(&dir());
     assert!(checked >= 20, "{checked} files");
 }
 

@@ -7,9 +7,7 @@
 //! what Pillow refuses is an error here too.
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tch::Tensor;
 use textual_inversion::train::dataset::load_rgb;
 
 fn dir() -> PathBuf {
@@ -22,23 +20,7 @@ fn expected() -> serde_json::Value {
 
 #[test]
 fn webp_decodes_to_pillows_exact_pixels() {
-    let e = expected();
-    let pillow: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir().join("expected.safetensors")).unwrap().into_iter().collect();
-    let mut checked = 0;
-    for (name, want) in e["files"].as_object().unwrap() {
-        if want["pillow"] != "ok" {
-            continue;
-        }
-        let got = load_rgb(&dir().join(name)).unwrap_or_else(|err| panic!("{name}: {err:#}"));
-        let (w, h) = (want["width"].as_u64().unwrap() as u32, want["height"].as_u64().unwrap() as u32);
-        assert_eq!(got.rgb.dimensions(), (w, h), "{name}");
-        let t = &pillow[name.as_str()];
-        assert_eq!(got.source_mode, want["mode"].as_str().unwrap(), "{name}");
-        let mut reference = vec![0u8; t.numel()];
-        t.copy_data_u8(&mut reference, t.numel());
-        common::assert_pillow_pixels(name, want["form"].as_str().unwrap(), (w, h), got.rgb.as_raw(), &reference);
-        checked += 1;
-    }
+    let checked = common::assert_decodes_as_pillow(&dir());
     assert!(checked >= 13, "{checked} files");
 }
 

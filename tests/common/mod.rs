@@ -251,13 +251,33 @@ pub fn ok(o: std::process::Output) -> std::process::Output {
     o
 }
 
-/// Asserts that decoded 8-bit samples equal Pillow's, printing how far apart they are.
-pub fn assert_pillow_pixels(name: &str, form: &str, (w, h): (u32, u32), got: &[u8], pillow: &[u8]) {
-    assert_eq!(got.len(), pillow.len(), "{name}: {} samples, Pillow's {}", got.len(), pillow.len());
-    let diff = got.iter().zip(pillow).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
-    let differing = got.iter().zip(pillow).filter(|(a, b)| a != b).count();
-    println!("{name} ({form}, {w}x{h}): max difference {diff}, {differing} samples differ");
-    assert_eq!(diff, 0, "{name}: {differing} samples differ from Pillow's");
+/// Decodes every file of a Pillow fixture folder (`expected.json` and `expected.safetensors`, as
+/// the jpeg and webp sections write them) that Pillow opened, asserting the size, the mode and
+/// every sample equal to Pillow's `convert("RGB")`; returns how many files were checked.
+pub fn assert_decodes_as_pillow(dir: &Path) -> usize {
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let pillow: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap().into_iter().collect();
+    let mut checked = 0;
+    for (name, want) in expected["files"].as_object().unwrap() {
+        if want["pillow"] != "ok" {
+            continue;
+        }
+        let got = textual_inversion::train::dataset::load_rgb(&dir.join(name)).unwrap_or_else(|err| panic!("{name}: {err:#}"));
+        let (w, h) = (want["width"].as_u64().unwrap() as u32, want["height"].as_u64().unwrap() as u32);
+        assert_eq!(got.rgb.dimensions(), (w, h), "{name}");
+        assert_eq!(got.source_mode, want["mode"].as_str().unwrap(), "{name}");
+        let t = &pillow[name.as_str()];
+        let mut reference = vec![0u8; t.numel()];
+        t.copy_data_u8(&mut reference, t.numel());
+        let got = got.rgb.as_raw();
+        assert_eq!(got.len(), reference.len(), "{name}: {} samples, Pillow's {}", got.len(), reference.len());
+        let diff = got.iter().zip(&reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        let differing = got.iter().zip(&reference).filter(|(a, b)| a != b).count();
+        println!("{name} ({}, {w}x{h}): max difference {diff}, {differing} samples differ", want["form"].as_str().unwrap());
+        assert_eq!(diff, 0, "{name}: {differing} samples differ from Pillow's");
+        checked += 1;
+    }
+    checked
 }
 
 /// max |a - b| / max |b| (shapes asserted equal).
