@@ -11,6 +11,7 @@ pub mod cli;
 pub mod device;
 pub mod distributed;
 pub mod eval;
+pub mod image_in;
 pub mod image_out;
 pub mod libtorch_extras;
 pub mod models;

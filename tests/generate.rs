@@ -2,7 +2,8 @@
 //! (fixtures/pipeline, made by scripts/fixtures/make_fixtures_pipeline.py): every scheduler from fixed
 //! initial latents, seeded runs (the same seed draws the same latents and ancestral noise as
 //! `torch.Generator("cpu").manual_seed(seed)`), batches, no guidance, truncated long prompts, and
-//! multi-vector embeddings in the prompt and the negative prompt.
+//! multi-vector embeddings in the prompt and the negative prompt. The batch is run again with
+//! `--batch_size 1` (one image per UNet call): the same images.
 //!
 //! Tolerances: final latents and prompt embeddings 1e-4 max-abs, images 1/255 per pixel.
 mod common;
@@ -87,5 +88,16 @@ fn every_case_matches_diffusers() {
         assert!(err_pe < 1e-4, "{name}: prompt embeddings differ by {err_pe}");
         assert!(err_lat < 1e-4, "{name}: latents differ by {err_lat}");
         assert!(err_img <= 1.0, "{name}: image differs by {err_img}/255");
+        if o.num_images_per_prompt > 1 {
+            // --batch_size 1: the UNet and the VAE one image at a time, the same images.
+            let mut s = scheduler(c["scheduler"].as_str().unwrap());
+            let fixed = r.get("initial_latents").map(|t| t.shallow_clone());
+            tch::manual_seed(o.seed as i64);
+            let one = m.generate_from(s.as_mut(), &GenerateOptions { batch_size: Some(1), ..o.clone() }, fixed, &mut |_, _| {}).unwrap();
+            let err_lat = max_abs(&one.latents, &r["latents"]);
+            let err_img = max_abs(&to_pixels(&one.decoded), &r["image"]);
+            eprintln!("{name} --batch_size 1: latents {err_lat:e}, image {err_img} / 255");
+            assert!(err_lat < 1e-4 && err_img <= 1.0, "{name} --batch_size 1: latents {err_lat}, image {err_img}/255");
+        }
     }
 }

@@ -75,9 +75,14 @@ pub struct GenerateArgs {
     pub guidance_scale: Option<f64>,
     #[arg(long = "num_inference_steps", default_value_t = 50)]
     pub steps: usize,
+    /// Images from one prompt (one seed: the batch diffusers draws with num_images_per_prompt).
     #[arg(long = "num_images_per_prompt", default_value_t = 1)]
     pub num_images: usize,
-    /// Multiple of 8; default from the UNet config (512 for SD 1.5).
+    /// The most of those images in one UNet call and one VAE decode (default: all), to bound
+    /// memory; the images are the same whatever it is (docs/generating.md#batches).
+    #[arg(long = "batch_size")]
+    pub batch_size: Option<usize>,
+    /// Multiple of 8; default from the UNet config (512 for SD 1.5), or the --init_image's size.
     #[arg(long)]
     pub height: Option<i64>,
     #[arg(long)]
@@ -86,6 +91,15 @@ pub struct GenerateArgs {
     /// generator=torch.Generator("cpu").manual_seed(SEED)). Random if not given.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Image to image, as diffusers' StableDiffusion(XL)Img2ImgPipeline: start from this image
+    /// (PNG, JPEG, WebP, GIF; EXIF rotation applied) instead of pure noise. The output has its
+    /// size, rounded down to a multiple of 8 (LANCZOS).
+    #[arg(long = "init_image")]
+    pub init_image: Option<PathBuf>,
+    /// With --init_image: how much of the denoising runs, in (0, 1] (1: the image only sets the
+    /// start; small: close to the image). Default 0.8, SDXL 0.3 (diffusers' defaults).
+    #[arg(long)]
+    pub strength: Option<f64>,
     /// Use the hidden state this many layers before the last.
     #[arg(long = "clip_skip")]
     pub clip_skip: Option<usize>,
@@ -132,6 +146,9 @@ impl GenerateArgs {
                 num_images_per_prompt: self.num_images,
                 seed: self.seed.unwrap_or_else(crate::seed::clock_seed),
                 clip_skip: self.clip_skip,
+                init_image: self.init_image.clone(),
+                strength: self.strength,
+                batch_size: self.batch_size,
             },
             scheduler: self.scheduler,
             output_dir: self.output_dir.clone(),

@@ -7,7 +7,7 @@
 //! (tests/clip_eval.rs). transformers 5's default torchvision backend resizes differently (about
 //! 0.015 apart on the fixture's images, docs/evaluating.md).
 use super::config::{ClipVisionConfig, MAX_WIDTH};
-use crate::train::dataset::resize_bicubic;
+use crate::image_in::resize_bicubic;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use serde::Deserialize;

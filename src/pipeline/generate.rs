@@ -63,8 +63,8 @@ pub fn run(cfg: &GenerateConfig) -> Result<Vec<PathBuf>> {
             "precision": format!("{:?}", cfg.load.precision).to_lowercase(),
             "steps": options.steps,
             "images": n,
-            "height": options.height.unwrap_or(models.default_size()),
-            "width": options.width.unwrap_or(models.default_size()),
+            "height": out.decoded.size()[2],
+            "width": out.decoded.size()[3],
             "load_s": (generating - started).as_secs_f64(),
             "generate_s": secs,
             "s_per_image": secs / n as f64,
@@ -89,6 +89,8 @@ pub fn run_jobs(cfg: &GenerateConfig, jobs: &[Job], group: &ProcessGroup) -> Res
     crate::formats::atomic::ensure_dir(&cfg.output_dir, Path::new("."))?;
     let mut written = Vec::new();
     let mut default_size = None;
+    // With --init_image every job has the image's size: job 0's (rank 0 runs it).
+    let mut init_size = None;
     let started = std::time::Instant::now();
     if !mine.is_empty() {
         let repo = cfg.model.resolve()?;
@@ -107,6 +109,9 @@ pub fn run_jobs(cfg: &GenerateConfig, jobs: &[Job], group: &ProcessGroup) -> Res
                 .generate(scheduler.as_mut(), &job.options, |i, _| bar.set_position((done + i) as u64))
                 .with_context(|| format!("job {} (line {} of the prompt file)", job.index, job.line))?;
             done += job.options.steps;
+            if job.options.init_image.is_some() {
+                init_size = Some((out.decoded.size()[2], out.decoded.size()[3]));
+            }
             let pixels = to_pixels(&out.decoded);
             let text = metadata(cfg, &job.options, scheduler.kind().cli_name(), &models);
             for (i, name) in job.image_names().iter().enumerate() {
@@ -122,6 +127,7 @@ pub fn run_jobs(cfg: &GenerateConfig, jobs: &[Job], group: &ProcessGroup) -> Res
     group.barrier().context("waiting for the other ranks to finish their jobs")?;
     if rank == 0 {
         let size = default_size.context("rank 0 always runs job 0")?;
+        let (default_h, default_w) = init_size.unwrap_or((size, size));
         let mut lines = String::new();
         for job in jobs {
             let o = &job.options;
@@ -129,7 +135,7 @@ pub fn run_jobs(cfg: &GenerateConfig, jobs: &[Job], group: &ProcessGroup) -> Res
                 let entry = serde_json::json!({
                     "file": name, "job": job.index, "image": i, "line": job.line,
                     "prompt": o.prompt, "negative_prompt": o.negative_prompt, "seed": o.seed,
-                    "width": o.width.unwrap_or(size), "height": o.height.unwrap_or(size), "steps": o.steps,
+                    "width": o.width.unwrap_or(default_w), "height": o.height.unwrap_or(default_h), "steps": o.steps,
                 });
                 lines.push_str(&serde_json::to_string(&entry)?);
                 lines.push('\n');
@@ -182,6 +188,10 @@ fn metadata(cfg: &GenerateConfig, o: &GenerateOptions, scheduler: &str, models: 
     }
     if let Some(c) = o.clip_skip {
         text.push(("clip_skip".to_string(), c.to_string()));
+    }
+    if let Some(path) = &o.init_image {
+        text.push(("init_image".to_string(), path.display().to_string()));
+        text.push(("strength".to_string(), models.strength(o).to_string()));
     }
     text
 }

@@ -1,19 +1,22 @@
 //! Text to image, as diffusers' `StableDiffusionPipeline.__call__` and
 //! `StableDiffusionXLPipeline.__call__`: the prompt's conditioning ([`conditioning`]: one text
 //! encoder, or SDXL's two with the pooled embedding and time ids), classifier-free guidance,
-//! seeded initial latents, the scheduler loop, VAE decode. [`generate`] is the command around
-//! it (configuration, images to files).
+//! seeded initial latents, the scheduler loop, VAE decode; with an init image, diffusers'
+//! img2img pipelines ([`img2img`]). [`generate`] is the command around it (configuration,
+//! images to files).
 pub mod conditioning;
 pub mod generate;
+pub mod img2img;
 pub mod prompt_file;
 
 use crate::models::repo::ModelRepo;
 use crate::models::stable_diffusion::{self as sd, Family, LoadOptions};
-use crate::models::unet::UNet2DConditionModel;
+use crate::models::unet::{AddedConditioning, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 use crate::schedulers::{Scheduler, SchedulerConfig};
 use crate::text::TextStack;
 use anyhow::{bail, Result};
+use conditioning::Conditioning;
 use tch::{Device, Kind, Tensor};
 
 /// The loaded parts of a model, placed where they run.
@@ -55,6 +58,15 @@ pub struct GenerateOptions {
     /// SDXL: `(top, left)`, default `(0, 0)`.
     pub crops_coords_top_left: (i64, i64),
     pub target_size: Option<(i64, i64)>,
+    /// img2img (`--init_image`): the image to start from; the output has its size.
+    pub init_image: Option<std::path::PathBuf>,
+    /// img2img: the share of the steps run from the noised image; None: the pipeline's
+    /// default (0.8; SDXL 0.3).
+    pub strength: Option<f64>,
+    /// The most images of the batch in one UNet call and one VAE decode (`--batch_size`);
+    /// None: all of them. The images do not depend on it: the random draws are made for the
+    /// whole batch and each scheduler step runs on the whole batch.
+    pub batch_size: Option<usize>,
 }
 
 /// The largest image side `generate` makes. The A1111 web UI stops at 2048; past 4096 the
@@ -90,6 +102,18 @@ impl GenerateOptions {
         if self.guidance_scale.is_some_and(|g| !g.is_finite()) {
             bail!("--guidance_scale must be a finite number");
         }
+        if self.batch_size == Some(0) {
+            bail!("--batch_size must be at least 1");
+        }
+        if let Some(s) = self.strength {
+            if self.init_image.is_none() {
+                bail!("--strength is for img2img: give --init_image too");
+            }
+            img2img::check_strength(s)?;
+        }
+        if self.init_image.is_some() && (self.height.is_some() || self.width.is_some()) {
+            bail!("--init_image makes an image of the init image's own size (rounded down to a multiple of 8), as diffusers' img2img pipelines: leave out --height/--width, or resize the image");
+        }
         Ok(())
     }
 }
@@ -111,6 +135,9 @@ impl Default for GenerateOptions {
             original_size: None,
             crops_coords_top_left: (0, 0),
             target_size: None,
+            init_image: None,
+            strength: None,
+            batch_size: None,
         }
     }
 }
@@ -163,6 +190,11 @@ impl Models {
         crate::text::learned_tokens::load_into(specs, &mut self.stacks_mut())
     }
 
+    /// The img2img strength asked for, or the pipeline's default (SDXL's is 0.3).
+    pub fn strength(&self, options: &GenerateOptions) -> f64 {
+        options.strength.unwrap_or(if self.family.is_xl() { img2img::DEFAULT_STRENGTH_XL } else { img2img::DEFAULT_STRENGTH })
+    }
+
     /// The guidance scale asked for, or the pipeline's default (SDXL's is 5.0).
     pub fn guidance_scale(&self, options: &GenerateOptions) -> f64 {
         options.guidance_scale.unwrap_or(if self.family.is_xl() { 5.0 } else { 7.5 })
@@ -185,7 +217,15 @@ impl Models {
         let _guard = tch::no_grad_guard();
         options.check()?;
         let scale = self.vae_scale_factor();
-        let (height, width) = (options.height.unwrap_or(self.default_size()), options.width.unwrap_or(self.default_size()));
+        // img2img: the image sets the size (as `VaeImageProcessor.preprocess` without a size).
+        let init = match &options.init_image {
+            Some(path) => Some(img2img::load(path, scale)?),
+            None => None,
+        };
+        let (height, width) = match &init {
+            Some(image) => (image.size()[2], image.size()[3]),
+            None => (options.height.unwrap_or(self.default_size()), options.width.unwrap_or(self.default_size())),
+        };
         if height <= 0 || width <= 0 || height % scale != 0 || width % scale != 0 {
             bail!("height and width must be positive multiples of {scale}, got {height}x{width}");
         }
@@ -193,46 +233,83 @@ impl Models {
             bail!("num_images_per_prompt and num_inference_steps must be at least 1");
         }
         let n = options.num_images_per_prompt as i64;
+        let chunk = options.batch_size.map_or(n, |b| (b as i64).clamp(1, n));
         let guidance = self.guidance_scale(options);
         let cfg = guidance > 1.0;
         let cond = self.conditioning(options, (height, width), cfg)?;
         scheduler.set_timesteps(options.steps)?;
         let shape = [n, self.unet.config.in_channels, height / scale, width / scale];
-        let latents = match latents {
-            Some(l) => {
-                if l.size() != shape {
-                    bail!("initial latents have shape {:?}, expected {shape:?}", l.size());
-                }
-                l
-            }
-            None => {
-                // diffusers draws with a CPU generator seeded once, in the pipeline's dtype: the
-                // global CPU generator seeded here gives the same numbers, as long as nothing else
-                // draws in between (the scheduler's own draws follow, in diffusers' order).
+        let (mut latents, timesteps) = match (init, latents) {
+            (Some(_), Some(_)) => bail!("img2img makes its initial latents from the init image: give no initial latents"),
+            (Some(image), None) => {
+                let begin = img2img::begin_index(scheduler, options.steps, self.strength(options))?;
+                let timesteps = scheduler.timesteps()[begin..].to_vec();
+                // One generator for the image's posterior sample, the noise and the scheduler's
+                // draws, in diffusers' order.
                 tch::manual_seed(options.seed as i64);
-                crate::schedulers::randn(&shape, self.kind, self.device)
+                (self.img2img_latents(scheduler, &image, n, timesteps[0])?, timesteps)
+            }
+            (None, latents) => {
+                let latents = match latents {
+                    Some(l) => {
+                        if l.size() != shape {
+                            bail!("initial latents have shape {:?}, expected {shape:?}", l.size());
+                        }
+                        l
+                    }
+                    None => {
+                        // diffusers draws with a CPU generator seeded once, in the pipeline's dtype: the
+                        // global CPU generator seeded here gives the same numbers, as long as nothing else
+                        // draws in between (the scheduler's own draws follow, in diffusers' order).
+                        tch::manual_seed(options.seed as i64);
+                        crate::schedulers::randn(&shape, self.kind, self.device)
+                    }
+                };
+                (latents.to_device(self.device).to_kind(self.kind) * scheduler.init_noise_sigma(), scheduler.timesteps().to_vec())
             }
         };
-        let mut latents = latents.to_device(self.device).to_kind(self.kind) * scheduler.init_noise_sigma();
-        let timesteps = scheduler.timesteps().to_vec();
         for (i, &t) in timesteps.iter().enumerate() {
             let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
             let input = scheduler.scale_model_input(&input, t)?;
             // Made on the device (no host-to-device copy, which would wait for the GPU).
             let t_tensor = Tensor::full([], t, (Kind::Float, self.device));
-            let noise = self.unet.forward(&input, &t_tensor, &cond.context, cond.added.as_ref())?;
-            let noise = if cfg {
-                let parts = noise.chunk(2, 0);
-                &parts[0] + (&parts[1] - &parts[0]) * guidance
-            } else {
-                noise
-            };
+            let noise = self.guided_noise(&input, &t_tensor, &cond, n, chunk, cfg.then_some(guidance))?;
             latents = scheduler.step(&noise, t, &latents)?;
             on_step(i + 1, timesteps.len());
         }
         // SDXL's force_upcast: the latents go to the VAE's fp32 before the division, as diffusers.
         let z = if self.vae_kind != self.kind { latents.to_kind(self.vae_kind) } else { latents.shallow_clone() };
-        let decoded = self.vae.decode(&(z / self.vae.config.scaling_factor))?;
+        let z = z / self.vae.config.scaling_factor;
+        let decoded =
+            if chunk >= n { self.vae.decode(&z)? } else { Tensor::cat(&z.split(chunk, 0).iter().map(|z| self.vae.decode(z)).collect::<Result<Vec<_>>>()?, 0) };
         Ok(Generated { latents, decoded })
+    }
+}
+
+impl Models {
+    /// The noise prediction for the whole batch (`input`: `[2n, ...]` under guidance, negatives
+    /// first, else `[n, ...]`), guided when `guidance` is given, the UNet run on at most `chunk`
+    /// images at a time (both halves of each image under guidance).
+    fn guided_noise(&self, input: &Tensor, t: &Tensor, cond: &Conditioning, n: i64, chunk: i64, guidance: Option<f64>) -> Result<Tensor> {
+        let guide = |noise: Tensor| match guidance {
+            Some(g) => {
+                let parts = noise.chunk(2, 0);
+                &parts[0] + (&parts[1] - &parts[0]) * g
+            }
+            None => noise,
+        };
+        if chunk >= n {
+            return Ok(guide(self.unet.forward(input, t, &cond.context, cond.added.as_ref())?));
+        }
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(chunk as usize) {
+            let len = chunk.min(n - start);
+            let rows = Tensor::arange_start(start, start + len, (Kind::Int64, input.device()));
+            let rows = if guidance.is_some() { Tensor::cat(&[&rows, &(&rows + n)], 0) } else { rows };
+            let pick = |t: &Tensor| t.index_select(0, &rows.to_device(t.device()));
+            let added = cond.added.as_ref().map(|a| AddedConditioning { text_embeds: pick(&a.text_embeds), time_ids: pick(&a.time_ids) });
+            parts.push(guide(self.unet.forward(&pick(input), t, &pick(&cond.context), added.as_ref())?));
+        }
+        Ok(Tensor::cat(&parts, 0))
     }
 }

@@ -3,8 +3,10 @@
 //! the file and in whatever order they run it.
 //!
 //! A line is a job unless it is blank or starts with `#`. A line starting with `{` is a JSON
-//! object with any of `prompt`, `negative_prompt`, `seed`, `width`, `height`, `num_images`;
-//! any other line is a prompt as written. What a line leaves out comes from the command's flags.
+//! object with any of `prompt`, `negative_prompt`, `seed`, `width`, `height`,
+//! `num_inference_steps`, `guidance_scale`, `num_images` (any other key is refused, naming the
+//! line and the key); any other line is a prompt as written. What a line leaves out comes from
+//! the command's flags.
 //!
 //! Job k's seed is the line's `seed`, or else the command's seed plus k (wrapping at 2^64): a
 //! function of k alone, never of which rank runs the job or what ran before it. Its images are
@@ -51,6 +53,8 @@ struct Line {
     seed: Option<u64>,
     width: Option<i64>,
     height: Option<i64>,
+    num_inference_steps: Option<usize>,
+    guidance_scale: Option<f64>,
     num_images: Option<usize>,
 }
 
@@ -75,7 +79,7 @@ pub fn parse(text: &str, name: &str, base: &GenerateOptions, default_prompt: Opt
         let mut options = GenerateOptions { seed: base.seed.wrapping_add(index as u64), ..base.clone() };
         if trimmed.starts_with('{') {
             let l: Line = serde_json::from_str(trimmed).with_context(|| {
-                format!("{name}:{line}: expected a JSON object with any of prompt, negative_prompt, seed (0..2^64), width, height, num_images")
+                format!("{name}:{line}: expected a JSON object with any of prompt, negative_prompt, seed (0..2^64), width, height, num_inference_steps, guidance_scale, num_images")
             })?;
             options.prompt = match (l.prompt, default_prompt) {
                 (Some(p), _) => p,
@@ -90,6 +94,8 @@ pub fn parse(text: &str, name: &str, base: &GenerateOptions, default_prompt: Opt
             }
             options.width = l.width.or(options.width);
             options.height = l.height.or(options.height);
+            options.steps = l.num_inference_steps.unwrap_or(options.steps);
+            options.guidance_scale = l.guidance_scale.or(options.guidance_scale);
             options.num_images_per_prompt = l.num_images.unwrap_or(options.num_images_per_prompt);
         } else {
             options.prompt = trimmed.to_string();
@@ -118,12 +124,14 @@ mod tests {
 
     #[test]
     fn lines_become_jobs_with_stable_indices_and_seeds() {
-        let text = "# a comment\n\na cat\r\n  {\"prompt\": \"a dog\", \"seed\": 7, \"width\": 64, \"height\": 32, \"num_images\": 2}\n{\"negative_prompt\": \"blurry\"}\nlast\n";
+        let text = "# a comment\n\na cat\r\n  {\"prompt\": \"a dog\", \"seed\": 7, \"width\": 64, \"height\": 32, \"num_images\": 2, \"num_inference_steps\": 5, \"guidance_scale\": 3.5}\n{\"negative_prompt\": \"blurry\"}\nlast\n";
         let jobs = parse(text, "p.txt", &base(), Some("fallback")).unwrap();
         assert_eq!(jobs.len(), 4);
         assert_eq!((jobs[0].index, jobs[0].line, jobs[0].options.prompt.as_str(), jobs[0].options.seed), (0, 3, "a cat", 100));
         let dog = &jobs[1].options;
         assert_eq!((dog.prompt.as_str(), dog.seed, dog.width, dog.height, dog.num_images_per_prompt), ("a dog", 7, Some(64), Some(32), 2));
+        assert_eq!((dog.steps, dog.guidance_scale), (5, Some(3.5)));
+        assert_eq!((jobs[0].options.steps, jobs[0].options.guidance_scale), (2, None));
         assert_eq!(jobs[1].image_names(), ["0001-00-7.png", "0001-01-7.png"]);
         assert_eq!((jobs[2].options.prompt.as_str(), jobs[2].options.negative_prompt.as_deref(), jobs[2].options.seed), ("fallback", Some("blurry"), 102));
         assert_eq!((jobs[3].line, jobs[3].options.seed), (6, 103));
@@ -146,6 +154,12 @@ mod tests {
         assert!(e.starts_with("p.txt:2:") && e.contains("no \"prompt\""), "{e}");
         let e = err("{\"prompt\": \"x\", \"width\": 99999}", None);
         assert!(e.starts_with("p.txt:1:") && e.contains("--width 99999"), "{e}");
+        let e = err("a\n\n{\"prompt\": \"x\", \"steps\": 3}", None);
+        assert!(e.starts_with("p.txt:3:") && e.contains("unknown field `steps`") && e.contains("num_inference_steps"), "{e}");
+        let e = err("{\"prompt\": \"x\", \"num_inference_steps\": 0}", None);
+        assert!(e.starts_with("p.txt:1:") && e.contains("--num_inference_steps 0"), "{e}");
+        let e = err("{\"prompt\": \"x\", \"guidance_scale\": \"high\"}", None);
+        assert!(e.starts_with("p.txt:1:") && e.contains("guidance_scale"), "{e}");
         let e = err("# only\n\n", None);
         assert!(e.contains("no prompts"), "{e}");
     }

@@ -89,6 +89,10 @@ impl Scheduler for DdimScheduler {
         Ok(pred_original * a_prev.t_sqrt() as f64 + direction)
     }
 
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        super::alphas_add_noise(&self.alphas_cumprod, self.train, original, noise, timestep)
+    }
+
     fn prediction_type(&self) -> PredictionType {
         self.prediction_type
     }

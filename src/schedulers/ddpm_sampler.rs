@@ -115,6 +115,10 @@ impl Scheduler for DdpmSampler {
         Ok(prev + noise * std as f64)
     }
 
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        super::alphas_add_noise(&self.alphas_cumprod, self.train, original, noise, timestep)
+    }
+
     fn prediction_type(&self) -> PredictionType {
         self.prediction_type
     }

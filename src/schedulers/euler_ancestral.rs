@@ -102,6 +102,15 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         Ok(prev.to_kind(model_output.kind()))
     }
 
+    fn set_begin_index(&mut self, index: usize) {
+        self.step_index = Some(index);
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        let sigma = super::add_noise_sigma(&self.sigmas, self.step_index, &self.timesteps, timestep, NAME)?;
+        super::sigma_add_noise(sigma, original, noise)
+    }
+
     fn prediction_type(&self) -> PredictionType {
         self.prediction_type
     }

@@ -70,6 +70,20 @@ pub trait Scheduler: Send {
     /// One denoising step: the sample at the next timestep.
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor>;
     fn prediction_type(&self) -> PredictionType;
+    /// diffusers' `order`: model calls per step; img2img skips `t_start * order` timesteps.
+    fn order(&self) -> usize {
+        1
+    }
+    /// diffusers' `set_begin_index`: img2img starts at this index of [`Scheduler::timesteps`]
+    /// (call after `set_timesteps`). A no-op for the schedulers that find their place from the
+    /// timestep value (DDIM, PNDM, DDPM).
+    fn set_begin_index(&mut self, _index: usize) {}
+    /// diffusers' `add_noise` for img2img: `original` (the image's latents) noised to
+    /// `timestep`, the run's first. The default refuses: a scheduler supports img2img once its
+    /// `add_noise` is written and compared with diffusers (tests/img2img.rs).
+    fn add_noise(&self, _original: &Tensor, _noise: &Tensor, _timestep: f64) -> Result<Tensor> {
+        bail!("--init_image (img2img) is not supported with {} yet: use pndm, ddim, ddpm, euler, euler-ancestral, dpm++2m or unipc", self.kind().class_name())
+    }
 }
 
 /// The inference samplers: a diffusers class, with Karras sigmas forced on for the `-karras`
@@ -294,6 +308,48 @@ pub(crate) fn index_for_timestep(timesteps: &[f64], t: f64) -> Option<usize> {
         1 => Some(hits[0]),
         _ => Some(hits[1]),
     }
+}
+
+/// `add_noise` of the schedulers that noise with `alphas_cumprod` (DDPM, DDIM, PNDM):
+/// `sqrt(a_t) * original + sqrt(1 - a_t) * noise`, with `a_t` cast to the sample's dtype first,
+/// as diffusers computes it.
+pub(crate) fn alphas_add_noise(alphas_cumprod: &[f32], train: i64, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+    check_step_inputs("add_noise", noise, original)?;
+    let a = alphas_cumprod[schedule::train_index(timestep as i64, train)?];
+    let a = Tensor::from_slice(&[a]).to_kind(original.kind()).to_device(original.device());
+    let sqrt_a = a.sqrt();
+    let sqrt_one_minus_a = (a.ones_like() - &a).sqrt();
+    Ok(sqrt_a * original + sqrt_one_minus_a * noise)
+}
+
+/// The sigma index img2img noises to: the step index `set_begin_index` set, else the
+/// timestep's place (diffusers' `add_noise` of the sigma-based schedulers).
+pub(crate) fn add_noise_sigma(sigmas: &[f32], step_index: Option<usize>, timesteps: &[f64], timestep: f64, name: &str) -> Result<f32> {
+    if sigmas.is_empty() {
+        return Err(not_ready(name));
+    }
+    let i = match step_index {
+        Some(i) => i,
+        None => index_for_timestep(timesteps, timestep).ok_or_else(|| anyhow::anyhow!("{name}: timestep {timestep} is not one of this run's timesteps"))?,
+    };
+    sigmas.get(i).copied().ok_or_else(|| anyhow::anyhow!("{name}: step index {i} is past the last sigma"))
+}
+
+/// Euler-type `add_noise`: `original + noise * sigma`, sigma in the sample's dtype.
+pub(crate) fn sigma_add_noise(sigma: f32, original: &Tensor, noise: &Tensor) -> Result<Tensor> {
+    check_step_inputs("add_noise", noise, original)?;
+    let sigma = Tensor::from_slice(&[sigma]).to_kind(original.kind()).to_device(original.device());
+    Ok(original + noise * sigma)
+}
+
+/// DPM-Solver/UniPC `add_noise`: `alpha_t * original + sigma_t * noise` with
+/// `alpha_t = 1 / sqrt(sigma^2 + 1)`, `sigma_t = sigma * alpha_t`, in the sample's dtype.
+pub(crate) fn alpha_sigma_add_noise(sigma: f32, original: &Tensor, noise: &Tensor) -> Result<Tensor> {
+    check_step_inputs("add_noise", noise, original)?;
+    let sigma = Tensor::from_slice(&[sigma]).to_kind(original.kind()).to_device(original.device());
+    let alpha_t = (sigma.square() + 1.0).sqrt().reciprocal();
+    let sigma_t = &sigma * &alpha_t;
+    Ok(alpha_t * original + sigma_t * noise)
 }
 
 /// Errors for calling a sampler out of order.

@@ -192,6 +192,10 @@ impl Scheduler for PndmScheduler {
         }
     }
 
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        super::alphas_add_noise(&self.alphas_cumprod, self.train, original, noise, timestep)
+    }
+
     fn prediction_type(&self) -> PredictionType {
         self.prediction_type
     }

@@ -274,6 +274,15 @@ impl Scheduler for UniPcScheduler {
         Ok(prev)
     }
 
+    fn set_begin_index(&mut self, index: usize) {
+        self.step_index = Some(index);
+    }
+
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, timestep: f64) -> Result<Tensor> {
+        let sigma = super::add_noise_sigma(&self.sigmas, self.step_index, &self.timesteps, timestep, NAME)?;
+        super::alpha_sigma_add_noise(sigma, original, noise)
+    }
+
     fn prediction_type(&self) -> PredictionType {
         self.prediction_type
     }

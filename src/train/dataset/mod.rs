@@ -8,7 +8,7 @@
 //!   truncated files) are skipped with one warning. It is an error only when no usable image is
 //!   left.
 //! - Decoding applies EXIF orientation, keeps 16-bit greyscale's high byte and refuses images
-//!   above [`MAX_PIXELS`] (decode.rs says how it otherwise matches Pillow's `convert("RGB")`).
+//!   above [`MAX_PIXELS`] (`crate::image_in::decode` says how it otherwise matches Pillow's `convert("RGB")`).
 //!
 //! The images are taken in the folder's directory order, as the script's `os.listdir` takes them
 //! (what `readdir` yields: on ext4 a hash of the names, so the same files copied elsewhere may
@@ -17,15 +17,16 @@
 //! `resize((s, s), BICUBIC)` bit for bit.
 pub mod buckets;
 pub mod captions;
-mod decode;
 pub mod masks;
 mod resize;
 mod templates;
 
 pub use buckets::{BucketConfig, BucketManager, Fit};
 pub use captions::Captions;
-pub use decode::{load_rgb, load_rgb_alpha, LoadedImage, MAX_FILE_BYTES, MAX_PIXELS};
-pub use resize::{center_crop, preprocess, resize_bicubic, Geometry};
+// Decoding and resampling live in `crate::image_in` (generation reads images too).
+use crate::image_in::decode;
+pub use crate::image_in::{load_rgb, load_rgb_alpha, resize_bicubic, LoadedImage, MAX_FILE_BYTES, MAX_PIXELS};
+pub use resize::{center_crop, preprocess, Geometry};
 pub use templates::{caption, placeholder_string, LearnableProperty, OBJECT_TEMPLATES, STYLE_TEMPLATES};
 
 use anyhow::{bail, Context, Result};
