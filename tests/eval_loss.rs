@@ -2,7 +2,9 @@
 //! DVAR's rule against its own code (fixtures/evalloss/curves.json), the evaluation loss against
 //! PyTorch on tiny-sd (fixtures/evalloss/expected.json, within 1e-5 relative), identical at
 //! learning rate 0, the training stream untouched, resume continuing the history, and a run
-//! that stops early saving its files.
+//! that stops early saving its files. Two data-parallel ranks evaluate the same batch as one
+//! (bit for bit at learning rate 0) and stop where the rule says on rank 0's values, every rank
+//! together; an SDXL run (fixtures/tiny-sdxl) evaluates with both text encoders.
 use std::path::Path;
 use std::process::Command;
 use textual_inversion::train::early_stopping::DvarRule;
@@ -15,10 +17,14 @@ fn json(path: &Path) -> serde_json::Value {
 }
 
 fn train(out: &Path, extra: &[&str]) -> std::process::Output {
+    train_on("tiny-sd", out, extra)
+}
+
+fn train_on(model: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_textual-inversion"))
         .arg("train")
         .arg("--pretrained_model_name_or_path")
-        .arg(repo().join("fixtures/tiny-sd"))
+        .arg(repo().join("fixtures").join(model))
         .arg("--train_data_dir")
         .arg(fixtures().join("evalloss/images"))
         .args(["--placeholder_token", "<cat-toy>", "--initializer_token", "toy", "--resolution", "64", "--train_batch_size", "2", "--sort_images"])
@@ -176,4 +182,61 @@ fn bad_flags_are_refused() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn two_ranks_evaluate_as_one_and_stop_together() {
+    if !common::c10d_available("eval_loss::two_ranks_evaluate_as_one_and_stop_together".to_string()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Learning rate 0: the rows never move, so the evaluations are of the same batch through the
+    // same rows whatever the ranks do.
+    let lr0 = ["--learning_rate", "0", "--max_train_steps", "3", "--eval_loss_steps", "1"];
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    ok(train(&one, &lr0));
+    ok(train(&two, &[&lr0[..], &["--num_processes", "2"]].concat()));
+    let bits = |out: &Path| evals(out).iter().map(|e| (e.0, e.1.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&two), bits(&one), "2 ranks' eval_loss values equal 1 rank's, bit for bit");
+    assert_eq!(evals(&one).len(), 3);
+
+    // Training: the rule stops the run at the evaluation DVAR's rule picks on the logged values,
+    // at 1 rank and at 2 (where rank 1 follows rank 0's decision and both exit 0).
+    let rule = ["--early_stopping", "--early_stopping_window", "2", "--early_stopping_threshold", "1"];
+    let args = [&["--learning_rate", "5e-3", "--max_train_steps", "40", "--eval_loss_steps", "1"][..], &rule].concat();
+    let mut stops = Vec::new();
+    for (name, extra) in [("stop1", &[][..]), ("stop2", &["--num_processes", "2"][..])] {
+        let out = dir.path().join(name);
+        let o = ok(train(&out, &[&args[..], extra].concat()));
+        let e = evals(&out);
+        let values: Vec<f64> = e.iter().map(|e| e.1).collect();
+        let at = DvarRule { window: 2, threshold: 1.0 }.first_stop(&values).unwrap_or_else(|| panic!("{name}: the rule never stops on {values:?}"));
+        assert_eq!(at, e.len() - 1, "{name}: the run went on after the rule stopped it: {e:?}");
+        let step = e[at].0;
+        assert!(step < 40, "{name}: {e:?}");
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(log.contains(&format!("early stopping at step {step}")), "{name}: {log}");
+        assert!(out.join("learned_embeds.safetensors").is_file(), "{name}: the final files");
+        stops.push(step);
+    }
+    assert_eq!(stops[0], stops[1], "1 rank and 2 ranks stop at the same step");
+}
+
+#[test]
+fn an_sdxl_run_evaluates_with_both_encoders() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("xl");
+    let args = ["--learning_rate", "0", "--max_train_steps", "3", "--eval_loss_steps", "1"];
+    ok(train_on("tiny-sdxl", &out, &args));
+    let e = evals(&out);
+    assert_eq!(e.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+    for (step, v, _) in &e {
+        assert!(v.is_finite() && *v > 0.0, "step {step}: {v}");
+        assert_eq!(v.to_bits(), e[0].1.to_bits(), "every evaluation at learning rate 0 is the same, bit for bit");
+    }
+    // Training moves both encoders' rows, and the evaluation sees it.
+    let moved = dir.path().join("xl-moved");
+    ok(train_on("tiny-sdxl", &moved, &["--learning_rate", "5e-2", "--max_train_steps", "1", "--eval_loss_steps", "1"]));
+    let m = evals(&moved);
+    assert_ne!(m[0].1, e[0].1, "one update at learning rate 5e-2 moved the rows, and eval_loss with them");
 }

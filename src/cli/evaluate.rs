@@ -9,8 +9,10 @@ use crate::eval::scorer::{similarities, ClipScorer, DEFAULT_BATCH_SIZE};
 use crate::models::stable_diffusion::{LoadOptions, WeightOptions};
 use crate::pipeline::GenerateOptions;
 use crate::schedulers::SchedulerKind;
+use crate::models::repo::ModelSource;
+use crate::train::run_record::{RunRecord, RUN_RECORD};
 use anyhow::{Context, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct EvaluateArgs {
@@ -21,9 +23,10 @@ pub struct EvaluateArgs {
     /// Branch, tag or commit of a --clip_model Hub id (default main).
     #[arg(long = "clip_revision")]
     pub clip_revision: Option<String>,
-    /// The images to compare with: usually the training images (--train_data_dir).
-    #[arg(long = "reference_dir")]
-    pub reference_dir: PathBuf,
+    /// The images to compare with: usually the training images (--train_data_dir). With --run,
+    /// default: the --train_data_dir the run's run.json records.
+    #[arg(long = "reference_dir", required_unless_present = "run")]
+    pub reference_dir: Option<PathBuf>,
     /// The images to score (e.g. generated with the learned token). Required without --run.
     #[arg(long, required_unless_present = "run", conflicts_with = "run")]
     pub images: Option<PathBuf>,
@@ -48,10 +51,13 @@ pub struct EvaluateArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// A training run's --output_dir: every saved embedding in it (learned_embeds-steps-N.*,
-    /// checkpoint-N/, the final learned_embeds.*) is generated with and scored.
-    #[arg(long, requires_all = ["model", "output_dir"])]
+    /// checkpoint-N/, the final learned_embeds.*; an SDXL run's learned_embeds_2 pairs) is
+    /// generated with and scored.
+    #[arg(long, requires = "output_dir")]
     pub run: Option<PathBuf>,
-    /// With --run: the model the run was trained on (folder, Hub id or single file).
+    /// With --run: the model the run was trained on (folder, Hub id or single file). Default:
+    /// the one the run's run.json records (with its --revision, --variant, --config and
+    /// --prediction_type).
     #[arg(long = "pretrained_model_name_or_path", alias = "model")]
     pub model: Option<String>,
     /// With --run: branch, tag or commit of the model's Hub id.
@@ -67,9 +73,10 @@ pub struct RunArgs {
     /// With --run: the learned token (default: the one stored in the run's files).
     #[arg(long = "placeholder_token")]
     pub token: Option<String>,
-    /// With --run: what the run learned; chooses the default prompts.
-    #[arg(long = "learnable_property", value_enum, default_value = "object")]
-    pub property: Property,
+    /// With --run: what the run learned; chooses the default prompts. Default: the run's
+    /// (run.json), else object.
+    #[arg(long = "learnable_property", value_enum)]
+    pub property: Option<Property>,
     /// With --run: the prompt whose images are compared with --reference_dir; {} stands for the
     /// token (default "a photo of a {}"; style: "a painting in the style of {}").
     #[arg(long = "reconstruction_prompt")]
@@ -92,10 +99,12 @@ pub struct RunArgs {
     /// With --run: the negative prompt of every image.
     #[arg(long = "negative_prompt")]
     pub negative_prompt: Option<String>,
-    /// With --run: image height (default the model's).
+    /// With --run: image height (default the run's --resolution from run.json, else the
+    /// model's).
     #[arg(long)]
     pub height: Option<i64>,
-    /// With --run: image width (default the model's).
+    /// With --run: image width (default the run's --resolution from run.json, else the
+    /// model's).
     #[arg(long)]
     pub width: Option<i64>,
     /// With --run: another scheduler built from the model's config.
@@ -128,17 +137,17 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     if a.run.run.is_some() {
         return run_folder(a);
     }
-    let (Some(images_dir), Some(text)) = (&a.images, &a.text) else {
-        anyhow::bail!("--images and --text are needed (or --run)");
+    let (Some(images_dir), Some(text), Some(reference_dir)) = (&a.images, &a.text, &a.reference_dir) else {
+        anyhow::bail!("--images, --text and --reference_dir are needed (or --run)");
     };
     // The folders are checked before the model is loaded: a wrong path fails in a second.
-    for (flag, dir) in [("--reference_dir", &a.reference_dir), ("--images", images_dir)] {
+    for (flag, dir) in [("--reference_dir", reference_dir), ("--images", images_dir)] {
         if !dir.is_dir() {
             anyhow::bail!("{flag} {} is not a folder", dir.display());
         }
     }
     let scorer = ClipScorer::load(&a.clip_model, a.clip_revision.as_deref(), a.device)?.with_batch_size(a.batch_size)?;
-    let references = scorer.folder_embeds(&a.reference_dir, "--reference_dir")?;
+    let references = scorer.folder_embeds(reference_dir, "--reference_dir")?;
     let images = scorer.folder_embeds(images_dir, "--images")?;
     let text_embeds = scorer.text_embeds(&[text.as_str()])?;
     let scores = similarities(&images.embeds, &references.embeds, &text_embeds)?;
@@ -160,17 +169,61 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
+/// The model flags of `evaluate --run`: as given, else the run's record. The record's
+/// revision, variant, config and prediction type come with its model only: a model named on
+/// the command line is taken with the flags given beside it.
+fn run_model(r: &RunArgs, record: Option<&RunRecord>, run: &Path) -> Result<(ModelSource, Option<String>)> {
+    if let Some(model) = &r.model {
+        return Ok((ModelSource { name_or_path: model.clone(), revision: r.revision.clone(), ..Default::default() }, r.variant.clone()));
+    }
+    let Some(rec) = record else {
+        anyhow::bail!("--run {} has no {RUN_RECORD} (a run of an earlier version?): give --pretrained_model_name_or_path, the model it was trained on", run.display());
+    };
+    let source = ModelSource {
+        name_or_path: rec.pretrained_model_name_or_path.clone(),
+        revision: r.revision.clone().or_else(|| rec.revision.clone()),
+        config: rec.config.clone(),
+        prediction_type: rec.prediction()?,
+    };
+    Ok((source, r.variant.clone().or_else(|| rec.variant.clone())))
+}
+
 /// `evaluate --run`: prints each step's scores and the best.
 fn run_folder(a: EvaluateArgs) -> Result<()> {
     let r = a.run;
-    let (Some(run), Some(model), Some(output_dir)) = (r.run, r.model, r.output_dir) else {
-        anyhow::bail!("--run needs --pretrained_model_name_or_path and --output_dir");
+    let (Some(run), Some(output_dir)) = (r.run.clone(), r.output_dir.clone()) else {
+        anyhow::bail!("--run needs --output_dir");
     };
+    let record = if run.is_dir() { RunRecord::read(&run)? } else { None };
+    let (model, variant) = run_model(&r, record.as_ref(), &run)?;
+    let reference_dir = match (a.reference_dir, &record) {
+        (Some(d), _) => d,
+        (None, Some(rec)) => rec.train_data_dir.clone(),
+        (None, None) => anyhow::bail!("--run {} has no {RUN_RECORD}: give --reference_dir, the run's training images", run.display()),
+    };
+    let property = match (r.property, &record) {
+        (Some(p), _) => p,
+        (None, Some(rec)) if rec.learnable_property == "style" => Property::Style,
+        _ => Property::Object,
+    };
+    let size = record.as_ref().map(|rec| rec.resolution as i64);
+    if let Some(rec) = &record {
+        tracing::info!(
+            "{}: trained on {} ({}) with --train_data_dir {}, {} {}, resolution {}",
+            run.join(RUN_RECORD).display(),
+            rec.pretrained_model_name_or_path,
+            rec.family,
+            rec.train_data_dir.display(),
+            rec.learnable_property,
+            rec.placeholder_token,
+            rec.resolution
+        );
+    }
     let cfg = RunEvalConfig {
         run,
-        model: crate::models::repo::ModelSource { name_or_path: model, revision: r.revision, ..Default::default() },
+        model,
         load: LoadOptions {
-            weights: WeightOptions { variant: r.variant, use_safetensors: None },
+            weights: WeightOptions { variant, use_safetensors: None },
             text_encoder_variant: true,
             tokenizer_dir: None,
             device: a.device,
@@ -179,16 +232,16 @@ fn run_folder(a: EvaluateArgs) -> Result<()> {
         clip_model: a.clip_model,
         clip_revision: a.clip_revision,
         clip_batch_size: a.batch_size,
-        reference_dir: a.reference_dir,
+        reference_dir,
         token: r.token,
-        property: r.property,
+        property,
         reconstruction_prompt: r.reconstruction_prompt,
         editing_prompts: r.editing_prompts,
         num_images: r.num_images,
         options: GenerateOptions {
             negative_prompt: r.negative_prompt,
-            height: r.height,
-            width: r.width,
+            height: r.height.or(size),
+            width: r.width.or(size),
             steps: r.steps,
             guidance_scale: r.guidance_scale,
             seed: r.seed,
@@ -211,6 +264,9 @@ fn run_folder(a: EvaluateArgs) -> Result<()> {
             run_eval::rule_text(cfg.best_by, cfg.text_margin),
             output_dir.join(run_eval::BEST_FILE).display()
         );
+        if result.xl {
+            println!("second text encoder's rows: {}", output_dir.join(run_eval::BEST_FILE_2).display());
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `evaluate --run`: every saved embedding of a training run scored with CLIP, and the best one
 //! picked (docs/evaluating.md, "Picking the best step"). The model is loaded once; each step's
-//! rows replace the previous step's in the text encoder, and the same prompts and seeds are
-//! generated at every step, so the steps differ only in the embedding.
+//! rows replace the previous step's in the text encoder (an SDXL run's pair: in both), and the
+//! same prompts and seeds are generated at every step, so the steps differ only in the embedding.
 use super::best::{pick, BestBy, StepScores};
 use super::plot::{eval_plot, rows_grid};
 use super::prompts::{self, Property};
@@ -27,6 +27,9 @@ pub const EVAL_JSON: &str = "eval.json";
 pub const EVAL_PNG: &str = "eval.png";
 /// The best step's embedding, in the diffusers format.
 pub const BEST_FILE: &str = "learned_embeds.best.safetensors";
+/// SDXL: the best step's second text encoder's rows, as train names that file
+/// (`learned_embeds_2`), beside [`BEST_FILE`].
+pub const BEST_FILE_2: &str = "learned_embeds_2.best.safetensors";
 /// Where each step's images go: `images/step-N/prompt-K/IIII-SEED.png`.
 pub const IMAGES_DIR: &str = "images";
 
@@ -81,6 +84,8 @@ struct StepReport<'a> {
 struct Settings<'a> {
     run: String,
     pretrained_model_name_or_path: &'a str,
+    /// `sd` or `sdxl`.
+    family: &'static str,
     clip_model: &'a str,
     reference_dir: String,
     references: usize,
@@ -104,6 +109,8 @@ struct Settings<'a> {
 pub struct RunEval {
     pub steps: Vec<StepScores>,
     pub best: Option<usize>,
+    /// An SDXL run: the best step is written as [`BEST_FILE`] and [`BEST_FILE_2`].
+    pub xl: bool,
 }
 
 /// The rows `[n, D]` (f32) and the embedding of a one-token, one-encoder file.
@@ -187,11 +194,24 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
     let text_embeds = Tensor::f_cat(&each, 0)?;
     let repo = cfg.model.resolve()?;
     let mut models = Models::load(&repo, &cfg.load)?;
-    if models.family.is_xl() {
-        bail!("evaluate --run scores SD 1.x/2.x runs; SDXL runs (two embedding files per step) are not supported yet");
+    let xl = saved[0].file_2.is_some();
+    if models.family.is_xl() != xl {
+        bail!(
+            "--run {} is {} run but {} is {} model: evaluate with the model the run was trained on",
+            cfg.run.display(),
+            if xl { "an SDXL" } else { "an SD 1.x/2.x" },
+            repo.describe(),
+            if models.family.is_xl() { "an SDXL" } else { "an SD 1.x/2.x" }
+        );
     }
-    models.load_embeddings(&[EmbeddingSpec { path: saved[0].file.clone(), token: Some(token.clone()), encoder: None }])?;
+    let spec = |path: &Path, encoder| EmbeddingSpec { path: path.to_path_buf(), token: Some(token.clone()), encoder };
+    match &saved[0].file_2 {
+        // Each of an SDXL run's files is one encoder's rows: named for its encoder.
+        Some(file_2) => models.load_embeddings(&[spec(&saved[0].file, Some(Encoder::ClipL)), spec(file_2, Some(Encoder::ClipG))])?,
+        None => models.load_embeddings(&[spec(&saved[0].file, None)])?,
+    }
     let shape = first_rows.size();
+    let shape_2 = saved[0].file_2.as_deref().map(read_rows).transpose()?.map(|(r, _)| r.size());
     tracing::info!("loaded {} and {} in {:.2} s", repo.describe(), cfg.clip_model, started.elapsed().as_secs_f64());
 
     let size = models.default_size();
@@ -201,6 +221,7 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
     let settings = Settings {
         run: cfg.run.display().to_string(),
         pretrained_model_name_or_path: &cfg.model.name_or_path,
+        family: if xl { "sdxl" } else { "sd" },
         clip_model: &cfg.clip_model,
         reference_dir: cfg.reference_dir.display().to_string(),
         references: references.files.len(),
@@ -229,8 +250,15 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
         if rows.size() != shape {
             bail!("{}: rows of shape {:?}, but {} has {shape:?}: not the same run", s.file.display(), rows.size(), saved[0].file.display());
         }
+        let rows_2 = s.file_2.as_deref().map(read_rows).transpose()?.map(|(r, _)| r);
+        if rows_2.as_ref().map(Tensor::size) != shape_2 {
+            bail!("{}: its second encoder's rows do not match {}'s: not the same run", s.file.display(), saved[0].file.display());
+        }
         if i > 0 {
             models.text.encoder.set_new_rows(rows)?;
+            if let (Some(rows_2), Some(text_2)) = (rows_2, models.text_2.as_mut()) {
+                text_2.encoder.set_new_rows(rows_2)?;
+            }
         }
         let (scores, text_each, grid) = score_step(cfg, &models, &scorer, &references.embeds, &text_embeds, &eval_prompts, &seeds, s, &bar)?;
         let scores = StepScores { step: s.step, file: s.file.display().to_string(), image_similarity: scores.0, text_similarity: scores.1 };
@@ -249,14 +277,18 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
     let best = pick(&steps, cfg.best_by, cfg.text_margin);
     match best {
         Some(b) => {
-            let (_, ef) = read_rows(&saved[b].file)?;
+            let best_files = std::iter::once((&saved[b].file, BEST_FILE)).chain(saved[b].file_2.as_ref().map(|f| (f, BEST_FILE_2)));
+            for (file, name) in best_files {
+                let (_, ef) = read_rows(file)?;
+                let out = cfg.output_dir.join(name);
+                embeddings::write(&out, OutFormat::Diffusers, &token, &ef.embeddings[0], None, None).with_context(|| format!("writing {}", out.display()))?;
+            }
             let out = cfg.output_dir.join(BEST_FILE);
-            embeddings::write(&out, OutFormat::Diffusers, &token, &ef.embeddings[0], None, None).with_context(|| format!("writing {}", out.display()))?;
             tracing::info!("best: step {} ({}), written to {}", steps[b].step, rule_text(cfg.best_by, cfg.text_margin), out.display());
         }
         None => tracing::warn!("no step has finite scores: no best step, {BEST_FILE} not written"),
     }
-    Ok(RunEval { steps, best })
+    Ok(RunEval { steps, best, xl })
 }
 
 /// Generates and scores one step: `(image_similarity, text_similarity)`, each editing prompt's
@@ -324,6 +356,7 @@ fn write_report(cfg: &RunEvalConfig, settings: &Settings, steps: &[StepScores], 
         "steps": reports,
         "best": best.map(|b| &reports[b]),
         "best_file": best.map(|_| BEST_FILE),
+        "best_file_2": best.filter(|_| settings.family == "sdxl").map(|_| BEST_FILE_2),
         "settings": settings,
     });
     let mut bytes = serde_json::to_vec_pretty(&json)?;

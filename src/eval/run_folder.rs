@@ -1,6 +1,8 @@
 //! The embeddings a training run saved, with the step of each: `learned_embeds-steps-N.*`
 //! (`--save_steps`), `checkpoint-N/learned_embeds.safetensors` (`--checkpointing_steps`) and the
-//! final `learned_embeds.*`, whose step is the last one `metrics.jsonl` records.
+//! final `learned_embeds.*`, whose step is the last one `metrics.jsonl` records. An SDXL run
+//! saves each with a second file for its second text encoder (`learned_embeds_2-steps-N.*`,
+//! `checkpoint-N/learned_embeds_2.safetensors`, `learned_embeds_2.*`): the two are paired.
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,17 @@ use std::path::{Path, PathBuf};
 pub struct SavedEmbedding {
     /// Optimizer updates done when it was saved.
     pub step: u64,
+    /// The rows of the (first) text encoder.
     pub file: PathBuf,
+    /// SDXL: the rows of the second text encoder (OpenCLIP ViT-bigG), saved beside `file`.
+    pub file_2: Option<PathBuf>,
+}
+
+/// The second encoder's file beside `file` (`learned_embeds` -> `learned_embeds_2` in its name).
+fn second_of(file: &Path) -> Option<PathBuf> {
+    let name = file.file_name()?.to_str()?;
+    let rest = name.strip_prefix("learned_embeds")?;
+    Some(file.with_file_name(format!("learned_embeds_2{rest}")))
 }
 
 /// The final file's names, in the order diffusers resolves a training folder.
@@ -18,7 +30,9 @@ const FINAL: [&str; 2] = ["learned_embeds.safetensors", "learned_embeds.bin"];
 
 /// Every saved embedding of the run folder `run`, one per step, in step order. Where several
 /// files hold one step, the final file is listed first, then `learned_embeds-steps-N`, then the
-/// checkpoint (they hold the same rows). Fails when `run` is no run folder or holds none.
+/// checkpoint (they hold the same rows). In an SDXL run (one where any saved file has its
+/// `learned_embeds_2` pair) a file without its pair is skipped, with a warning. Fails when `run`
+/// is no run folder or holds none.
 pub fn discover(run: &Path) -> Result<Vec<SavedEmbedding>> {
     if !run.is_dir() {
         bail!("--run {} is not a folder: name the --output_dir of a `train` run", run.display());
@@ -56,13 +70,23 @@ pub fn discover(run: &Path) -> Result<Vec<SavedEmbedding>> {
             None => tracing::warn!("{}: skipped, its step is unknown ({} records none)", last.display(), crate::train::metrics::METRICS_FILE),
         }
     }
-    if by_step.is_empty() {
+    let xl = by_step.values().any(|(_, f)| second_of(f).is_some_and(|p| is_regular(&p)));
+    let mut paired = BTreeMap::new();
+    for (step, (_, file)) in by_step {
+        let file_2 = second_of(&file).filter(|p| xl && is_regular(p));
+        if xl && file_2.is_none() {
+            tracing::warn!("{}: skipped, an SDXL run's file without its learned_embeds_2 pair", file.display());
+            continue;
+        }
+        paired.insert(step, SavedEmbedding { step, file, file_2 });
+    }
+    if paired.is_empty() {
         bail!(
             "--run {} holds no saved embedding: expected learned_embeds-steps-N.safetensors (--save_steps), checkpoint-N/ (--checkpointing_steps) or learned_embeds.safetensors with metrics.jsonl",
             run.display()
         );
     }
-    Ok(by_step.into_iter().map(|(step, (_, file))| SavedEmbedding { step, file }).collect())
+    Ok(paired.into_values().collect())
 }
 
 /// A regular file (not a link, folder or device): nothing else is read from a run folder.
@@ -116,6 +140,33 @@ mod tests {
             (10, "learned_embeds.safetensors"),
         ];
         assert_eq!(got, want.map(|(s, f)| (s, f.to_string())));
+    }
+
+    #[test]
+    fn pairs_an_sdxl_runs_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in [
+            "learned_embeds-steps-2.safetensors",
+            "learned_embeds_2-steps-2.safetensors",
+            "learned_embeds-steps-4.safetensors",
+            "checkpoint-3/learned_embeds.safetensors",
+            "checkpoint-3/learned_embeds_2.safetensors",
+            "learned_embeds.safetensors",
+            "learned_embeds_2.safetensors",
+        ] {
+            touch(&d.join(f));
+        }
+        std::fs::write(d.join("metrics.jsonl"), "{\"step\":5}\n").unwrap();
+        let rel = |p: &Path| p.strip_prefix(d).unwrap().display().to_string();
+        let got: Vec<(u64, String, Option<String>)> = discover(d).unwrap().iter().map(|s| (s.step, rel(&s.file), s.file_2.as_deref().map(rel))).collect();
+        let want = [
+            (2, "learned_embeds-steps-2.safetensors", "learned_embeds_2-steps-2.safetensors"),
+            (3, "checkpoint-3/learned_embeds.safetensors", "checkpoint-3/learned_embeds_2.safetensors"),
+            (5, "learned_embeds.safetensors", "learned_embeds_2.safetensors"),
+        ];
+        // Step 4's file lacks its pair: skipped.
+        assert_eq!(got, want.map(|(s, a, b)| (s, a.to_string(), Some(b.to_string()))));
     }
 
     #[test]

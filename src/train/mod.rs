@@ -31,6 +31,7 @@ pub mod output;
 mod plan;
 pub mod push;
 mod reporting;
+pub mod run_record;
 mod run_state;
 pub mod script_rng;
 pub mod setup;

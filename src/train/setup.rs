@@ -266,6 +266,7 @@ fn check_inputs(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<Inputs> {
     let captions = Captions::load(&cfg.captions, data.property, &dataset, &cfg.placeholder_token)?;
     if ranks.rank() == 0 {
         super::output::prepare(cfg, &repo, xl)?;
+        super::run_record::RunRecord::new(cfg, &data_dir, xl).write(&cfg.output.dir)?;
         write_buckets(cfg, &dataset)?;
     }
     crate::device::ensure_available(cfg.device)?;
