@@ -5,7 +5,7 @@
 //!
 //! The schedule is computed as diffusers does, in f32 tensor operations (`log`, `lerp`, `exp`),
 //! and the interpolated timesteps with its `_sigma_to_t`, which there runs on f32 tensors: see
-//! [`sigma_to_t_f32`]. [`Kdpm2Base`] is shared with the ancestral variant.
+//! `sigma_to_t_f32`. `Kdpm2Base` is shared with the ancestral variant.
 use super::config::ClassInfo;
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing, KDPM2};
 use super::schedule::{karras_sigmas, log_f32, np_interp, np_round, sigma_init_noise, sigma_to_t, spaced_timesteps, TorchF32, TrainSchedule};
