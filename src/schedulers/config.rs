@@ -437,6 +437,42 @@ pub(crate) const HEUN: ClassInfo = ClassInfo {
     has_rescale: false,
     samples: true,
 };
+/// KDPM2DiscreteScheduler and its ancestral variant (which default beta_start/beta_end to SD's
+/// 0.00085/0.012: see `SchedulerConfig::with_sd_betas`).
+pub(crate) const KDPM2: ClassInfo = ClassInfo {
+    name: "KDPM2DiscreteScheduler",
+    predictions: EPS_V,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: false,
+    samples: true,
+};
+pub(crate) const KDPM2_ANCESTRAL: ClassInfo = ClassInfo { name: "KDPM2AncestralDiscreteScheduler", ..KDPM2 };
+pub(crate) const DEIS: ClassInfo = ClassInfo {
+    name: "DEISMultistepScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: false,
+    samples: true,
+};
+pub(crate) const LMS: ClassInfo = ClassInfo {
+    name: "LMSDiscreteScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: false,
+    samples: true,
+};
+/// DPMSolverSinglestepScheduler (which has no timestep_spacing: it always spaces by linspace).
+pub(crate) const DPM_SINGLESTEP: ClassInfo = ClassInfo {
+    name: "DPMSolverSinglestepScheduler",
+    predictions: EPS_V_SAMPLE,
+    beta_schedules: BETA_SCHEDULES,
+    default_spacing: TimestepSpacing::Linspace,
+    has_rescale: false,
+    samples: true,
+};
 /// DDPM as a sampler (a model whose own scheduler is DDPMScheduler): its spacing is checked.
 pub(crate) const DDPM_SAMPLING: ClassInfo = ClassInfo { samples: true, ..DDPM };
 
@@ -503,6 +539,12 @@ impl SchedulerConfig {
             steps_offset,
             rescale_betas_zero_snr: class.has_rescale && self.rescale_betas_zero_snr.unwrap_or(false),
         })
+    }
+
+    /// The config with SD's betas (0.00085 to 0.012) where it gives none: KDPM2's defaults,
+    /// unlike DDPM's 0.0001 to 0.02.
+    pub(crate) fn with_sd_betas(&self) -> SchedulerConfig {
+        SchedulerConfig { beta_start: self.beta_start.or(Some(0.00085)), beta_end: self.beta_end.or(Some(0.012)), ..self.clone() }
     }
 
     /// Rejects `thresholding: true` (dynamic thresholding is for pixel-space models).

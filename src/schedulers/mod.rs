@@ -19,7 +19,7 @@
 //! Loop over [`Scheduler::timesteps`], not `0..steps`: PNDM has one timestep more than steps (its
 //! PLMS warm-up repeats one), and its Runge-Kutta mode many more.
 //!
-//! Randomness (Euler ancestral, DDPM, SDE DPM-Solver++): diffusers draws with
+//! Randomness (Euler ancestral, KDPM2 ancestral, DDPM, SDE DPM-Solver++): diffusers draws with
 //! `randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(S))`, on the CPU, then moves
 //! the noise to the device. tch has no generator objects, but libtorch's global CPU generator
 //! after `tch::manual_seed(S)` is the same mt19937 in the same state, so drawing from it in the
@@ -30,10 +30,15 @@ pub mod config;
 pub mod ddim;
 pub mod ddpm;
 pub mod ddpm_sampler;
+pub mod deis;
 pub mod dpm_solver_multistep;
+pub mod dpm_solver_singlestep;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod heun;
+pub mod kdpm2;
+pub mod kdpm2_ancestral;
+pub mod lms;
 pub mod pndm;
 pub(crate) mod schedule;
 pub mod unipc;
@@ -101,6 +106,16 @@ pub enum SchedulerKind {
     UniPc,
     Heun,
     HeunKarras,
+    Kdpm2,
+    Kdpm2Karras,
+    Kdpm2Ancestral,
+    Kdpm2AncestralKarras,
+    Deis,
+    Lms,
+    LmsKarras,
+    UniPcKarras,
+    DpmSolverSinglestep,
+    DpmSolverSinglestepKarras,
 }
 
 /// Per kind: our name, then other names (A1111's sampler names, ComfyUI's, older spellings)
@@ -114,9 +129,19 @@ const NAMES: &[(SchedulerKind, &str, &[&str])] = &[
     (SchedulerKind::EulerAncestral, "euler-ancestral", &["Euler a", "euler_ancestral"]),
     (SchedulerKind::DpmSolverMultistep, "dpm++2m", &["DPM++ 2M", "dpmsolver++", "dpm-solver++", "dpm++", "dpmpp_2m"]),
     (SchedulerKind::DpmSolverMultistepKarras, "dpm++2m-karras", &["DPM++ 2M Karras", "dpmpp_2m_karras"]),
+    (SchedulerKind::DpmSolverSinglestep, "dpm++2s", &["dpm-solver-singlestep", "dpmsolver++ singlestep"]),
+    (SchedulerKind::DpmSolverSinglestepKarras, "dpm++2s-karras", &["dpm-solver-singlestep-karras"]),
     (SchedulerKind::UniPc, "unipc", &["UniPC", "uni_pc_bh2"]),
+    (SchedulerKind::UniPcKarras, "unipc-karras", &["UniPC Karras"]),
     (SchedulerKind::Heun, "heun", &["Heun"]),
     (SchedulerKind::HeunKarras, "heun-karras", &["Heun Karras"]),
+    (SchedulerKind::Deis, "deis", &["DEIS"]),
+    (SchedulerKind::Lms, "lms", &["LMS"]),
+    (SchedulerKind::LmsKarras, "lms-karras", &["LMS Karras", "lms_karras"]),
+    (SchedulerKind::Kdpm2, "kdpm2", &["DPM2", "dpm_2"]),
+    (SchedulerKind::Kdpm2Karras, "kdpm2-karras", &["DPM2 Karras", "dpm_2_karras"]),
+    (SchedulerKind::Kdpm2Ancestral, "kdpm2-a", &["DPM2 a", "dpm_2_ancestral", "kdpm2-ancestral"]),
+    (SchedulerKind::Kdpm2AncestralKarras, "kdpm2-a-karras", &["DPM2 a Karras", "dpm_2_ancestral_karras", "kdpm2-ancestral-karras"]),
 ];
 
 fn name_key(s: &str) -> String {
@@ -124,7 +149,7 @@ fn name_key(s: &str) -> String {
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 11] = [
+    pub const ALL: [SchedulerKind; 21] = [
         SchedulerKind::Pndm,
         SchedulerKind::Ddim,
         SchedulerKind::Ddpm,
@@ -136,6 +161,16 @@ impl SchedulerKind {
         SchedulerKind::UniPc,
         SchedulerKind::Heun,
         SchedulerKind::HeunKarras,
+        SchedulerKind::Kdpm2,
+        SchedulerKind::Kdpm2Karras,
+        SchedulerKind::Kdpm2Ancestral,
+        SchedulerKind::Kdpm2AncestralKarras,
+        SchedulerKind::Deis,
+        SchedulerKind::Lms,
+        SchedulerKind::LmsKarras,
+        SchedulerKind::UniPcKarras,
+        SchedulerKind::DpmSolverSinglestep,
+        SchedulerKind::DpmSolverSinglestepKarras,
     ];
 
     pub fn class_name(self) -> &'static str {
@@ -146,14 +181,29 @@ impl SchedulerKind {
             SchedulerKind::Euler | SchedulerKind::EulerKarras => "EulerDiscreteScheduler",
             SchedulerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
             SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => "DPMSolverMultistepScheduler",
-            SchedulerKind::UniPc => "UniPCMultistepScheduler",
+            SchedulerKind::UniPc | SchedulerKind::UniPcKarras => "UniPCMultistepScheduler",
             SchedulerKind::Heun | SchedulerKind::HeunKarras => "HeunDiscreteScheduler",
+            SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Karras => "KDPM2DiscreteScheduler",
+            SchedulerKind::Deis => "DEISMultistepScheduler",
+            SchedulerKind::DpmSolverSinglestep | SchedulerKind::DpmSolverSinglestepKarras => "DPMSolverSinglestepScheduler",
+            SchedulerKind::Lms | SchedulerKind::LmsKarras => "LMSDiscreteScheduler",
+            SchedulerKind::Kdpm2Ancestral | SchedulerKind::Kdpm2AncestralKarras => "KDPM2AncestralDiscreteScheduler",
         }
     }
 
     /// Whether this kind forces `use_karras_sigmas` on, whatever the config says.
     pub fn karras(self) -> bool {
-        matches!(self, SchedulerKind::EulerKarras | SchedulerKind::DpmSolverMultistepKarras | SchedulerKind::HeunKarras)
+        matches!(
+            self,
+            SchedulerKind::EulerKarras
+                | SchedulerKind::DpmSolverMultistepKarras
+                | SchedulerKind::HeunKarras
+                | SchedulerKind::Kdpm2Karras
+                | SchedulerKind::Kdpm2AncestralKarras
+                | SchedulerKind::LmsKarras
+                | SchedulerKind::UniPcKarras
+                | SchedulerKind::DpmSolverSinglestepKarras
+        )
     }
 
     /// The command-line name.
@@ -234,8 +284,15 @@ pub fn build(kind: SchedulerKind, config: &SchedulerConfig) -> Result<Box<dyn Sc
         SchedulerKind::DpmSolverMultistep | SchedulerKind::DpmSolverMultistepKarras => {
             Box::new(dpm_solver_multistep::DpmSolverMultistepScheduler::new(config)?.with_kind(kind))
         }
-        SchedulerKind::UniPc => Box::new(unipc::UniPcScheduler::new(config)?),
+        SchedulerKind::UniPc | SchedulerKind::UniPcKarras => Box::new(unipc::UniPcScheduler::new(config)?.with_kind(kind)),
         SchedulerKind::Heun | SchedulerKind::HeunKarras => Box::new(heun::HeunScheduler::new(config)?.with_kind(kind)),
+        SchedulerKind::Deis => Box::new(deis::DeisScheduler::new(config)?),
+        SchedulerKind::DpmSolverSinglestep | SchedulerKind::DpmSolverSinglestepKarras => {
+            Box::new(dpm_solver_singlestep::DpmSolverSinglestepScheduler::new(config)?.with_kind(kind))
+        }
+        SchedulerKind::Lms | SchedulerKind::LmsKarras => Box::new(lms::LmsScheduler::new(config)?.with_kind(kind)),
+        SchedulerKind::Kdpm2 | SchedulerKind::Kdpm2Karras => Box::new(kdpm2::Kdpm2Scheduler::new(config)?.with_kind(kind)),
+        SchedulerKind::Kdpm2Ancestral | SchedulerKind::Kdpm2AncestralKarras => Box::new(kdpm2_ancestral::Kdpm2AncestralScheduler::new(config)?.with_kind(kind)),
     })
 }
 

@@ -2,8 +2,10 @@
 //! in data (x0) prediction, B(h) = e^h - 1 (`bh2`; `bh1` too), `solver_order` 2, lower-order
 //! final steps. The scalar coefficients are libtorch 0-d f32 tensors combined with the same
 //! operations as diffusers (`expm1`, `linalg.solve`, `einsum`), so the steps round as its do.
+//! With `use_karras_sigmas` (`unipc-karras`) the sigmas are Karras' between the training sigmas'
+//! ends (or the config's `sigma_min`/`sigma_max`), at their rounded integer timesteps.
 use super::config::{choose, FinalSigmasType, PredictionType, SchedulerConfig, SolverTypeName, TimestepSpacing, UNIPC};
-use super::schedule::{np_arange, np_linspace, np_round, TrainSchedule};
+use super::schedule::{karras_sigmas, log_f32, np_arange, np_linspace, np_round, sigma_to_t, TrainSchedule};
 use super::{cached_step_index, check_step_inputs, check_steps, not_ready, Scheduler, SchedulerKind};
 use anyhow::{anyhow, bail, Result};
 use tch::{Device, Kind, Tensor};
@@ -11,6 +13,10 @@ use tch::{Device, Kind, Tensor};
 const NAME: &str = "UniPCMultistepScheduler";
 
 pub struct UniPcScheduler {
+    /// The plain or the Karras kind (the sigmas come from the config either way).
+    kind: SchedulerKind,
+    karras: bool,
+    karras_range: (Option<f64>, Option<f64>),
     train: i64,
     spacing: TimestepSpacing,
     steps_offset: i64,
@@ -51,7 +57,11 @@ impl UniPcScheduler {
     pub fn new(config: &SchedulerConfig) -> Result<Self> {
         let c = config.common(&UNIPC)?;
         config.reject_thresholding(NAME)?;
-        config.reject_other_sigmas(NAME, &[("use_karras_sigmas", config.use_karras_sigmas), ("use_flow_sigmas", config.use_flow_sigmas)])?;
+        config.reject_other_sigmas(NAME, &[("use_flow_sigmas", config.use_flow_sigmas)])?;
+        let karras = config.use_karras_sigmas.unwrap_or(false);
+        if karras {
+            config.check_karras_range(NAME)?;
+        }
         // diffusers registers midpoint, heun and logrho (DPM-Solver's names) as bh2.
         let bh1 = choose(
             NAME,
@@ -79,6 +89,9 @@ impl UniPcScheduler {
         )?;
         let schedule = TrainSchedule::new(&c, true)?;
         Ok(UniPcScheduler {
+            kind: SchedulerKind::UniPc,
+            karras,
+            karras_range: (config.sigma_min, config.sigma_max),
             train: c.num_train_timesteps,
             spacing: c.timestep_spacing,
             steps_offset: c.steps_offset,
@@ -96,6 +109,27 @@ impl UniPcScheduler {
             this_order: 0,
             last_sample: None,
         })
+    }
+
+    /// Reports itself as `kind` (the `-karras` name it was built for).
+    pub(crate) fn with_kind(self, kind: SchedulerKind) -> Self {
+        Self { kind, ..self }
+    }
+
+    /// The training sigma at each integer timestep (interpolation at an integer is that sigma).
+    fn set_sigmas(&mut self, timesteps: Vec<f64>) -> Result<()> {
+        let mut sigmas = Vec::with_capacity(timesteps.len() + 1);
+        for &t in &timesteps {
+            let i = t as i64;
+            if !(0..self.train).contains(&i) {
+                bail!("{NAME}: timestep {t} is outside the training range (steps_offset too large?)");
+            }
+            sigmas.push(self.train_sigmas[i as usize]);
+        }
+        sigmas.push(if self.final_sigma_min { self.train_sigmas[0] } else { 0.0 });
+        self.sigmas = sigmas;
+        self.timesteps = timesteps;
+        Ok(())
     }
 
     /// UniPC's own spacing: n + 1 points, the last (0) dropped, for linspace and leading.
@@ -218,23 +252,25 @@ struct Coefficients {
 
 impl Scheduler for UniPcScheduler {
     fn kind(&self) -> SchedulerKind {
-        SchedulerKind::UniPc
+        self.kind
     }
 
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
         check_steps(NAME, n, self.train)?;
         let timesteps = self.spaced(n);
-        let mut sigmas = Vec::with_capacity(timesteps.len() + 1);
-        for &t in &timesteps {
-            let i = t as i64;
-            if !(0..self.train).contains(&i) {
-                bail!("{NAME}: timestep {t} is outside the training range (steps_offset too large?)");
-            }
-            sigmas.push(self.train_sigmas[i as usize]);
+        if self.karras {
+            let hi = self.karras_range.1.unwrap_or(self.train_sigmas[self.train_sigmas.len() - 1] as f64);
+            let lo = self.karras_range.0.unwrap_or(self.train_sigmas[0] as f64);
+            let karras = karras_sigmas(lo, hi, n);
+            let log_sigmas = log_f32(&self.train_sigmas);
+            // Rounded, then int64.
+            self.timesteps = karras.iter().map(|&s| np_round(sigma_to_t(s, &log_sigmas)) as i64 as f64).collect();
+            let mut sigmas: Vec<f32> = karras.into_iter().map(|s| s as f32).collect();
+            sigmas.push(if self.final_sigma_min { sigmas[sigmas.len() - 1] } else { 0.0 });
+            self.sigmas = sigmas;
+        } else {
+            self.set_sigmas(timesteps)?;
         }
-        sigmas.push(if self.final_sigma_min { self.train_sigmas[0] } else { 0.0 });
-        self.sigmas = sigmas;
-        self.timesteps = timesteps;
         self.step_index = None;
         self.model_outputs = (0..self.solver_order).map(|_| None).collect();
         self.lower_order_nums = 0;
