@@ -191,7 +191,11 @@ fn best_by_and_prompts_are_the_users() {
     let f = fixtures();
     let (model, references) = (f.join("tiny-sd"), f.join("dataset/images"));
     let flags = ["--pretrained_model_name_or_path", model.to_str().unwrap(), "--reference_dir", references.to_str().unwrap()];
-    let extra = [&flags[..], &["--best_by", "text", "--reconstruction_prompt", "{} toy", "--editing_prompt", "a {} in a box", "--editing_prompt", "<cat-toy> at night"]].concat();
+    let extra = [
+        &flags[..],
+        &["--best_by", "text", "--reconstruction_prompt", "{} toy", "--editing_prompt", "a {} in a box", "--editing_prompt", "<cat-toy> at night"],
+    ]
+    .concat();
     ok(evaluate_run(&out, &extra), "evaluate --run --best_by text");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     let texts: Vec<&str> = report["settings"]["prompts"].as_array().unwrap().iter().map(|p| p["text"].as_str().unwrap()).collect();

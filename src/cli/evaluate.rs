@@ -6,10 +6,10 @@ use crate::eval::best::{BestBy, DEFAULT_TEXT_MARGIN};
 use crate::eval::prompts::Property;
 use crate::eval::run_eval::{self, RunEvalConfig};
 use crate::eval::scorer::{similarities, ClipScorer, DEFAULT_BATCH_SIZE};
+use crate::models::repo::ModelSource;
 use crate::models::stable_diffusion::{LoadOptions, WeightOptions};
 use crate::pipeline::GenerateOptions;
 use crate::schedulers::SchedulerKind;
-use crate::models::repo::ModelSource;
 use crate::train::run_record::{RunRecord, RUN_RECORD};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -177,7 +177,10 @@ fn run_model(r: &RunArgs, record: Option<&RunRecord>, run: &Path) -> Result<(Mod
         return Ok((ModelSource { name_or_path: model.clone(), revision: r.revision.clone(), ..Default::default() }, r.variant.clone()));
     }
     let Some(rec) = record else {
-        anyhow::bail!("--run {} has no {RUN_RECORD} (a run of an earlier version?): give --pretrained_model_name_or_path, the model it was trained on", run.display());
+        anyhow::bail!(
+            "--run {} has no {RUN_RECORD} (a run of an earlier version?): give --pretrained_model_name_or_path, the model it was trained on",
+            run.display()
+        );
     };
     let source = ModelSource {
         name_or_path: rec.pretrained_model_name_or_path.clone(),

@@ -54,7 +54,11 @@ impl Plan<'_> {
                 return true;
             }
         }
-        if name == LOSS_PNG || name == super::run_record::RUN_RECORD || (name == "validation" && self.cfg.validation.is_some()) || (name == BUCKETS_FILE && self.cfg.data.buckets.is_some()) {
+        if name == LOSS_PNG
+            || name == super::run_record::RUN_RECORD
+            || (name == "validation" && self.cfg.validation.is_some())
+            || (name == BUCKETS_FILE && self.cfg.data.buckets.is_some())
+        {
             return true;
         }
         // --push_to_hub's model card and the last validation images it links.

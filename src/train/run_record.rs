@@ -106,7 +106,9 @@ impl RunRecord {
         use clap::ValueEnum;
         self.prediction_type
             .as_deref()
-            .map(|s| PredictionType::from_str(s, false).map_err(|_| anyhow::anyhow!("{RUN_RECORD}: prediction_type {s:?} is none of epsilon, v_prediction, sample")))
+            .map(|s| {
+                PredictionType::from_str(s, false).map_err(|_| anyhow::anyhow!("{RUN_RECORD}: prediction_type {s:?} is none of epsilon, v_prediction, sample"))
+            })
             .transpose()
     }
 }
