@@ -13,6 +13,7 @@ pub mod distributed;
 pub mod eval;
 pub mod image_out;
 pub mod libtorch_extras;
+pub mod malloc;
 pub mod models;
 pub mod pipeline;
 pub mod progress;
