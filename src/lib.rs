@@ -14,6 +14,7 @@ pub mod eval;
 pub mod image_in;
 pub mod image_out;
 pub mod libtorch_extras;
+pub mod malloc;
 pub mod models;
 pub mod pipeline;
 pub mod progress;

@@ -4,6 +4,8 @@ use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // Before libtorch allocates anything: freed tensors are reused, not faulted in again.
+    textual_inversion::malloc::keep_freed_memory();
     // Before anything can ask libtorch about CUDA (see init_cuda).
     textual_inversion::device::init_cuda();
     let cli = cli::parse();
