@@ -103,6 +103,10 @@ pub struct GenerateArgs {
     /// Use the hidden state this many layers before the last.
     #[arg(long = "clip_skip")]
     pub clip_skip: Option<usize>,
+    /// How prompts are read: diffusers (plain text, 77 tokens) or a1111 (the web UI's
+    /// `(word:1.2)`, `[word]`, `BREAK` and prompts of any length; SD 1.x/2.x).
+    #[arg(long = "prompt_syntax", value_enum, default_value = "diffusers")]
+    pub prompt_syntax: crate::text::a1111::PromptSyntax,
     /// Sampler instead of the model's own, by our name, an A1111 name ("DPM++ 2M Karras", "Euler
     /// a") or a diffusers class name, case-insensitive.
     #[arg(long, long_help = scheduler_help())]
@@ -149,6 +153,7 @@ impl GenerateArgs {
                 init_image: self.init_image.clone(),
                 strength: self.strength,
                 batch_size: self.batch_size,
+                prompt_syntax: self.prompt_syntax,
             },
             scheduler: self.scheduler,
             output_dir: self.output_dir.clone(),

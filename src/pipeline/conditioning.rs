@@ -7,9 +7,13 @@
 //!   ids `[original h, w, crop top, left, target h, w]`. Negatives are zeros when no negative
 //!   prompt is given and the model says `force_zeros_for_empty_prompt`; otherwise encoded from
 //!   `negative_prompt(_2)` with `hidden_states[-2]` (clip_skip never applies to them).
+//! - `--prompt_syntax a1111` (SD 1.x/2.x): both prompts read as the web UI reads them
+//!   (`text::a1111`), clip_skip applied to both as the web UI's global setting is; when their
+//!   chunk counts differ, the negative prompt's states stay apart for a UNet pass of their own.
 use super::{GenerateOptions, Models};
 use crate::models::stable_diffusion::Family;
 use crate::models::unet::AddedConditioning;
+use crate::text::a1111::PromptSyntax;
 use crate::text::learned_tokens::expand_prompt;
 use crate::text::TextStack;
 use anyhow::{bail, Result};
@@ -19,6 +23,10 @@ use tch::{Kind, Tensor};
 pub struct Conditioning {
     /// `[batch, 77, cross_attention_dim]`, in the UNet's dtype on its device.
     pub context: Tensor,
+    /// The negative prompt's states `[batch, L, D]` when their length `L` differs from the
+    /// prompt's (`--prompt_syntax a1111`): `context` then holds the prompt's rows only and the
+    /// UNet runs each in a pass of its own, as the web UI does by default.
+    pub uncond_context: Option<Tensor>,
     /// SDXL's pooled embedding and time ids.
     pub added: Option<AddedConditioning>,
 }
@@ -62,9 +70,21 @@ impl Models {
 
     /// One prompt's embeddings (`prompt_2` for SDXL's second encoder, default `prompt`).
     pub fn prompt_embeds(&self, prompt: &str, prompt_2: Option<&str>, clip_skip: Option<usize>) -> Result<PromptEmbeds> {
+        self.prompt_embeds_as(PromptSyntax::Diffusers, prompt, prompt_2, clip_skip)
+    }
+
+    /// [`Models::prompt_embeds`] with the prompt read in `syntax`.
+    pub fn prompt_embeds_as(&self, syntax: PromptSyntax, prompt: &str, prompt_2: Option<&str>, clip_skip: Option<usize>) -> Result<PromptEmbeds> {
         let Some(text_2) = &self.text_2 else {
-            return Ok(PromptEmbeds { hidden: self.text.encode_prompt(prompt, clip_skip)?, pooled: None });
+            let hidden = match syntax {
+                PromptSyntax::Diffusers => self.text.encode_prompt(prompt, clip_skip)?,
+                PromptSyntax::A1111 => self.text.encode_a1111(prompt, clip_skip)?,
+            };
+            return Ok(PromptEmbeds { hidden, pooled: None });
         };
+        if syntax == PromptSyntax::A1111 {
+            bail!("--prompt_syntax a1111 is for SD 1.x and 2.x models (SDXL is not supported yet)");
+        }
         let skip = clip_skip.unwrap_or(0);
         let (h1, _) = xl_states(&self.text, &ids(&self.text, prompt)?, skip)?;
         let ids_2 = ids(text_2, prompt_2.unwrap_or(prompt))?;
@@ -86,16 +106,19 @@ impl Models {
         {
             bail!("--prompt_2, --negative_prompt_2, --original_size, --target_size and --crops_coords_top_left are for SDXL models");
         }
-        let positive = self.prompt_embeds(&options.prompt, options.prompt_2.as_deref(), options.clip_skip)?;
+        let syntax = options.prompt_syntax;
+        let positive = self.prompt_embeds_as(syntax, &options.prompt, options.prompt_2.as_deref(), options.clip_skip)?;
         let negative = if !guidance {
             None
         } else if let (Family::Xl { force_zeros_for_empty_prompt: true }, None) = (self.family, &options.negative_prompt) {
             Some(PromptEmbeds { hidden: positive.hidden.zeros_like(), pooled: positive.pooled.as_ref().map(Tensor::zeros_like) })
         } else {
-            // diffusers applies clip_skip to the prompt only, never to the negative prompt.
+            // diffusers applies clip_skip to the prompt only, never to the negative prompt; the
+            // web UI's is a global setting.
             let neg = options.negative_prompt.as_deref().unwrap_or("");
             let neg_2 = options.negative_prompt_2.as_deref().or(options.negative_prompt.as_deref()).unwrap_or("");
-            Some(self.prompt_embeds(neg, Some(neg_2), None)?)
+            let skip = if syntax == PromptSyntax::A1111 { options.clip_skip } else { None };
+            Some(self.prompt_embeds_as(syntax, neg, Some(neg_2), skip)?)
         };
         let batch = |pos: &Tensor, neg: Option<&Tensor>| -> Tensor {
             let dims: Vec<i64> = std::iter::once(n).chain(std::iter::repeat_n(1, pos.dim() - 1)).collect();
@@ -106,7 +129,10 @@ impl Models {
             };
             t.to_device(self.device).to_kind(self.kind)
         };
-        let context = batch(&positive.hidden, negative.as_ref().map(|e| &e.hidden));
+        let (context, uncond_context) = match &negative {
+            Some(neg) if neg.hidden.size()[1] != positive.hidden.size()[1] => (batch(&positive.hidden, None), Some(batch(&neg.hidden, None))),
+            _ => (batch(&positive.hidden, negative.as_ref().map(|e| &e.hidden)), None),
+        };
         let added = match &positive.pooled {
             None => None,
             Some(pooled) => {
@@ -125,6 +151,6 @@ impl Models {
         if xl && added.is_none() {
             bail!("SDXL conditioning without the pooled embedding");
         }
-        Ok(Conditioning { context, added })
+        Ok(Conditioning { context, uncond_context, added })
     }
 }

@@ -53,6 +53,8 @@ pub struct GenerateOptions {
     pub num_images_per_prompt: usize,
     pub seed: u64,
     pub clip_skip: Option<usize>,
+    /// How the prompts are read (`--prompt_syntax`).
+    pub prompt_syntax: crate::text::a1111::PromptSyntax,
     /// SDXL's size conditioning, `(height, width)`: default the image's size.
     pub original_size: Option<(i64, i64)>,
     /// SDXL: `(top, left)`, default `(0, 0)`.
@@ -132,6 +134,7 @@ impl Default for GenerateOptions {
             num_images_per_prompt: 1,
             seed: 0,
             clip_skip: None,
+            prompt_syntax: Default::default(),
             original_size: None,
             crops_coords_top_left: (0, 0),
             target_size: None,
@@ -269,10 +272,19 @@ impl Models {
             }
         };
         for (i, &t) in timesteps.iter().enumerate() {
-            let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
-            let input = scheduler.scale_model_input(&input, t)?;
             // Made on the device (no host-to-device copy, which would wait for the GPU).
             let t_tensor = Tensor::full([], t, (Kind::Float, self.device));
+            if let Some(uncond) = &cond.uncond_context {
+                // Prompt and negative prompt of different lengths: a pass for each.
+                let input = scheduler.scale_model_input(&latents, t)?;
+                let cond_noise = self.unet.forward(&input, &t_tensor, &cond.context, cond.added.as_ref())?;
+                let uncond_noise = self.unet.forward(&input, &t_tensor, uncond, cond.added.as_ref())?;
+                latents = scheduler.step(&(&uncond_noise + (cond_noise - &uncond_noise) * guidance), t, &latents)?;
+                on_step(i + 1, timesteps.len());
+                continue;
+            }
+            let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
+            let input = scheduler.scale_model_input(&input, t)?;
             let noise = self.guided_noise(&input, &t_tensor, &cond, n, chunk, cfg.then_some(guidance))?;
             latents = scheduler.step(&noise, t, &latents)?;
             on_step(i + 1, timesteps.len());

@@ -5,7 +5,9 @@
 //! SDXL has two stacks, CLIP ViT-L and OpenCLIP ViT-bigG (with a projection): `pipeline::Models`
 //! holds the second beside the first; [`learned_tokens`] loads each embedding part into the stack
 //! of its encoder (`clip_l`, `clip_g`); the pipeline's prompt encoding concatenates the stacks'
-//! penultimate hidden states and takes the pooled embedding from the second.
+//! penultimate hidden states and takes the pooled embedding from the second. [`a1111`] reads
+//! prompts as the AUTOMATIC1111 web UI does (`--prompt_syntax a1111`).
+pub mod a1111;
 pub mod learned_tokens;
 
 use crate::models::clip::ClipTextModel;
