@@ -27,7 +27,8 @@ pub struct GenerateArgs {
     #[arg(long, required_unless_present = "prompt_file")]
     pub prompt: Option<String>,
     /// Many prompts: one per line (blank and # lines skipped), or JSON lines with any of
-    /// prompt, negative_prompt, seed, width, height, num_images (the rest from the flags). Job
+    /// prompt, negative_prompt, seed, width, height, num_inference_steps, guidance_scale,
+    /// num_images (the rest from the flags; other keys refused). Job
     /// K's seed is its own or --seed + K; its images are JJJJ-II-SEED.png, listed in
     /// index.jsonl (docs/generating.md#prompt-files).
     #[arg(long = "prompt_file")]
