@@ -11,6 +11,7 @@
 mod common;
 use common::fixtures;
 use std::collections::HashMap;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use textual_inversion::device::Precision;
 use textual_inversion::image_out::to_pixels;
@@ -21,6 +22,11 @@ use textual_inversion::pipeline::{img2img, GenerateOptions, Models};
 use textual_inversion::schedulers::{self, SchedulerKind};
 
 const TOL: f64 = 1e-4;
+
+/// libtorch's global CPU generator, which every generation draws from: the tests of this binary
+/// run on parallel threads, and a draw of one between another's seeding and its draws (an
+/// ancestral sampler draws at every step) would change the other's images.
+static GLOBAL_GENERATOR: Mutex<()> = Mutex::new(());
 
 fn models(name: &str) -> Models {
     let repo = ModelRepo::resolve(fixtures().join(name).to_str().unwrap(), None, &HubOptions::default()).unwrap();
@@ -48,6 +54,7 @@ fn options(c: &serde_json::Value) -> GenerateOptions {
 
 #[test]
 fn every_case_matches_diffusers() {
+    let _generator = GLOBAL_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir().join("cases.json")).unwrap()).unwrap();
     let mut loaded: HashMap<String, Models> = HashMap::new();
     let (mut n, mut batched) = (0, 0);
@@ -96,6 +103,7 @@ fn strengths_and_settings_diffusers_would_refuse_are_refused() {
     let e = format!("{:#}", GenerateOptions { height: Some(64), ..with(None) }.check().unwrap_err());
     assert!(e.contains("--height/--width"), "{e}");
 
+    let _generator = GLOBAL_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let m = models("tiny-sd");
     let mut s = schedulers::load(&m.scheduler_config, Some(SchedulerKind::Ddim)).unwrap();
     // int(10 * 0.05) = 0 steps.

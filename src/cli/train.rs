@@ -281,6 +281,53 @@ pub struct TrainArgs {
     /// DVAR's threshold on the normalized variance (its Textual Inversion setting: 0.15).
     #[arg(long = "early_stopping_threshold", default_value_t = crate::train::early_stopping::DEFAULT_THRESHOLD)]
     pub early_stopping_threshold: f64,
+    /// Every N updates (and once before the first, the initializer's embedding), score the
+    /// embedding with CLIP as `evaluate --run` scores a saved step: image_similarity and
+    /// text_similarity in metrics.jsonl and TensorBoard, output_dir/eval/ as evaluate --run
+    /// writes it. Needs --clip_model. 0: off.
+    #[arg(long = "eval_steps", default_value_t = 0)]
+    pub eval_steps: u64,
+    /// With --eval_steps: the CLIP model, a transformers CLIPModel folder or Hub id (e.g.
+    /// openai/clip-vit-large-patch14).
+    #[arg(long = "clip_model")]
+    pub clip_model: Option<String>,
+    /// With --eval_steps: branch, tag or commit of a --clip_model Hub id (default main).
+    #[arg(long = "clip_revision")]
+    pub clip_revision: Option<String>,
+    /// With --eval_steps: images per forward pass of CLIP's vision tower.
+    #[arg(long = "clip_batch_size", default_value_t = crate::eval::scorer::DEFAULT_BATCH_SIZE)]
+    pub clip_batch_size: usize,
+    /// With --eval_steps: the images the reconstruction prompt's images are compared with
+    /// (default --train_data_dir).
+    #[arg(long = "eval_reference_dir")]
+    pub eval_reference_dir: Option<PathBuf>,
+    /// With --eval_steps: images per prompt and evaluation, seeds --eval_image_seed, +1, ...
+    #[arg(long = "eval_num_images", default_value_t = 2)]
+    pub eval_num_images: usize,
+    /// With --eval_steps: the first seed of the evaluation images (their own generator: the
+    /// training draws are unchanged).
+    #[arg(long = "eval_image_seed", default_value_t = 0)]
+    pub eval_image_seed: u64,
+    /// With --eval_steps: denoising steps per evaluation image.
+    #[arg(long = "eval_num_inference_steps", default_value_t = 50)]
+    pub eval_num_inference_steps: usize,
+    /// With --eval_steps: the prompt whose images are compared with --eval_reference_dir; {}
+    /// stands for --placeholder_token (default "a photo of a {}"; style: "a painting in the
+    /// style of {}").
+    #[arg(long = "eval_reconstruction_prompt")]
+    pub eval_reconstruction_prompt: Option<String>,
+    /// With --eval_steps: an editing prompt ({} for the token), repeatable; replaces the
+    /// default set.
+    #[arg(long = "eval_editing_prompt")]
+    pub eval_editing_prompts: Vec<String>,
+    /// With --eval_steps: which step is best (eval/learned_embeds.best.safetensors): rule
+    /// (highest image_similarity among steps whose text_similarity >= step 0's - --text_margin),
+    /// image or text.
+    #[arg(long = "best_by", value_enum, default_value = "rule")]
+    pub best_by: crate::eval::best::BestBy,
+    /// With --eval_steps and --best_by rule: how far text_similarity may fall below step 0's.
+    #[arg(long = "text_margin", default_value_t = crate::eval::best::DEFAULT_TEXT_MARGIN)]
+    pub text_margin: f64,
 }
 
 /// The script's rule: `style` means style, anything else object.
@@ -451,6 +498,49 @@ impl TrainArgs {
         }
     }
 
+    /// `--eval_steps` and its flags (which need it), checked before anything loads.
+    pub fn inline_eval(&self) -> Result<Option<crate::eval::inline::InlineConfig>> {
+        use crate::eval::prompts::Property;
+        if self.eval_steps == 0 {
+            let given = [
+                ("--clip_model", self.clip_model.is_some()),
+                ("--clip_revision", self.clip_revision.is_some()),
+                ("--eval_reference_dir", self.eval_reference_dir.is_some()),
+                ("--eval_reconstruction_prompt", self.eval_reconstruction_prompt.is_some()),
+                ("--eval_editing_prompt", !self.eval_editing_prompts.is_empty()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|g| g.1) {
+                bail!("{flag} is a setting of the inline evaluation: give --eval_steps N too");
+            }
+            return Ok(None);
+        }
+        let Some(clip_model) = self.clip_model.clone() else {
+            bail!("--eval_steps scores with CLIP: give --clip_model too (a CLIPModel folder or Hub id, e.g. openai/clip-vit-large-patch14)");
+        };
+        let cfg = crate::eval::inline::InlineConfig {
+            every: self.eval_steps,
+            clip_model,
+            clip_revision: self.clip_revision.clone(),
+            clip_batch_size: self.clip_batch_size,
+            reference_dir: self.eval_reference_dir.clone().unwrap_or_else(|| self.train_data_dir.clone()),
+            property: match self.learnable_property {
+                LearnableProperty::Style => Property::Style,
+                LearnableProperty::Object => Property::Object,
+            },
+            reconstruction_prompt: self.eval_reconstruction_prompt.clone(),
+            editing_prompts: self.eval_editing_prompts.clone(),
+            num_images: self.eval_num_images,
+            options: crate::pipeline::GenerateOptions { steps: self.eval_num_inference_steps, seed: self.eval_image_seed, ..Default::default() },
+            best_by: self.best_by,
+            text_margin: self.text_margin,
+        };
+        if self.clip_batch_size == 0 {
+            bail!("--clip_batch_size must be at least 1");
+        }
+        cfg.check()?;
+        Ok(Some(cfg))
+    }
+
     /// `--eval_loss_steps` and `--early_stopping` (which needs it).
     fn eval_loss(&self) -> Result<Option<crate::train::eval_loss::EvalLossConfig>> {
         if self.eval_loss_steps == 0 {
@@ -511,6 +601,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let cfg = args.config()?;
         crate::train::push::preflight(cfg.output.push.as_ref().context("push config")?, &cfg.output.dir)?;
     }
+    // Checked before local ranks start: a wrong flag fails in a second.
+    let inline = args.inline_eval()?;
     if let Some(n) = args.num_processes.filter(|&n| n > 1 || world.is_distributed()) {
         let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return spawn_local_ranks(n, &without_flag(&argv, &["--num_processes", "--num-processes"]));
@@ -530,5 +622,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         tracing::info!("{world}");
     }
     let group = ProcessGroup::init(&world)?;
-    crate::train::trainer::train_on(&cfg, &group).map(|_| ())
+    let scorer = match inline {
+        Some(i) => Some(Box::new(crate::eval::inline::InlineEval::new(i, &cfg, group.rank() == 0)?) as Box<dyn crate::train::inline_eval::StepScorer>),
+        None => None,
+    };
+    crate::train::trainer::train_with(&cfg, &group, scorer).map(|_| ())
 }

@@ -6,10 +6,13 @@
 //! and picks the best ([`best`]). docs/evaluating.md says what the numbers mean.
 pub mod best;
 pub mod folder;
+pub mod inline;
 pub mod plot;
 pub mod prompts;
+pub mod report;
 pub mod run_eval;
 pub mod run_folder;
 pub mod scorer;
+pub mod step_eval;
 
 pub use scorer::{ClipScorer, Scores};

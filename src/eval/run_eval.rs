@@ -2,36 +2,25 @@
 //! picked (docs/evaluating.md, "Picking the best step"). The model is loaded once; each step's
 //! rows replace the previous step's in the text encoder (an SDXL run's pair: in both), and the
 //! same prompts and seeds are generated at every step, so the steps differ only in the embedding.
-use super::best::{pick, BestBy, StepScores};
-use super::plot::{eval_plot, rows_grid};
-use super::prompts::{self, Property};
-use super::run_folder::{discover, SavedEmbedding};
-use super::scorer::{similarities, ClipScorer};
+use super::best::{BestBy, StepScores};
+use super::prompts::Property;
+pub use super::report::{rule_text, BEST_FILE, BEST_FILE_2, EVAL_JSON, EVAL_PNG};
+use super::report::{Report, Settings};
+use super::run_folder::discover;
+use super::scorer::ClipScorer;
+use super::step_eval::{eval_prompts, StepEval};
+pub use super::step_eval::{EvalPrompt, IMAGES_DIR};
+use crate::distributed::{ProcessGroup, World};
 use crate::formats::atomic;
 use crate::formats::embeddings::{self, Encoder, OutFormat};
-use crate::image_out::{encode_png, to_pixels};
 use crate::models::repo::ModelSource;
 use crate::models::stable_diffusion::LoadOptions;
 use crate::pipeline::{GenerateOptions, Models};
-use crate::schedulers::{self, SchedulerKind};
+use crate::schedulers::SchedulerKind;
 use crate::text::learned_tokens::EmbeddingSpec;
-use crate::train::metrics::Rgb8;
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
-
-/// The evaluation's report, in `eval.json`.
-pub const EVAL_JSON: &str = "eval.json";
-/// Both scores against the step.
-pub const EVAL_PNG: &str = "eval.png";
-/// The best step's embedding, in the diffusers format.
-pub const BEST_FILE: &str = "learned_embeds.best.safetensors";
-/// SDXL: the best step's second text encoder's rows, as train names that file
-/// (`learned_embeds_2`), beside [`BEST_FILE`].
-pub const BEST_FILE_2: &str = "learned_embeds_2.best.safetensors";
-/// Where each step's images go: `images/step-N/prompt-K/IIII-SEED.png`.
-pub const IMAGES_DIR: &str = "images";
 
 /// Everything one `evaluate --run` needs.
 #[derive(Debug, Clone)]
@@ -61,49 +50,6 @@ pub struct RunEvalConfig {
     pub text_margin: f64,
 }
 
-/// One prompt of the evaluation: what is generated and what its images are scored against.
-#[derive(Debug, Clone, Serialize)]
-pub struct EvalPrompt {
-    pub prompt: String,
-    /// The prompt without the learned token (editing prompts' text_similarity is against it).
-    pub text: String,
-    pub role: &'static str,
-}
-
-#[derive(Serialize)]
-struct StepReport<'a> {
-    #[serde(flatten)]
-    scores: &'a StepScores,
-    /// Each editing prompt's text_similarity, in the order of `prompts` (the reconstruction
-    /// prompt's excluded); `text_similarity` is their mean.
-    text_similarity_per_prompt: &'a [f64],
-    grid: String,
-}
-
-#[derive(Serialize)]
-struct Settings<'a> {
-    run: String,
-    pretrained_model_name_or_path: &'a str,
-    /// `sd` or `sdxl`.
-    family: &'static str,
-    clip_model: &'a str,
-    reference_dir: String,
-    references: usize,
-    token: &'a str,
-    learnable_property: Property,
-    prompts: &'a [EvalPrompt],
-    num_images: usize,
-    seeds: Vec<u64>,
-    num_inference_steps: usize,
-    guidance_scale: f64,
-    height: i64,
-    width: i64,
-    scheduler: &'a str,
-    best_by: BestBy,
-    text_margin: f64,
-    best_rule: String,
-}
-
 /// What the evaluation found.
 #[derive(Debug, Clone)]
 pub struct RunEval {
@@ -126,26 +72,6 @@ fn read_rows(file: &Path) -> Result<(Tensor, embeddings::EmbeddingFile)> {
 
 fn same_folder(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
-}
-
-/// An u8 `[H, W, 3]` tensor as an image (what is saved is what is scored).
-fn to_images(pixels: &Tensor) -> Result<Vec<(Rgb8, image::RgbImage)>> {
-    Rgb8::from_tensor(pixels)?
-        .into_iter()
-        .map(|r| {
-            let img = image::RgbImage::from_raw(r.width, r.height, r.data.clone()).context("pixel buffer of the wrong size")?;
-            Ok((r, img))
-        })
-        .collect()
-}
-
-/// The rule `best_by` applies, in words (for eval.json and the log).
-pub fn rule_text(by: BestBy, margin: f64) -> String {
-    match by {
-        BestBy::Rule => format!("highest image_similarity among steps whose text_similarity >= the first step's - {margin}"),
-        BestBy::Image => "highest image_similarity".to_string(),
-        BestBy::Text => "highest text_similarity".to_string(),
-    }
 }
 
 /// Runs the evaluation; writes `eval.json` and `eval.png` after every step (a run stopped
@@ -176,22 +102,13 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
     };
     tracing::info!("{}: {} saved embedding(s) of {token}, steps {:?}", cfg.run.display(), saved.len(), saved.iter().map(|s| s.step).collect::<Vec<_>>());
 
-    let reconstruction = cfg.reconstruction_prompt.clone().unwrap_or_else(|| prompts::reconstruction(cfg.property).to_string());
-    let editing: Vec<String> =
-        if cfg.editing_prompts.is_empty() { prompts::editing(cfg.property).iter().map(|s| s.to_string()).collect() } else { cfg.editing_prompts.clone() };
-    let mut eval_prompts = Vec::new();
-    for (template, role) in std::iter::once((&reconstruction, "reconstruction")).chain(editing.iter().map(|e| (e, "editing"))) {
-        let prompt = prompts::with_token(template, &token)?;
-        eval_prompts.push(EvalPrompt { text: prompts::without_token(&prompt, &token), prompt, role });
-    }
+    let prompts = eval_prompts(cfg.property, cfg.reconstruction_prompt.as_deref(), &cfg.editing_prompts, &token)?;
 
     let started = std::time::Instant::now();
     let scorer = ClipScorer::load(&cfg.clip_model, cfg.clip_revision.as_deref(), cfg.load.device)?.with_batch_size(cfg.clip_batch_size)?;
     let references = scorer.folder_embeds(&cfg.reference_dir, "--reference_dir")?;
-    // One text at a time, as the first form of `evaluate` embeds its --text: the same numbers
-    // to the last bit (a batch of texts differs in float32 rounding).
-    let each = eval_prompts.iter().map(|p| scorer.text_embeds(&[p.text.as_str()])).collect::<Result<Vec<_>>>()?;
-    let text_embeds = Tensor::f_cat(&each, 0)?;
+    let seeds: Vec<u64> = (0..cfg.num_images as u64).map(|i| cfg.options.seed.wrapping_add(i)).collect();
+    let eval = StepEval::new(&scorer, references.embeds, prompts, seeds, cfg.options.clone(), cfg.scheduler, cfg.output_dir.clone())?;
     let repo = cfg.model.resolve()?;
     let mut models = Models::load(&repo, &cfg.load)?;
     let xl = saved[0].file_2.is_some();
@@ -214,36 +131,24 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
     let shape_2 = saved[0].file_2.as_deref().map(read_rows).transpose()?.map(|(r, _)| r.size());
     tracing::info!("loaded {} and {} in {:.2} s", repo.describe(), cfg.clip_model, started.elapsed().as_secs_f64());
 
-    let size = models.default_size();
-    let (height, width) = (cfg.options.height.unwrap_or(size), cfg.options.width.unwrap_or(size));
-    let seeds: Vec<u64> = (0..cfg.num_images as u64).map(|i| cfg.options.seed.wrapping_add(i)).collect();
-    let scheduler_name = schedulers::load(&models.scheduler_config, cfg.scheduler)?.kind().cli_name().to_string();
     let settings = Settings {
         run: cfg.run.display().to_string(),
-        pretrained_model_name_or_path: &cfg.model.name_or_path,
+        pretrained_model_name_or_path: cfg.model.name_or_path.clone(),
         family: if xl { "sdxl" } else { "sd" },
-        clip_model: &cfg.clip_model,
+        clip_model: cfg.clip_model.clone(),
         reference_dir: cfg.reference_dir.display().to_string(),
         references: references.files.len(),
-        token: &token,
+        token: token.clone(),
         learnable_property: cfg.property,
-        prompts: &eval_prompts,
-        num_images: cfg.num_images,
-        seeds: seeds.clone(),
-        num_inference_steps: cfg.options.steps,
-        guidance_scale: models.guidance_scale(&cfg.options),
-        height,
-        width,
-        scheduler: &scheduler_name,
+        generation: eval.generation(&models)?,
         best_by: cfg.best_by,
         text_margin: cfg.text_margin,
         best_rule: rule_text(cfg.best_by, cfg.text_margin),
     };
+    let mut report = Report::new(cfg.output_dir.clone(), settings);
 
-    let total = (saved.len() * eval_prompts.len() * seeds.len()) as u64;
-    let bar = crate::progress::bar(total, "{spinner} image {pos}/{len} [{bar:30}] {per_sec} ETA {eta}");
-    let mut steps = Vec::new();
-    let mut per_prompt = Vec::new();
+    let bar = crate::progress::bar((saved.len() * eval.num_images()) as u64, "{spinner} image {pos}/{len} [{bar:30}] {per_sec} ETA {eta}");
+    let single = ProcessGroup::init(&World::single())?;
     for (i, s) in saved.iter().enumerate() {
         let step_started = std::time::Instant::now();
         let (rows, _) = read_rows(&s.file)?;
@@ -260,8 +165,8 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
                 text_2.encoder.set_new_rows(rows_2)?;
             }
         }
-        let (scores, text_each, grid) = score_step(cfg, &models, &scorer, &references.embeds, &text_embeds, &eval_prompts, &seeds, s, &bar)?;
-        let scores = StepScores { step: s.step, file: s.file.display().to_string(), image_similarity: scores.0, text_similarity: scores.1 };
+        let result = eval.score(&models, &scorer, s.step, &single, &|| bar.inc(1))?.context("one process scores every image")?;
+        let scores = report.push(s.step, s.file.display().to_string(), result)?;
         tracing::info!(
             "step {}: image_similarity {:.6}, text_similarity {:.6} ({:.1} s)",
             s.step,
@@ -269,12 +174,10 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
             scores.text_similarity,
             step_started.elapsed().as_secs_f64()
         );
-        steps.push(scores);
-        per_prompt.push((text_each, grid));
-        write_report(cfg, &settings, &steps, &per_prompt)?;
     }
     bar.finish_and_clear();
-    let best = pick(&steps, cfg.best_by, cfg.text_margin);
+    let best = report.best();
+    let steps: Vec<StepScores> = report.steps().to_vec();
     match best {
         Some(b) => {
             let best_files = std::iter::once((&saved[b].file, BEST_FILE)).chain(saved[b].file_2.as_ref().map(|f| (f, BEST_FILE_2)));
@@ -289,79 +192,4 @@ pub fn run(cfg: &RunEvalConfig) -> Result<RunEval> {
         None => tracing::warn!("no step has finite scores: no best step, {BEST_FILE} not written"),
     }
     Ok(RunEval { steps, best, xl })
-}
-
-/// Generates and scores one step: `(image_similarity, text_similarity)`, each editing prompt's
-/// text similarity, and the grid's file name.
-#[allow(clippy::too_many_arguments)]
-fn score_step(
-    cfg: &RunEvalConfig,
-    models: &Models,
-    scorer: &ClipScorer,
-    references: &Tensor,
-    text_embeds: &Tensor,
-    eval_prompts: &[EvalPrompt],
-    seeds: &[u64],
-    saved: &SavedEmbedding,
-    bar: &indicatif::ProgressBar,
-) -> Result<((f64, f64), Vec<f64>, String)> {
-    let step_dir = Path::new(IMAGES_DIR).join(format!("step-{}", saved.step));
-    let mut grid_rows = Vec::new();
-    let (mut image_similarity, mut text_each) = (f64::NAN, Vec::new());
-    for (k, p) in eval_prompts.iter().enumerate() {
-        let dir = atomic::ensure_dir(&cfg.output_dir, &step_dir.join(format!("prompt-{k}")))?;
-        let mut row = Vec::new();
-        let mut images = Vec::new();
-        for (i, &seed) in seeds.iter().enumerate() {
-            let mut options = cfg.options.clone();
-            options.prompt = p.prompt.clone();
-            options.seed = seed;
-            options.num_images_per_prompt = 1;
-            // A scheduler of its own per image: nothing of one image's run reaches the next.
-            let mut scheduler = schedulers::load(&models.scheduler_config, cfg.scheduler)?;
-            let out = models
-                .generate(scheduler.as_mut(), &options, |_, _| {})
-                .with_context(|| format!("step {}: generating {:?} seed {seed}", saved.step, p.prompt))?;
-            for (rgb, img) in to_images(&to_pixels(&out.decoded))? {
-                let text = [("prompt".to_string(), p.prompt.clone()), ("seed".to_string(), seed.to_string()), ("step".to_string(), saved.step.to_string())];
-                atomic::write(&dir.join(format!("{i:04}-{seed}.png")), &encode_png(rgb.width, rgb.height, &rgb.data, &text)?)?;
-                row.push(rgb);
-                images.push(img);
-            }
-            bar.inc(1);
-        }
-        let embeds = scorer.image_embeds(&images)?;
-        let s = similarities(&embeds, references, &text_embeds.get(k as i64).unsqueeze(0))?;
-        if k == 0 {
-            image_similarity = s.image_similarity;
-        } else {
-            text_each.push(s.text_similarity);
-        }
-        grid_rows.push(row);
-    }
-    // The mean over the editing prompts, each the mean over its images.
-    let text_similarity = if text_each.is_empty() { f64::NAN } else { text_each.iter().sum::<f64>() / text_each.len() as f64 };
-    let grid_name = format!("step-{}.png", saved.step);
-    let grid = rows_grid(&grid_rows)?;
-    atomic::write(&cfg.output_dir.join(&grid_name), &grid.to_png()?)?;
-    Ok(((image_similarity, text_similarity), text_each, grid_name))
-}
-
-/// `eval.json` and `eval.png` for the steps so far.
-fn write_report(cfg: &RunEvalConfig, settings: &Settings, steps: &[StepScores], per_prompt: &[(Vec<f64>, String)]) -> Result<()> {
-    let best = pick(steps, cfg.best_by, cfg.text_margin);
-    let reports: Vec<StepReport> =
-        steps.iter().zip(per_prompt).map(|(s, (t, g))| StepReport { scores: s, text_similarity_per_prompt: t, grid: g.clone() }).collect();
-    let json = serde_json::json!({
-        "steps": reports,
-        "best": best.map(|b| &reports[b]),
-        "best_file": best.map(|_| BEST_FILE),
-        "best_file_2": best.filter(|_| settings.family == "sdxl").map(|_| BEST_FILE_2),
-        "settings": settings,
-    });
-    let mut bytes = serde_json::to_vec_pretty(&json)?;
-    bytes.push(b'\n');
-    atomic::write(&cfg.output_dir.join(EVAL_JSON), &bytes)?;
-    atomic::write(&cfg.output_dir.join(EVAL_PNG), &eval_plot(steps, best, 640, 400).to_png()?)?;
-    Ok(())
 }

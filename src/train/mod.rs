@@ -22,6 +22,7 @@ pub mod early_stopping;
 pub mod eval_loss;
 pub mod full_pipeline;
 pub mod grad_scaler;
+pub mod inline_eval;
 pub mod latent_cache;
 pub mod lr_schedule;
 pub mod metrics;

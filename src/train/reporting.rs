@@ -72,6 +72,12 @@ impl Reporting {
         self.pending_eval = Some((value, normalized_variance));
     }
 
+    /// `--eval_steps`: update `step`'s CLIP scores, to TensorBoard now and `metrics.jsonl` with
+    /// the next record.
+    pub(super) fn clip_scores(&mut self, step: u64, s: super::inline_eval::ClipScores) -> Result<()> {
+        self.metrics.as_mut().map_or(Ok(()), |m| m.log_clip_scores(step, s.image_similarity, s.text_similarity))
+    }
+
     /// Validation images of update `step`, `[n, H, W, 3]` u8.
     pub(super) fn log_images(&mut self, step: u64, images: &Tensor) -> Result<()> {
         self.metrics.as_mut().map_or(Ok(()), |m| m.log_image_tensor(step, images))

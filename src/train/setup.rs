@@ -344,18 +344,19 @@ fn restore_or_start(cfg: &TrainConfig, models: &mut Models, n: usize, init_rows:
 
 impl Data {
     /// The latent cache (when it fits: [`latent_cache_fits`]) and the placeholder string;
-    /// the VAE parts training no longer needs let go.
-    fn prepare(cfg: &TrainConfig, dataset: Dataset, captions: Captions, model: &mut Model) -> Result<Self> {
+    /// the VAE parts training no longer needs let go (`generates`: images are made during the
+    /// run besides validation's, e.g. by an inline evaluation).
+    fn prepare(cfg: &TrainConfig, dataset: Dataset, captions: Captions, model: &mut Model, generates: bool) -> Result<Self> {
         let kind = cfg.precision.kind();
         let models = &mut model.models;
         let cache_latents = cfg.cache_latents && latent_cache_fits(models, &dataset, kind);
         let cache = if cache_latents { LatentCache::build(&models.vae, &dataset, cfg.device, kind)? } else { LatentCache::default() };
         // What training no longer needs goes (the VAE is a tenth of SD 1.5's weights): the
-        // encoder once every latent is cached, the decoder when nothing is validated.
+        // encoder once every latent is cached, the decoder when no image is generated.
         if cache_latents {
             models.vae.release_encoder();
         }
-        if cfg.validation.is_none() {
+        if cfg.validation.is_none() && !generates {
             models.vae.release_decoder();
         }
         let placeholder = placeholder_string(&model.tokens);
@@ -412,7 +413,9 @@ impl<'c> Trainer<'c> {
     /// Loads and prepares everything; nothing is trained yet.
     /// Loads and prepares everything on one of `ranks` (one process: a group of one); nothing
     /// is trained yet. Every rank must be started with the same configuration (checked).
-    pub(super) fn start(cfg: &'c TrainConfig, ranks: &'c ProcessGroup) -> Result<Self> {
+    /// `generates`: images are made during the run besides validation's (the VAE's decoder
+    /// is kept).
+    pub(super) fn start(cfg: &'c TrainConfig, ranks: &'c ProcessGroup, generates: bool) -> Result<Self> {
         let started = std::time::Instant::now();
         let world = ranks.world_size();
         if world > 1 {
@@ -425,7 +428,7 @@ impl<'c> Trainer<'c> {
         dataset.choose_random_crops(position.seed)?;
         let buckets = bucket_shapes(&dataset, &model.models, position.seed);
         let plan = Plan::new(cfg, dataset.len(), world, buckets.as_ref().map(|b| &b.batching));
-        let data = Data::prepare(cfg, dataset, captions, &mut model)?;
+        let data = Data::prepare(cfg, dataset, captions, &mut model, generates)?;
         plan.log(cfg, data.dataset.len(), world);
         let report = Reporting::start(cfg, started, position.global_step, &rows.trainable, ranks.rank() == 0)?;
         // The script's random stream, from set_seed on: replayed without computing up to the
@@ -434,7 +437,7 @@ impl<'c> Trainer<'c> {
         // `--eval_loss_steps`: the batch fixed now, on rank 0 (which evaluates).
         let eval =
             cfg.eval_loss.as_ref().map(|e| super::eval_loss::Evaluator::new(cfg, e, &model, &data, position.global_step, ranks.rank() == 0)).transpose()?;
-        Ok(Trainer { cfg, ranks, model, data, run: RunState { position, rows, stream }, plan, report, eval })
+        Ok(Trainer { cfg, ranks, model, data, run: RunState { position, rows, stream }, plan, report, eval, scorer: None })
     }
 }
 

@@ -9,6 +9,7 @@
 //! AdamW.
 use super::config::TrainConfig;
 use super::draws::Draws;
+use super::inline_eval::StepScorer;
 use super::plan::Plan;
 use super::reporting::Reporting;
 use super::run_state::{Batch, RunState};
@@ -37,7 +38,14 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainOutcome> {
 /// Trains as one of `ranks`, data-parallel as accelerate runs the script: each rank its share
 /// of every epoch's batches, the gradients averaged at each update, rank 0 writing the files.
 pub fn train_on(cfg: &TrainConfig, ranks: &ProcessGroup) -> Result<TrainOutcome> {
-    let mut trainer = Trainer::start(cfg, ranks)?;
+    train_with(cfg, ranks, None)
+}
+
+/// [`train_on`] with an inline evaluation (`--eval_steps`, [`super::inline_eval`]) scoring the
+/// embedding as it trains.
+pub fn train_with<'c>(cfg: &'c TrainConfig, ranks: &'c ProcessGroup, scorer: Option<Box<dyn StepScorer + 'c>>) -> Result<TrainOutcome> {
+    let mut trainer = Trainer::start(cfg, ranks, scorer.is_some())?;
+    trainer.scorer = scorer;
     trainer.run()?;
     trainer.finish()
 }
@@ -61,6 +69,8 @@ pub(super) struct Trainer<'c> {
     pub(super) report: Reporting,
     /// `--eval_loss_steps`: the fixed evaluation batch and its history.
     pub(super) eval: Option<super::eval_loss::Evaluator>,
+    /// `--eval_steps`: the CLIP scoring wired in by the command (every rank).
+    pub(super) scorer: Option<Box<dyn StepScorer + 'c>>,
 }
 
 impl Trainer<'_> {
@@ -72,6 +82,8 @@ impl Trainer<'_> {
         if self.run.done(optim.max_train_steps) {
             return Ok(());
         }
+        // The embedding the run starts from: the baseline of the best rule.
+        self.score_inline(true)?;
         let mut next = self.run.stream.fetch(self.plan.num_epochs);
         while let Some(batch) = next.take() {
             let loss = self.forward_backward(&batch)?;
@@ -174,6 +186,7 @@ impl Trainer<'_> {
         self.report.updated(self.run.position.global_step);
         // Evaluated first, so that a checkpoint of this update holds its evaluation.
         self.evaluate()?;
+        self.score_inline(false)?;
         self.on_update()
     }
 
@@ -181,6 +194,9 @@ impl Trainer<'_> {
     /// written by rank 0 once every rank has finished (the script's `wait_for_everyone`).
     fn finish(mut self) -> Result<TrainOutcome> {
         self.report.finish()?;
+        if let Some(scorer) = self.scorer.as_mut() {
+            scorer.finish(self.ranks)?;
+        }
         self.ranks.barrier().context("waiting for every rank to finish")?;
         let out = &self.cfg.output;
         if self.ranks.rank() != 0 {

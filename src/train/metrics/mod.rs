@@ -86,6 +86,15 @@ pub struct Record {
     /// `--early_stopping`: DVAR's `Var(last window) / Var(all)` of the evaluation losses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_normalized_var: Option<f64>,
+    /// `--eval_steps`: the CLIP scores of update `scored_step`'s embedding (0: the
+    /// initializer's), on the record of the micro-step that made that update (the first
+    /// record for update 0; absent on the other lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_similarity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_similarity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_step: Option<u64>,
 }
 
 const RATE_WINDOW: usize = 20;
@@ -101,6 +110,8 @@ pub struct Metrics {
     losses: Vec<(u64, f64)>,
     /// `(micro_step, eval_loss)` for the plot.
     eval_losses: Vec<(u64, f64)>,
+    /// `--eval_steps`: `(update, image_similarity, text_similarity)` for the next record.
+    pending_clip: Option<(u64, f64, f64)>,
 }
 
 impl Metrics {
@@ -142,6 +153,7 @@ impl Metrics {
             recent: VecDeque::from([start]),
             losses: Vec::new(),
             eval_losses: Vec::new(),
+            pending_clip: None,
         })
     }
 
@@ -164,6 +176,7 @@ impl Metrics {
             self.recent.pop_front();
         }
         let span = now.duration_since(self.recent[0]).as_secs_f64();
+        let clip = self.pending_clip.take();
         let it_per_s = if span > 0.0 { (self.recent.len() - 1) as f64 / span } else { 0.0 };
         let record = Record {
             step,
@@ -175,6 +188,9 @@ impl Metrics {
             it_per_s,
             eval_loss: eval.map(|e| e.0).filter(|v| v.is_finite()),
             eval_normalized_var: eval.and_then(|e| e.1).filter(|v| v.is_finite()),
+            image_similarity: clip.map(|c| c.1).filter(|v| v.is_finite()),
+            text_similarity: clip.map(|c| c.2).filter(|v| v.is_finite()),
+            scored_step: clip.map(|c| c.0),
         };
         let mut line = serde_json::to_vec(&record)?;
         line.push(b'\n');
@@ -195,6 +211,19 @@ impl Metrics {
         }
         if loss.is_finite() {
             self.losses.push((micro_step, loss));
+        }
+        Ok(())
+    }
+
+    /// `--eval_steps`: the CLIP scores of update `step`, as TensorBoard scalars
+    /// `image_similarity` and `text_similarity` at that step now, and in `metrics.jsonl` on the
+    /// next record.
+    pub fn log_clip_scores(&mut self, step: u64, image_similarity: f64, text_similarity: f64) -> Result<()> {
+        self.pending_clip = Some((step, image_similarity, text_similarity));
+        if let Some(ev) = &mut self.events {
+            let t = now_secs();
+            ev.add_scalar("image_similarity", image_similarity as f32, step, t)?;
+            ev.add_scalar("text_similarity", text_similarity as f32, step, t)?;
         }
         Ok(())
     }
