@@ -6,7 +6,8 @@
 //! reordered copy of each big convolution weight, the VAE decoder's activations. Measured on
 //! an SD 2.1-shaped model at 256 px (2 threads, fp32, CPU): about 480,000 page faults (1.9 GB)
 //! per guided UNet forward and 440,000 per VAE decode, against 12,000 and 49,000 with
-//! [`keep_freed_memory`] (diffusers in the same libtorch: 144,000 and 434,000).
+//! [`keep_freed_memory`]'s two settings (given through `GLIBC_TUNABLES` in that measurement;
+//! diffusers in the same libtorch: 144,000 and 434,000).
 //! See docs/benchmarks.md#generation-speed.
 
 /// Bytes the heap's free top may hold before glibc gives them back to the system: freed
@@ -15,8 +16,8 @@ pub const TRIM_THRESHOLD: usize = 1 << 30;
 
 /// Makes glibc serve large blocks from its heap (no per-block `mmap`) and keep up to
 /// [`TRIM_THRESHOLD`] of freed memory for reuse. Call it first thing in `main`, before any
-/// large allocation. Peak memory is what it was; memory freed after a peak is returned only
-/// past the threshold. Left alone when the user sets `GLIBC_TUNABLES` with a malloc setting
+/// large allocation. Memory freed after a peak is returned only past the threshold, so the peak
+/// RSS grows (SD 2.1-shaped, 256 px: 8298 MB against 7902 MB without it). Left alone when the user sets `GLIBC_TUNABLES` with a malloc setting
 /// (theirs win), and off glibc.
 pub fn keep_freed_memory() {
     if std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.")) {

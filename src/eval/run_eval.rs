@@ -36,9 +36,9 @@ pub struct RunEvalConfig {
     /// The learned token; None: the one stored in the first file.
     pub token: Option<String>,
     pub property: Property,
-    /// `{}` for the token; None: [`prompts::reconstruction`].
+    /// `{}` for the token; None: [`super::prompts::reconstruction`].
     pub reconstruction_prompt: Option<String>,
-    /// `{}` for the token; empty: [`prompts::editing`].
+    /// `{}` for the token; empty: [`super::prompts::editing`].
     pub editing_prompts: Vec<String>,
     /// Images per prompt, with seeds `seed..seed+n` (one image per seed).
     pub num_images: usize,

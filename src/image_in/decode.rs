@@ -7,7 +7,7 @@
 //! - Images above [`MAX_PIXELS`] are refused before decoding.
 //!
 //! Everything else follows Pillow, pixel for pixel:
-//! - JPEG through libjpeg-turbo's decoder with Pillow's settings ([`jpeg`]): baseline and
+//! - JPEG through libjpeg-turbo's decoder with Pillow's settings (`jpeg.rs`): baseline and
 //!   progressive, every chroma subsampling, greyscale, CMYK and YCCK as Pillow's inverted-Adobe
 //!   `convert("RGB")`, restart markers. Arithmetic coding is enabled as in Pillow's build, but no
 //!   fixture covers it (neither Pillow nor libjpeg-turbo's TurboJPEG API writes it).
