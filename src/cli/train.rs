@@ -530,7 +530,14 @@ impl TrainArgs {
             reconstruction_prompt: self.eval_reconstruction_prompt.clone(),
             editing_prompts: self.eval_editing_prompts.clone(),
             num_images: self.eval_num_images,
-            options: crate::pipeline::GenerateOptions { steps: self.eval_num_inference_steps, seed: self.eval_image_seed, ..Default::default() },
+            // At the training resolution, as `evaluate --run` generates from the run's run.json.
+            options: crate::pipeline::GenerateOptions {
+                steps: self.eval_num_inference_steps,
+                seed: self.eval_image_seed,
+                height: Some(i64::from(self.resolution)),
+                width: Some(i64::from(self.resolution)),
+                ..Default::default()
+            },
             best_by: self.best_by,
             text_margin: self.text_margin,
         };
