@@ -10,7 +10,7 @@
 //! smallest training sigma (or the last Karras sigma repeated), not 0.
 use super::config::{choose_among, AlgorithmType, PredictionType, SchedulerConfig, SolverTypeName, TimestepSpacing, DEIS};
 use super::schedule::{karras_sigmas, log_f32, np_arange, np_interp, np_linspace, np_round, sigma_to_t, TorchF32, TrainSchedule};
-use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, Scheduler, SchedulerKind};
+use super::{check_steps, multistep_index, Scheduler, SchedulerKind};
 use crate::models::config::{ConfigName, Named};
 use anyhow::{anyhow, bail, Result};
 use tch::Tensor;
@@ -192,16 +192,8 @@ impl Scheduler for DeisScheduler {
     }
 
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
-        check_step_inputs(NAME, model_output, sample)?;
-        if self.sigmas.is_empty() {
-            return Err(not_ready(NAME));
-        }
+        let i = multistep_index(NAME, model_output, sample, &mut self.step_index, &self.timesteps, self.sigmas.len(), timestep)?;
         let n = self.timesteps.len();
-        // An unknown timestep starts at the last step, as in diffusers.
-        let i = *self.step_index.get_or_insert_with(|| index_for_timestep(&self.timesteps, timestep).unwrap_or(n - 1));
-        if i + 1 >= self.sigmas.len() {
-            bail!("{NAME}: stepped past the last timestep");
-        }
         let lower_order_final = i == n - 1 && self.lower_order_final && n < 15;
         let lower_order_second = i + 2 == n && self.lower_order_final && n < 15;
         let converted = self.convert_model_output(model_output, sample, i);

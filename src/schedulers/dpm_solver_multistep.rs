@@ -7,7 +7,7 @@ use super::config::{
     choose, AlgorithmType, BetaSchedule, FinalSigmasType, PredictionType, SchedulerConfig, SolverTypeName, TimestepSpacing, VarianceType, DPM,
 };
 use super::schedule::{karras_sigmas, log_f32, np_arange, np_interp, np_linspace, np_round, sigma_to_t, TorchF32, TrainSchedule};
-use super::{check_step_inputs, check_steps, index_for_timestep, not_ready, randn, Scheduler, SchedulerKind};
+use super::{check_steps, multistep_index, randn, Scheduler, SchedulerKind};
 use crate::models::config::Named;
 use anyhow::{anyhow, bail, Result};
 use tch::{Kind, Tensor};
@@ -131,19 +131,7 @@ impl DpmSolverMultistepScheduler {
             &[(FinalSigmasType::Zero, false), (FinalSigmasType::SigmaMin, true)],
         )?;
         let schedule = TrainSchedule::new(&c, true)?;
-        // lambda_t over the training timesteps, with diffusers' tensor ops, then where
-        // lambda_min_clipped (default -inf: nowhere) cuts it.
-        let ac = &schedule.alphas_cumprod;
-        let lambda_t = ac.sqrt().log() - (ac.neg() + 1.0).sqrt().log();
-        let clip = config.lambda_min_clipped.unwrap_or(f64::NEG_INFINITY);
-        if clip.is_nan() {
-            bail!("lambda_min_clipped NaN is not a valid value");
-        }
-        let clipped = Tensor::searchsorted_scalar(&lambda_t.flip([0]), clip, false, false, "left", None::<Tensor>).int64_value(&[]);
-        let last_timestep = c.num_train_timesteps - clipped;
-        if last_timestep < 1 {
-            bail!("lambda_min_clipped {clip} leaves no timesteps");
-        }
+        let last_timestep = schedule.last_unclipped_timestep(config.lambda_min_clipped, c.num_train_timesteps)?;
         Ok(DpmSolverMultistepScheduler {
             kind: SchedulerKind::DpmSolverMultistep,
             train: c.num_train_timesteps,
@@ -325,16 +313,8 @@ impl Scheduler for DpmSolverMultistepScheduler {
     }
 
     fn step(&mut self, model_output: &Tensor, timestep: f64, sample: &Tensor) -> Result<Tensor> {
-        check_step_inputs(NAME, model_output, sample)?;
-        if self.sigmas.is_empty() {
-            return Err(not_ready(NAME));
-        }
+        let i = multistep_index(NAME, model_output, sample, &mut self.step_index, &self.timesteps, self.sigmas.len(), timestep)?;
         let n = self.timesteps.len();
-        // An unknown timestep starts at the last step, as in diffusers.
-        let i = *self.step_index.get_or_insert_with(|| index_for_timestep(&self.timesteps, timestep).unwrap_or(n - 1));
-        if i + 1 >= self.sigmas.len() {
-            bail!("{NAME}: stepped past the last timestep");
-        }
         let lower_order_final = i == n - 1 && (self.euler_at_final || (self.lower_order_final && n < 15) || !self.final_sigma_min);
         let lower_order_second = i + 2 == n && self.lower_order_final && n < 15;
         let converted = self.convert_model_output(model_output, sample, i);

@@ -358,6 +358,31 @@ pub(crate) fn sigma_scaled_input(
     Ok(sample / (sigma * sigma + 1.0).t_sqrt() as f64)
 }
 
+/// The start of a multistep solver's `step` (DPM-Solver++ multi- and single-step, DEIS): checks
+/// the inputs and that `set_timesteps` ran, and returns the step's index: the cached one, else
+/// the timestep's, else (an unknown timestep) the last step, as diffusers does; refuses a step
+/// past the last sigma.
+pub(crate) fn multistep_index(
+    name: &str,
+    model_output: &Tensor,
+    sample: &Tensor,
+    step_index: &mut Option<usize>,
+    timesteps: &[f64],
+    sigmas_len: usize,
+    timestep: f64,
+) -> anyhow::Result<usize> {
+    check_step_inputs(name, model_output, sample)?;
+    if sigmas_len == 0 {
+        return Err(not_ready(name));
+    }
+    let n = timesteps.len();
+    let i = *step_index.get_or_insert_with(|| index_for_timestep(timesteps, timestep).unwrap_or(n - 1));
+    if i + 1 >= sigmas_len {
+        anyhow::bail!("{name}: stepped past the last timestep");
+    }
+    Ok(i)
+}
+
 pub(crate) fn index_for_timestep(timesteps: &[f64], t: f64) -> Option<usize> {
     let hits: Vec<usize> = timesteps.iter().enumerate().filter(|(_, &v)| v == t).map(|(i, _)| i).collect();
     match hits.len() {

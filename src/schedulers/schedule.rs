@@ -16,6 +16,24 @@ pub(crate) struct TrainSchedule {
 }
 
 impl TrainSchedule {
+    /// DPM-Solver's `lambda_min_clipped` (default -inf: no cut): the training timesteps whose
+    /// half log-SNR `lambda_t` (computed with diffusers' tensor ops) falls below it are never
+    /// sampled; returns the number of timesteps left, `num_train_timesteps - clipped`.
+    pub fn last_unclipped_timestep(&self, lambda_min_clipped: Option<f64>, num_train_timesteps: i64) -> Result<i64> {
+        let ac = &self.alphas_cumprod;
+        let lambda_t = ac.sqrt().log() - (ac.neg() + 1.0).sqrt().log();
+        let clip = lambda_min_clipped.unwrap_or(f64::NEG_INFINITY);
+        if clip.is_nan() {
+            anyhow::bail!("lambda_min_clipped NaN is not a valid value");
+        }
+        let clipped = Tensor::searchsorted_scalar(&lambda_t.flip([0]), clip, false, false, "left", None::<Tensor>).int64_value(&[]);
+        let last_timestep = num_train_timesteps - clipped;
+        if last_timestep < 1 {
+            anyhow::bail!("lambda_min_clipped {clip} leaves no timesteps");
+        }
+        Ok(last_timestep)
+    }
+
     /// `zero_snr_floor`: Euler, Euler ancestral and DPM-Solver set the last `alphas_cumprod` to
     /// 2^-24 after rescaling to zero terminal SNR (so sigma stays finite); DDIM and DDPM do not.
     pub fn new(c: &Common, zero_snr_floor: bool) -> Result<Self> {
