@@ -274,18 +274,20 @@ impl Models {
         for (i, &t) in timesteps.iter().enumerate() {
             // Made on the device (no host-to-device copy, which would wait for the GPU).
             let t_tensor = Tensor::full([], t, (Kind::Float, self.device));
-            if let Some(uncond) = &cond.uncond_context {
+            let noise = match &cond.uncond_context {
                 // Prompt and negative prompt of different lengths: a pass for each.
-                let input = scheduler.scale_model_input(&latents, t)?;
-                let cond_noise = self.unet.forward(&input, &t_tensor, &cond.context, cond.added.as_ref())?;
-                let uncond_noise = self.unet.forward(&input, &t_tensor, uncond, cond.added.as_ref())?;
-                latents = scheduler.step(&(&uncond_noise + (cond_noise - &uncond_noise) * guidance), t, &latents)?;
-                on_step(i + 1, timesteps.len());
-                continue;
-            }
-            let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
-            let input = scheduler.scale_model_input(&input, t)?;
-            let noise = self.guided_noise(&input, &t_tensor, &cond, n, chunk, cfg.then_some(guidance))?;
+                Some(uncond) => {
+                    let input = scheduler.scale_model_input(&latents, t)?;
+                    let cond_noise = self.unet.forward(&input, &t_tensor, &cond.context, cond.added.as_ref())?;
+                    let uncond_noise = self.unet.forward(&input, &t_tensor, uncond, cond.added.as_ref())?;
+                    &uncond_noise + (cond_noise - &uncond_noise) * guidance
+                }
+                None => {
+                    let input = if cfg { Tensor::cat(&[&latents, &latents], 0) } else { latents.shallow_clone() };
+                    let input = scheduler.scale_model_input(&input, t)?;
+                    self.guided_noise(&input, &t_tensor, &cond, n, chunk, cfg.then_some(guidance))?
+                }
+            };
             latents = scheduler.step(&noise, t, &latents)?;
             on_step(i + 1, timesteps.len());
         }
